@@ -1,0 +1,191 @@
+"""Model zoo: resolve a model name, build it with timm, and load its weights.
+
+Three weight sources, always explicit and always labelled in outputs:
+``pretrained`` (timm's hub), ``checkpoint`` (a local state dict / safetensors file) and ``random``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from rmtdeploy.errors import RmtdeployError
+
+# Short names users type; anything else is passed to timm as a full model name.
+MODEL_ALIASES: dict[str, str] = {
+    "vit_t": "vit_tiny_patch16_224",
+    "vit_s": "vit_small_patch16_224",
+    "vit_b": "vit_base_patch16_224",
+    "deit_t": "deit_tiny_patch16_224",
+    "deit_s": "deit_small_patch16_224",
+    "deit_b": "deit_base_patch16_224",
+    "deit_s_dist": "deit_small_distilled_patch16_224",
+    "swin_t": "swin_tiny_patch4_window7_224",
+    "swin_s": "swin_small_patch4_window7_224",
+    "swin_b": "swin_base_patch4_window7_224",
+    "convnext_a": "convnext_atto",
+    "convnext_t": "convnext_tiny",
+    "convnext_s": "convnext_small",
+    "hiera_t": "hiera_tiny_224",
+    "hiera_s": "hiera_small_224",
+    "hiera_bp": "hiera_base_plus_224",
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "resnet101": "resnet101",
+}
+
+# timm keeps one file per model family; the module a model class lives in names its family.
+_TIMM_MODULE_FAMILY = {
+    "vision_transformer": "vit",
+    "deit": "deit",
+    "swin_transformer": "swin",
+    "convnext": "convnext",
+    "hiera": "hiera",
+    "resnet": "resnet",
+}
+
+WEIGHT_SOURCES = ("pretrained", "checkpoint", "random")
+
+
+@dataclass
+class LoadedModel:
+    """A built model plus where its weights came from (shown in every report)."""
+
+    model: nn.Module
+    name: str  # full timm name
+    family: str
+    weights: str  # "pretrained", "random" or "checkpoint:<path>"
+
+    @property
+    def is_random(self) -> bool:
+        return self.weights == "random"
+
+
+def resolve_model_name(name: str) -> str:
+    """Map an alias or full timm name to the timm name; unknown names fail with suggestions."""
+    full = MODEL_ALIASES.get(name, name)
+    if timm.is_model(full):
+        return full
+    close = sorted(set(timm.list_models(f"*{name.split('_')[0]}*")))[:8]
+    hint = f" Did you mean one of: {', '.join(close)}?" if close else ""
+    aliases = ", ".join(sorted(MODEL_ALIASES))
+    raise RmtdeployError(f"unknown model '{name}'. Aliases: {aliases}; or any timm model name.{hint}")
+
+
+def model_family(model: nn.Module) -> str:
+    """Family of a timm model from the timm module its class (or a base class) is defined in."""
+    for cls in type(model).__mro__:
+        family = _TIMM_MODULE_FAMILY.get(cls.__module__.rsplit(".", 1)[-1])
+        if family:
+            return family
+    return "other"
+
+
+def load_model(
+    name: str,
+    weights: str = "pretrained",
+    checkpoint: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+) -> LoadedModel:
+    """Build ``name`` with timm and load weights from the chosen source, in eval mode."""
+    full = resolve_model_name(name)
+    if checkpoint is not None:
+        weights = "checkpoint"
+    if weights not in WEIGHT_SOURCES:
+        raise RmtdeployError(f"--weights must be one of {', '.join(WEIGHT_SOURCES)}, got '{weights}'")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if weights == "pretrained":
+        model = _create_pretrained(full, kwargs)
+        label = "pretrained"
+    elif weights == "checkpoint":
+        if checkpoint is None:
+            raise RmtdeployError("--weights checkpoint needs --checkpoint PATH")
+        model = timm.create_model(full, pretrained=False, **kwargs)
+        load_checkpoint_strict(model, checkpoint)
+        label = f"checkpoint:{checkpoint}"
+    else:
+        model = timm.create_model(full, pretrained=False, **kwargs)
+        label = "random"
+    model.eval()
+    return LoadedModel(model=model, name=full, family=model_family(model), weights=label)
+
+
+def _create_pretrained(full: str, kwargs: dict) -> nn.Module:
+    # Fail fast when the hub is unreachable instead of waiting on long HTTP retries.
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    try:
+        return timm.create_model(full, pretrained=True, **kwargs)
+    except Exception as exc:  # network, hub and cache errors all come through here
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise RmtdeployError(
+            f"could not get pretrained weights for '{full}' ({reason}). "
+            "Without network access pass --checkpoint PATH (timm/torch state dict or .safetensors), "
+            "or --weights random for an explicitly untrained model."
+        ) from exc
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors or a torch file, unwrapping common training wrappers."""
+    path = Path(path)
+    if not path.is_file():
+        raise RmtdeployError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise RmtdeployError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from exc
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RmtdeployError(f"checkpoint {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """One-line description of missing / unexpected / wrongly shaped keys, or None when they match."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts) or None
+
+
+def load_checkpoint_strict(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a checkpoint into ``model``; any key or shape mismatch is an error, not a silent partial load."""
+    state = read_state_dict(path)
+    problem = state_dict_mismatch(model, state)
+    if problem:
+        # Checkpoints in an upstream layout (original repos) are converted by timm's per-family filter.
+        module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
+        filter_fn = getattr(module, "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            try:
+                converted = filter_fn(state, model)
+                if state_dict_mismatch(model, converted) is None:
+                    state, problem = converted, None
+            except Exception:
+                pass
+    if problem:
+        raise RmtdeployError(f"checkpoint {path} does not fit {type(model).__name__}: {problem}")
+    model.load_state_dict(state, strict=True)
