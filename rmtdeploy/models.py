@@ -6,7 +6,9 @@ Three weight sources, always explicit and always labelled in outputs:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,18 +118,51 @@ def load_model(
 
 
 def _create_pretrained(full: str, kwargs: dict) -> nn.Module:
-    # Fail fast when the hub is unreachable instead of waiting on long HTTP retries.
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
+    # Without a reachable hub, huggingface_hub retries each file with backoff for about a minute; go
+    # offline instead so a locally cached copy still loads and a missing one fails at once.
+    offline = not _hub_reachable()
     try:
-        return timm.create_model(full, pretrained=True, **kwargs)
+        with _hub_offline(offline):
+            return timm.create_model(full, pretrained=True, **kwargs)
     except Exception as exc:  # network, hub and cache errors all come through here
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        reason = (
+            "hub unreachable and no cached copy"
+            if offline
+            else (text.splitlines()[0][:160] if text else type(exc).__name__)
+        )
         raise RmtdeployError(
             f"could not get pretrained weights for '{full}' ({reason}). "
             "Without network access pass --checkpoint PATH (timm/torch state dict or .safetensors), "
             "or --weights random for an explicitly untrained model."
         ) from exc
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = (
+        endpoint.hostname or "huggingface.co",
+        endpoint.port or (443 if endpoint.scheme == "https" else 80),
+    )
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = previous or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,0 +1,23 @@
+"""Stage 1 — spectra: Marchenko–Pastur fits of every prunable weight matrix."""
+
+from rmtdeploy.spectra.analysis import (
+    LayerSpectrum,
+    SpectralFitConfig,
+    WeightMatrix,
+    analyze_matrix,
+    analyze_model,
+    channel_signal_energy,
+    channel_spectral_energy_ratio,
+    weight_matrices,
+)
+
+__all__ = [
+    "LayerSpectrum",
+    "SpectralFitConfig",
+    "WeightMatrix",
+    "analyze_matrix",
+    "analyze_model",
+    "channel_signal_energy",
+    "channel_spectral_energy_ratio",
+    "weight_matrices",
+]

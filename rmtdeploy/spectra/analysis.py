@@ -1,0 +1,284 @@
+"""Per-layer spectral analysis: which weight matrices a model has, and what their spectra say.
+
+Each prunable weight becomes a 2-D matrix whose rows are output channels (Linear as is; Conv2d reshaped
+to C_out × C_in·kh·kw; a fused qkv Linear split into its q, k and v blocks), its singular values are
+computed in batches of equal shape, and the Marchenko–Pastur fit gives the noise bulk, the spikes above
+it and the share of energy they carry (SER).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from rmtdeploy.spectra.heavy_tail import entropy_effective_rank, power_law_alpha, stable_rank
+from rmtdeploy.spectra.marchenko_pastur import (
+    fit_sigma2_bema,
+    fit_sigma2_median,
+    ks_distance_to_mp,
+    mp_support,
+    tracy_widom_edge_shift,
+)
+
+# Below this many singular values the bulk has too few points for a meaningful MP fit.
+MIN_RMT_DIM = 32
+
+STATUS_OK = "ok"
+STATUS_TOO_SMALL = "too_small"
+STATUS_DEPTHWISE = "depthwise"
+STATUS_ZERO = "zero"
+STATUS_NON_FINITE = "non_finite"
+STATUS_RANK_DEFICIENT = "rank_deficient"
+
+
+@dataclass(frozen=True)
+class SpectralFitConfig:
+    """Knobs of the MP fit. Defaults keep false spikes on pure noise to about 1%."""
+
+    method: str = "bema"  # "bema" (quantile matching) or "median" (Gavish–Donoho)
+    window: float = 0.25  # BEMA matches the central [window, 1 − window] of the spectrum
+    tracy_widom_level: float = 0.99  # edge correction quantile: P(noise spike) ≈ 1 − level
+
+
+@dataclass
+class WeightMatrix:
+    """One matrix to analyse: rows are the output channels of ``module_name`` (restricted to ``block``)."""
+
+    name: str
+    module_name: str
+    kind: str  # "linear" | "conv" | "depthwise_conv"
+    matrix: torch.Tensor
+    block: str | None = None  # "q", "k" or "v" for a fused attention projection
+    row_offset: int = 0  # where this block's rows start in the module's output channels
+
+
+@dataclass
+class LayerSpectrum:
+    """Spectral statistics of one weight matrix (JSON-ready: unknown values are None, never NaN)."""
+
+    name: str
+    module: str
+    block: str | None
+    kind: str
+    shape: tuple[int, int]
+    status: str
+    message: str = ""
+    gamma: float | None = None
+    sigma2: float | None = None
+    sigma2_median: float | None = None
+    lambda_plus: float | None = None
+    edge: float | None = None  # singular-value bulk edge σ₊ = σ(√M + √N)
+    spike_threshold: float | None = None  # σ₊ with the Tracy–Widom finite-size correction
+    spikes: int | None = None
+    ser: float | None = None
+    alpha: float | None = None
+    alpha_xmin: float | None = None
+    ks: float | None = None
+    stable_rank: float | None = None
+    effective_rank: float | None = None
+    spectral_norm: float | None = None
+    singular_values: np.ndarray | None = field(default=None, repr=False)
+
+    def record(self) -> dict:
+        """Flat dict for JSON/CSV (without the singular values)."""
+        out = asdict(self)
+        out.pop("singular_values")
+        out["shape"] = list(self.shape)
+        return out
+
+
+def weight_matrices(model: nn.Module) -> list[WeightMatrix]:
+    """Every Linear / Conv2d weight of ``model`` as a 2-D (out × in) float32 matrix, in module order."""
+    found: list[WeightMatrix] = []
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            weight = module.weight.detach().float()
+            if _is_fused_qkv(module_name, module):
+                rows = module.out_features // 3
+                for index, block in enumerate("qkv"):
+                    found.append(
+                        WeightMatrix(
+                            name=f"{module_name}:{block}",
+                            module_name=module_name,
+                            kind="linear",
+                            matrix=weight[index * rows : (index + 1) * rows],
+                            block=block,
+                            row_offset=index * rows,
+                        )
+                    )
+            else:
+                found.append(WeightMatrix(module_name, module_name, "linear", weight))
+        elif isinstance(module, nn.Conv2d):
+            weight = module.weight.detach().float()
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            kind = "depthwise_conv" if depthwise else "conv"
+            if module.groups > 1 and not depthwise:
+                # A grouped conv is a block-diagonal matrix; its blocks are what carries a spectrum.
+                kind = "depthwise_conv"
+            found.append(WeightMatrix(module_name, module_name, kind, weight.reshape(weight.shape[0], -1)))
+    return found
+
+
+def _is_fused_qkv(module_name: str, module: nn.Linear) -> bool:
+    # timm names the fused projection `qkv` in ViT/DeiT, Swin and Hiera alike.
+    return module_name.rsplit(".", 1)[-1] == "qkv" and module.out_features % 3 == 0
+
+
+def analyze_matrix(
+    matrix: torch.Tensor,
+    name: str = "matrix",
+    config: SpectralFitConfig | None = None,
+    singular_values: np.ndarray | None = None,
+    *,
+    module: str | None = None,
+    block: str | None = None,
+    kind: str = "linear",
+) -> LayerSpectrum:
+    """Fit the MP bulk of one matrix and measure what lies above it. Never raises on bad weights."""
+    config = config or SpectralFitConfig()
+    rows, cols = int(matrix.shape[0]), int(matrix.shape[1])
+    base = dict(name=name, module=module or name, block=block, kind=kind, shape=(rows, cols))
+    if kind == "depthwise_conv":
+        return LayerSpectrum(
+            **base, status=STATUS_DEPTHWISE, message="depthwise/grouped conv: too small for RMT"
+        )
+    if not torch.isfinite(matrix).all():
+        return LayerSpectrum(**base, status=STATUS_NON_FINITE, message="weights contain NaN or Inf")
+    exact = singular_values is None
+    if exact:
+        singular_values = torch.linalg.svdvals(matrix.float()).double().numpy()
+    s = np.sort(np.asarray(singular_values, dtype=np.float64))[::-1]
+    if s.size == 0 or s[0] == 0:
+        return LayerSpectrum(**base, status=STATUS_ZERO, message="all weights are zero")
+
+    p, n = min(rows, cols), max(rows, cols)
+    numerical_rank = _numerical_rank(s, n)
+    if p - numerical_rank > config.window * p and not exact:
+        # Gram-based values blur exact zeros into ~1% of the top; decide rank deficiency exactly.
+        s = np.sort(torch.linalg.svdvals(matrix.float()).double().numpy())[::-1]
+        numerical_rank = _numerical_rank(s, n)
+    summary = LayerSpectrum(
+        **base,
+        status=STATUS_OK,
+        gamma=p / n,
+        stable_rank=stable_rank(s),
+        effective_rank=entropy_effective_rank(s),
+        spectral_norm=float(s[0]),
+        singular_values=s,
+    )
+    if p < MIN_RMT_DIM:
+        summary.status = STATUS_TOO_SMALL
+        summary.message = f"min dimension {p} < {MIN_RMT_DIM}: too small for RMT"
+        return summary
+    if p - numerical_rank > config.window * p:
+        # Exact zeros reach into the matched window: a noise level fitted there would be meaningless.
+        summary.status = STATUS_RANK_DEFICIENT
+        summary.message = f"numerical rank {numerical_rank} of {p}: bulk is degenerate"
+        return summary
+
+    gamma = p / n
+    eigenvalues = s**2 / n
+    sigma2_bema = fit_sigma2_bema(eigenvalues, gamma, config.window)
+    sigma2_median = fit_sigma2_median(s, n, gamma)
+    sigma2 = sigma2_bema if config.method == "bema" else sigma2_median
+    _, lambda_plus = mp_support(gamma, sigma2)
+    threshold_lambda = sigma2 * (
+        (1 + math.sqrt(gamma)) ** 2 + tracy_widom_edge_shift(n, gamma, config.tracy_widom_level)
+    )
+    spike_threshold = math.sqrt(n * threshold_lambda)
+    spikes = int((s > spike_threshold).sum())
+    energy = s**2
+    alpha, alpha_xmin = power_law_alpha(eigenvalues)
+
+    summary.sigma2 = sigma2
+    summary.sigma2_median = sigma2_median
+    summary.lambda_plus = lambda_plus
+    summary.edge = math.sqrt(sigma2) * (math.sqrt(rows) + math.sqrt(cols))
+    summary.spike_threshold = spike_threshold
+    summary.spikes = spikes
+    summary.ser = float(energy[:spikes].sum() / energy.sum())
+    summary.alpha = alpha
+    summary.alpha_xmin = alpha_xmin
+    summary.ks = ks_distance_to_mp(eigenvalues[spikes:], gamma, sigma2)
+    return summary
+
+
+def _numerical_rank(singular_values: np.ndarray, n: int) -> int:
+    tolerance = singular_values[0] * n * np.finfo(np.float32).eps
+    return int((singular_values > tolerance).sum())
+
+
+def analyze_model(
+    model: nn.Module,
+    config: SpectralFitConfig | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[LayerSpectrum]:
+    """Analyse every prunable weight of ``model``; SVDs run batched over matrices of equal shape."""
+    matrices = weight_matrices(model)
+    singular = batched_singular_values(m.matrix for m in matrices)
+    results = []
+    for item, values in zip(matrices, singular, strict=True):
+        results.append(
+            analyze_matrix(
+                item.matrix,
+                item.name,
+                config,
+                values,
+                module=item.module_name,
+                block=item.block,
+                kind=item.kind,
+            )
+        )
+        if progress is not None:
+            progress(1)
+    return results
+
+
+def batched_singular_values(matrices: Iterable[torch.Tensor]) -> list[np.ndarray | None]:
+    """Singular values of many matrices, batched over matrices of equal shape.
+
+    Computed as √eig(WWᵀ) of the p×p Gram matrix (float32 product, float64 symmetric eigensolver):
+    on this kind of CPU that is 10–70× faster than a batched ``svdvals`` and agrees with it to ~1e-5
+    relative on every singular value above ~1% of the largest — the bulk edge and the spikes are far
+    above that. Matrices with NaN/Inf or all zeros are left as None for analyze_matrix to classify.
+    """
+    matrices = list(matrices)
+    out: list[np.ndarray | None] = [None] * len(matrices)
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for index, matrix in enumerate(matrices):
+        if torch.isfinite(matrix).all() and bool(matrix.any()):
+            by_shape[tuple(matrix.shape)].append(index)
+    with torch.no_grad():
+        for (rows, cols), indices in by_shape.items():
+            stack = torch.stack([matrices[i].float() for i in indices])
+            gram = stack @ stack.mT if rows <= cols else stack.mT @ stack
+            eigenvalues = torch.linalg.eigvalsh(gram.double()).clamp_min(0.0)
+            values = eigenvalues.flip(-1).sqrt().numpy()
+            for row, index in enumerate(indices):
+                out[index] = values[row]
+    return out
+
+
+def channel_signal_energy(matrix: torch.Tensor, spikes: int) -> torch.Tensor:
+    """Per output channel (row): squared norm of the rank-k signal part U_k Σ_k V_kᵀ of the matrix.
+
+    Rows that live in the noise bulk score ~0; rows that carry the learned directions score high.
+    """
+    rows = matrix.shape[0]
+    if spikes <= 0:
+        return torch.zeros(rows, dtype=torch.float32)
+    u, s, _ = torch.linalg.svd(matrix.float(), full_matrices=False)
+    k = min(spikes, s.numel())
+    return ((u[:, :k] * s[:k]) ** 2).sum(dim=1)
+
+
+def channel_spectral_energy_ratio(matrix: torch.Tensor, spikes: int) -> torch.Tensor:
+    """Per output channel: signal energy above the MP edge over the channel's total energy (SER)."""
+    total = (matrix.float() ** 2).sum(dim=1)
+    return channel_signal_energy(matrix, spikes) / total.clamp_min(torch.finfo(torch.float32).tiny)
