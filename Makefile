@@ -1,0 +1,38 @@
+# rmtdeploy — every target sets up what it needs; `make demo` and `make test` work on a fresh clone.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+# torch and torchvision are pinned as a pair: this machine carries these wheels on disk, and PyPI's
+# torchvision does not import beside other torch builds.
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+DEMO_MODEL ?= swin_t
+DEMO_OUT   ?= runs/demo
+
+.PHONY: install demo test bench lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# The main job on its offline default: no model hub here, so the weights are random and every output
+# says so. With network access or a checkpoint, run `rmtdeploy analyze --model ... --checkpoint PATH`.
+demo: install
+	$(VENV)/bin/rmtdeploy analyze --model $(DEMO_MODEL) --weights random --out $(DEMO_OUT) --force
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) benchmarks/analyze_speed.py
+
+lint: install
+	$(VENV)/bin/ruff check rmtdeploy tests benchmarks
+	$(VENV)/bin/ruff format --check rmtdeploy tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

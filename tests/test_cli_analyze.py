@@ -1,0 +1,93 @@
+"""`rmtdeploy analyze` end to end: files, labels, refusal to overwrite, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rmtdeploy.cli import main
+
+REQUIRED_FIELDS = {"name", "shape", "gamma", "sigma2", "edge", "spikes", "ser", "alpha", "ks", "status"}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "vit_tiny_patch16_224",
+        "deit_tiny_distilled_patch16_224",
+        "swin_tiny_patch4_window7_224",
+        "convnext_atto",
+        "hiera_tiny_224",
+        "resnet18",
+    ],
+)
+def test_analyze_writes_labelled_records_for_every_family(tmp_path, model, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(["analyze", "--model", model, "--weights", "random", "--out", str(out), "--no-plots", "--json"])
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    records = json.loads((out / "spectra.json").read_text())
+    assert len(records) == summary["layers"] >= 10
+    for record in records:
+        assert REQUIRED_FIELDS <= record.keys()
+        assert record["weights"] == "random" and record["model"] == model
+    fitted = [r for r in records if r["status"] == "ok"]
+    assert sum(r["spikes"] == 0 for r in fitted) >= 0.9 * len(fitted)  # random weights: a null model
+    with (out / "spectra.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == len(records)
+
+
+def test_analyze_draws_density_grids_and_summary(tmp_path):
+    out = tmp_path / "run"
+    assert main(["analyze", "--model", "resnet18", "--weights", "random", "--out", str(out)]) == 0
+    pictures = sorted(p.name for p in out.glob("*.png"))
+    assert "summary.png" in pictures
+    assert {"esd_layer1.png", "esd_layer4.png", "esd_stem_and_head.png"} <= set(pictures)
+    assert all((out / p).stat().st_size > 10_000 for p in pictures)
+
+
+def test_analyze_refuses_to_overwrite_without_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "analyze",
+        "--model",
+        "resnet18",
+        "--weights",
+        "random",
+        "--out",
+        str(out),
+        "--no-plots",
+        "--json",
+    ]
+    assert main(args) == 0
+    before = (out / "spectra.json").read_text()
+    assert main(args) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "spectra.json").read_text() == before
+    assert main([*args, "--force"]) == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nosuchnet", "--weights", "random"], "unknown model 'nosuchnet'"),
+        (["--model", "resnet18", "--checkpoint", "/nonexistent.pth"], "checkpoint not found"),
+        (["--model", "resnet18", "--weights", "checkpoint"], "needs --checkpoint"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "rmtdeploy.cli", "analyze", *args, "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "o" / "spectra.json").exists()
