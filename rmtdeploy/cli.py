@@ -67,6 +67,52 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
     analyze.set_defaults(handler=_run_analyze)
+
+    prune = commands.add_parser(
+        "prune",
+        help="structured pruning: remove channels and whole heads to a MAC or parameter budget",
+        description="Score channels and attention heads with a strategy, remove the weakest physically, and "
+        "write model.safetensors + plan.json (rebuild with rmtdeploy.load_pruned) and report.json to --out.",
+    )
+    _add_model_arguments(prune)
+    _add_output_arguments(prune)
+    prune.add_argument(
+        "--strategy",
+        default="rmt",
+        help="magnitude | rmt | hybrid | edge-budget | dynamic (default: rmt); see docs/strategies.md",
+    )
+    budget = prune.add_mutually_exclusive_group(required=True)
+    budget.add_argument(
+        "--keep-macs", type=float, metavar="F", help="fraction of dense MACs to keep, in (0, 1]"
+    )
+    budget.add_argument(
+        "--keep-params", type=float, metavar="F", help="fraction of dense parameters to keep, in (0, 1]"
+    )
+    prune.add_argument(
+        "--target",
+        default="jetson",
+        help="deployment target profile (recipes/targets): sets the channel multiple (default: jetson)",
+    )
+    prune.add_argument("--round-to", type=int, metavar="N", help="channel multiple; overrides the target's")
+    prune.add_argument(
+        "--min-channels", type=int, default=8, metavar="N", help="per-layer floor of kept channels"
+    )
+    prune.add_argument(
+        "--knob",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="strategy knob, repeatable (e.g. --knob steps=3 for dynamic); see docs/strategies.md",
+    )
+    prune.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="ImageFolder directory: recalibrate BatchNorm statistics of the pruned model on it",
+    )
+    prune.add_argument(
+        "--calibration-images", type=int, default=512, metavar="N", help="images used (default 512)"
+    )
+    prune.set_defaults(handler=_run_prune)
     return parser
 
 
@@ -132,6 +178,146 @@ def _run_analyze(args) -> int:
     )
     console.print(f"wrote {len(result.files)} files to {args.out}")
     return 0
+
+
+def _parse_knobs(pairs: list[str]) -> dict:
+    knobs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RmtdeployError(f"--knob expects KEY=VALUE, got '{pair}'")
+        knobs[key.replace("-", "_")] = _knob_value(value)
+    return knobs
+
+
+def _knob_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _run_prune(args) -> int:
+    from rmtdeploy.io import atomic_write_json, check_output_dir
+    from rmtdeploy.pruning import layer_report, save_pruned
+    from rmtdeploy.pruning.plan import PLAN_FILE, WEIGHTS_FILE
+    from rmtdeploy.scores import get_strategy
+    from rmtdeploy.targets import load_target
+
+    keep = args.keep_macs if args.keep_macs is not None else args.keep_params
+    if not 0 < keep <= 1:
+        raise RmtdeployError(
+            f"--keep-{'macs' if args.keep_macs is not None else 'params'} must lie in (0, 1], got {keep}"
+        )
+    strategy = get_strategy(args.strategy, **_parse_knobs(args.knob))
+    target = load_target(args.target)
+    round_to = args.round_to or target.channel_multiple
+    check_output_dir(
+        args.out, (WEIGHTS_FILE, PLAN_FILE, "report.json"), force=args.force
+    )  # fail before the work
+    loaded = _load(args)
+    calibration = None
+    if args.calibration:
+        from rmtdeploy.data import image_folder_loader, input_batches
+
+        loader = image_folder_loader(args.calibration, loaded.model, max_images=args.calibration_images)
+        calibration = list(input_batches(loader))
+    with _spinner(f"pruning {loaded.name} with {strategy.name}", enabled=not args.json):
+        result = strategy.prune(
+            loaded.model,
+            keep_macs=args.keep_macs,
+            keep_params=args.keep_params,
+            round_to=round_to,
+            min_channels=args.min_channels,
+            calibration_batches=calibration,
+            model_name=loaded.name,
+        )
+    result.plan.update(
+        {"weights": loaded.weights, "target": target.name, "calibrated": calibration is not None}
+    )
+    save_pruned(args.out, result, force=True)
+    report = {
+        "model": loaded.name,
+        "weights": loaded.weights,
+        "strategy": result.plan["strategy"],
+        "target": target.name,
+        "round_to": round_to,
+        "macs": {
+            "dense": result.dense_macs,
+            "pruned": result.pruned_macs,
+            "kept": round(result.macs_kept, 4),
+        },
+        "params": {
+            "dense": result.dense_params,
+            "pruned": result.pruned_params,
+            "kept": round(result.params_kept, 4),
+        },
+        "counted_by": "torch_pruning.utils.count_ops_and_params, batch 1, input "
+        + "x".join(map(str, result.plan["input_size"])),
+        **layer_report(result.plan),
+    }
+    atomic_write_json(f"{args.out}/report.json", report)
+    if args.json:
+        print(
+            json.dumps(
+                {k: report[k] for k in ("model", "weights", "strategy", "target", "macs", "params")}, indent=2
+            )
+        )
+        return 0
+    _print_prune_summary(report, loaded, args.out)
+    return 0
+
+
+def _print_prune_summary(report: dict, loaded, out: str) -> None:
+    from rich.table import Table
+
+    console = _console()
+    changed = [layer for layer in report["layers"] if layer["pruned_width"] != layer["dense_width"]]
+    table = Table(
+        title=f"{report['model']} — {report['strategy']['name']} — widths of {len(changed)} pruned layers"
+    )
+    for column in ("layer", "dense", "pruned", "kept"):
+        table.add_column(column, justify="left" if column == "layer" else "right")
+    for layer in changed:
+        table.add_row(
+            layer["name"],
+            str(layer["dense_width"]),
+            str(layer["pruned_width"]),
+            f"{layer['kept_fraction']:.0%}",
+        )
+    for block in report["heads"]:
+        if block["pruned_heads"] != block["dense_heads"]:
+            table.add_row(
+                f"{block['name']} (heads)",
+                str(block["dense_heads"]),
+                str(block["pruned_heads"]),
+                f"{block['kept_fraction']:.0%}",
+            )
+    console.print(table)
+    macs, params = report["macs"], report["params"]
+    console.print(
+        f"MACs {macs['dense'] / 1e9:.3f} G → {macs['pruned'] / 1e9:.3f} G ({macs['kept']:.1%} kept); "
+        f"params {params['dense'] / 1e6:.2f} M → {params['pruned'] / 1e6:.2f} M ({params['kept']:.1%} kept); "
+        f"channel multiple {report['round_to']} ({report['target']}); weights: {loaded.weights}"
+    )
+    if loaded.is_random:
+        console.print(
+            "[yellow]random weights: the scores rank noise; prune a trained checkpoint for a real model[/yellow]"
+        )
+    console.print(f"wrote model.safetensors, plan.json, report.json to {out}")
+
+
+@contextlib.contextmanager
+def _spinner(description: str, enabled: bool):
+    if not enabled:
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(description):
+        yield
 
 
 def _console():

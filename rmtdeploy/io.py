@@ -11,8 +11,8 @@ from pathlib import Path
 from rmtdeploy.errors import RmtdeployError
 
 
-def prepare_output_dir(out: str | os.PathLike, produces: Iterable[str], force: bool = False) -> Path:
-    """Create ``out``; refuse when any file this stage writes already exists there, unless ``force``."""
+def check_output_dir(out: str | os.PathLike, produces: Iterable[str], force: bool = False) -> Path:
+    """Refuse (before any work is done) when a file this stage writes already exists in ``out``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise RmtdeployError(f"--out {out} exists and is not a directory")
@@ -21,6 +21,12 @@ def prepare_output_dir(out: str | os.PathLike, produces: Iterable[str], force: b
         raise RmtdeployError(
             f"{out} already holds {', '.join(existing[:3])}; pass --force to overwrite or choose another --out"
         )
+    return out
+
+
+def prepare_output_dir(out: str | os.PathLike, produces: Iterable[str], force: bool = False) -> Path:
+    """:func:`check_output_dir`, then create ``out``."""
+    out = check_output_dir(out, produces, force)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

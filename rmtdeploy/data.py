@@ -1,0 +1,51 @@
+"""Image data for calibration and fine-tuning: ImageFolder directories with the model's own transforms."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rmtdeploy.errors import RmtdeployError
+
+
+def image_folder_loader(
+    root: str | os.PathLike,
+    model: nn.Module,
+    *,
+    batch_size: int = 32,
+    max_images: int | None = None,
+    train: bool = False,
+    shuffle: bool = False,
+    workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A loader over ``root/<class>/<image>`` with timm's eval (or train) transform for ``model``.
+
+    ``max_images`` keeps a fixed, evenly spread subset (calibration needs a few hundred images, not all).
+    """
+    import timm.data
+    from torchvision.datasets import ImageFolder
+
+    root = Path(root)
+    if not root.is_dir():
+        raise RmtdeployError(f"data directory not found: {root}")
+    config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**config, is_training=train)
+    try:
+        dataset = ImageFolder(str(root), transform=transform)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise RmtdeployError(
+            f"{root} is not an ImageFolder (root/<class>/<image>): {str(exc).splitlines()[0]}"
+        ) from exc
+    if max_images is not None and len(dataset) > max_images:
+        step = len(dataset) / max_images
+        dataset = torch.utils.data.Subset(dataset, [int(i * step) for i in range(max_images)])
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers)
+
+
+def input_batches(loader):
+    """The images of a (images, labels) loader, for BatchNorm recalibration."""
+    for batch in loader:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -1,0 +1,148 @@
+"""Strategies: importance plug-ins behind a registry keyed by their CLI name.
+
+A strategy turns a model and a budget into what the shared pruner needs — an importance (scores per
+channel group, torch-pruning's ``Importance`` protocol), optionally per-layer ratios and global ranking —
+and runs the pruner. Adding a strategy is one new module with one ``@register_strategy`` line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch_pruning.pruner import function
+
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.scores.channel_spectra import ChannelSpectra
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(name: str):
+    def wrap(cls):
+        cls.name = name
+        STRATEGIES[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_strategy(name: str, **knobs: Any) -> Strategy:
+    """Build a registered strategy; unknown names and knobs are user errors with the valid choices."""
+    _import_builtin_strategies()
+    if name not in STRATEGIES:
+        raise RmtdeployError(f"unknown strategy '{name}'; choose one of: {', '.join(sorted(STRATEGIES))}")
+    cls = STRATEGIES[name]
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(knobs) - valid)
+    if unknown:
+        raise RmtdeployError(
+            f"strategy '{name}' has no knob {', '.join(unknown)}; knobs: {', '.join(sorted(valid)) or 'none'}"
+        )
+    return cls(**knobs)
+
+
+def _import_builtin_strategies() -> None:
+    from rmtdeploy.scores import dynamic, edge_budget, hybrid, magnitude, rmt  # noqa: F401
+
+
+@dataclass
+class PrunerSettings:
+    """What a strategy hands the shared pruner (``rmtdeploy.pruning.prune_model``)."""
+
+    importance: tp.importance.Importance
+    global_pruning: bool = False
+    pruning_ratio_dict: dict[nn.Module, float] | None = None
+
+
+@dataclass
+class Strategy:
+    """Base: one pruning pass with the settings from :meth:`settings`. Knobs are dataclass fields."""
+
+    name: ClassVar[str] = "base"
+
+    def settings(self, model: nn.Module, keep: float) -> PrunerSettings:
+        raise NotImplementedError
+
+    def knobs(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def prune(
+        self,
+        model: nn.Module,
+        *,
+        keep_macs: float | None = None,
+        keep_params: float | None = None,
+        calibration_batches=None,
+        **pruner_options: Any,
+    ):
+        """Prune a copy of ``model`` to the budget; BatchNorm is recalibrated when batches are given."""
+        from rmtdeploy.pruning import prune_model, recalibrate_batchnorm
+
+        keep = keep_macs if keep_macs is not None else keep_params
+        settings = self.settings(model, 1.0 if keep is None else keep)
+        result = prune_model(
+            model,
+            importance=settings.importance,
+            keep_macs=keep_macs,
+            keep_params=keep_params,
+            global_pruning=settings.global_pruning,
+            pruning_ratio_dict=settings.pruning_ratio_dict,
+            **pruner_options,
+        )
+        if calibration_batches is not None:
+            recalibrate_batchnorm(result.model, calibration_batches)
+        result.plan["strategy"] = {"name": self.name, "knobs": self.knobs()}
+        return result
+
+
+_OUT_FNS = (function.prune_conv_out_channels, function.prune_linear_out_channels)
+_IN_FNS = (function.prune_conv_in_channels, function.prune_linear_in_channels)
+
+
+class SpectralGroupImportance(tp.importance.GroupMagnitudeImportance):
+    """Scores a channel group from the spectra of the Linear/Conv layers in it.
+
+    Every layer of the group that had an MP fit contributes its per-channel value (output rows for the
+    layers whose outputs go, input columns for the layers that consume them); contributions are averaged
+    over the group by torch-pruning's own reduction. Layers without a fit (depthwise, tiny) do not vote;
+    a group where nobody votes falls back to ``fallback(group)``.
+    """
+
+    def __init__(self, channel_spectra: dict[str, ChannelSpectra]):
+        super().__init__(p=2, group_reduction="mean", normalizer=None)
+        self.channel_spectra = channel_spectra
+
+    def channel_values(self, spectra: ChannelSpectra, outputs: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fallback(self, group) -> torch.Tensor | None:
+        return super().__call__(group)
+
+    @torch.no_grad()
+    def spectral_scores(self, group) -> torch.Tensor | None:
+        values, root_indices = [], []
+        for position, (dep, idxs) in enumerate(group):
+            layer, fn = dep.layer, dep.pruning_fn
+            spectra = self.channel_spectra.get(getattr(dep.target, "_name", None))
+            if spectra is None or not spectra.fitted or not isinstance(layer, (nn.Linear, nn.Conv2d)):
+                continue
+            if fn in _OUT_FNS:
+                channel = self.channel_values(spectra, outputs=True)
+            elif fn in _IN_FNS and getattr(layer, "groups", 1) == 1:
+                channel = self.channel_values(spectra, outputs=False)
+            else:
+                continue
+            values.append(channel[idxs])
+            root_indices.append(group[position].root_idxs)
+        if not values:
+            return None
+        return self._reduce(values, root_indices)
+
+    def __call__(self, group):
+        scores = self.spectral_scores(group)
+        return self.fallback(group) if scores is None else scores

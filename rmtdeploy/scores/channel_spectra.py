@@ -1,0 +1,136 @@
+"""Per-channel spectral quantities of every prunable layer, keyed by module name.
+
+For a weight matrix W (rows = output channels) with k spikes above its MP edge, the signal part is
+S = U_k Σ_k V_kᵀ. Output channel j carries ‖S_{j,:}‖² of it, input channel c carries ‖S_{:,c}‖² (summed over
+kernel taps for a conv). Importances look these up by the module name torch-pruning's graph records, so
+they serve deep copies of the analysed model too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rmtdeploy.spectra import SpectralFitConfig, analyze_model, weight_matrices
+from rmtdeploy.spectra.analysis import STATUS_OK
+
+# Asymptotic one-sample Kolmogorov–Smirnov critical value at the 99% level: D·√n above it rejects.
+KS_CRITICAL_99 = 1.63
+
+
+@dataclass
+class ChannelSpectra:
+    """Spectral view of one module's channels; ``fitted`` is False when no block of it had an MP fit."""
+
+    fitted: bool
+    row_signal: torch.Tensor  # [out] energy of the above-edge part per output channel
+    row_energy: torch.Tensor  # [out] total energy per output channel
+    col_signal: torch.Tensor  # [in] energy of the above-edge part per input channel
+    col_energy: torch.Tensor  # [in]
+    ser: float  # energy above the edge / total energy, over the whole module
+    spikes: int
+    signal_fraction: float  # spikes / min(M, N): share of directions that are signal
+    alpha: float | None
+    bulk_is_mp: bool  # every block's bulk passes a KS test against its MP fit (99% level)
+
+    def row_score(self) -> torch.Tensor:
+        """Signal energy per output channel in units of the module's mean channel energy (comparable
+        across layers: an all-bulk layer scores 0 everywhere)."""
+        return self.row_signal / self.row_energy.mean().clamp_min(1e-30)
+
+    def col_score(self) -> torch.Tensor:
+        return self.col_signal / self.col_energy.mean().clamp_min(1e-30)
+
+    def row_ser(self) -> torch.Tensor:
+        """Per-output-channel spectral energy ratio: above-edge share of the channel's own energy."""
+        return self.row_signal / self.row_energy.clamp_min(1e-30)
+
+    def col_ser(self) -> torch.Tensor:
+        return self.col_signal / self.col_energy.clamp_min(1e-30)
+
+
+def signal_energies(matrix: torch.Tensor, spikes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) squared norms of the rank-``spikes`` signal part of ``matrix``.
+
+    Uses the eigenvectors of the smaller Gram matrix (float64): exact for the top directions, and far
+    cheaper than a full SVD of a 3072×768 matrix.
+    """
+    rows, cols = matrix.shape
+    if spikes <= 0:
+        return torch.zeros(rows), torch.zeros(cols)
+    w = matrix.double()
+    if cols <= rows:
+        eigenvalues, vectors = torch.linalg.eigh(w.T @ w)
+        v_top = vectors[:, -spikes:]  # right singular vectors, ascending order is fine for energies
+        s2_top = eigenvalues[-spikes:].clamp_min(0)
+        row_signal = (w @ v_top).pow(2).sum(1)
+        col_signal = (v_top.pow(2) * s2_top).sum(1)
+    else:
+        eigenvalues, vectors = torch.linalg.eigh(w @ w.T)
+        u_top = vectors[:, -spikes:]
+        s2_top = eigenvalues[-spikes:].clamp_min(0)
+        row_signal = (u_top.pow(2) * s2_top).sum(1)
+        col_signal = (u_top.T @ w).pow(2).sum(0)
+    return row_signal.float(), col_signal.float()
+
+
+def channel_spectra_by_module(
+    model: nn.Module, config: SpectralFitConfig | None = None
+) -> dict[str, ChannelSpectra]:
+    """Analyse ``model`` once and return the channel view of every Linear/Conv2d, by module name.
+
+    A fused qkv projection is fitted per q/k/v block; its output channels take their block's values.
+    """
+    matrices = weight_matrices(model)
+    spectra = analyze_model(model, config)
+    modules = dict(model.named_modules())
+    parts: dict[str, list] = {}
+    for item, spectrum in zip(matrices, spectra, strict=True):
+        parts.setdefault(item.module_name, []).append((item, spectrum))
+
+    out = {}
+    for name, blocks in parts.items():
+        weight = modules[name].weight.detach().float()
+        in_channels = weight.shape[1]
+        taps = weight[0].numel() // in_channels  # kernel positions per input channel (1 for Linear)
+        row_signal, row_energy = [], []
+        col_signal = torch.zeros(in_channels)
+        col_energy = weight.reshape(weight.shape[0], in_channels, taps).pow(2).sum((0, 2))
+        energy_above = total = 0.0
+        spikes = directions = 0
+        alphas = []
+        fitted = False
+        bulk_is_mp = True
+        for item, spectrum in blocks:
+            ok = spectrum.status == STATUS_OK
+            fitted |= ok
+            k = spectrum.spikes if ok else 0
+            rows_signal, cols_signal = signal_energies(item.matrix, k)
+            row_signal.append(rows_signal)
+            row_energy.append(item.matrix.pow(2).sum(1))
+            col_signal += cols_signal.reshape(in_channels, taps).sum(1)
+            block_energy = float(item.matrix.double().pow(2).sum())
+            total += block_energy
+            energy_above += (spectrum.ser or 0.0) * block_energy
+            spikes += k
+            directions += min(item.matrix.shape)
+            if spectrum.alpha is not None:
+                alphas.append(spectrum.alpha)
+            if ok:
+                bulk_is_mp &= spectrum.ks <= KS_CRITICAL_99 / math.sqrt(min(item.matrix.shape) - k)
+        out[name] = ChannelSpectra(
+            fitted=fitted,
+            row_signal=torch.cat(row_signal),
+            row_energy=torch.cat(row_energy),
+            col_signal=col_signal,
+            col_energy=col_energy,
+            ser=energy_above / total if total > 0 else 0.0,
+            spikes=spikes,
+            signal_fraction=spikes / directions if directions else 0.0,
+            alpha=sum(alphas) / len(alphas) if alphas else None,
+            bulk_is_mp=bulk_is_mp,
+        )
+    return out

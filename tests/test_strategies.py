@@ -1,0 +1,141 @@
+"""Strategies do what their formulas say: on a model with planted signal they keep or drop it."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch_pruning as tp
+
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.pruning import load_pruned, prune_model, save_pruned
+from rmtdeploy.scores import get_strategy, strategy_names
+from rmtdeploy.scores.channel_spectra import channel_spectra_by_module
+from rmtdeploy.scores.edge_budget import EdgeBudgetStrategy
+
+PLANTED_BLOCK = 5
+PLANTED_ROWS = torch.arange(0, 768, 12)  # 64 of the 768 hidden channels
+MARKER = 1000.0
+
+
+@pytest.fixture(scope="module")
+def planted_vit():
+    """vit_tiny whose blocks.5 MLP holds 64 hidden channels of pure, rank-one signal with *small* norm.
+
+    Their rows are 0.7× the norm of a noise row (magnitude ranks them last), yet together they form a
+    spike ~1.9× above the MP edge (every spectral score ranks them first). Their fc1 biases carry markers
+    so the survivors can be counted after pruning (biases take no part in any score).
+    """
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    fc1 = model.blocks[PLANTED_BLOCK].mlp.fc1
+    with torch.no_grad():
+        noise_row_norm = fc1.weight.norm(dim=1).mean()
+        direction = torch.randn(fc1.in_features)
+        fc1.weight[PLANTED_ROWS] = 0.7 * noise_row_norm * direction / direction.norm()
+        fc1.bias.zero_()
+        fc1.bias[PLANTED_ROWS] = MARKER
+    return model
+
+
+def surviving_planted(result) -> int:
+    return int((result.model.blocks[PLANTED_BLOCK].mlp.fc1.bias >= MARKER).sum())
+
+
+def kept_fraction(result, block: int) -> float:
+    return result.model.blocks[block].mlp.fc1.out_features / 768
+
+
+def test_planted_rows_are_a_spike_in_the_analysis(planted_vit):
+    spectra = channel_spectra_by_module(planted_vit)[f"blocks.{PLANTED_BLOCK}.mlp.fc1"]
+    assert spectra.spikes == 1
+    top = torch.topk(spectra.row_signal, len(PLANTED_ROWS)).indices
+    assert set(top.tolist()) == set(PLANTED_ROWS.tolist())
+
+
+def test_magnitude_drops_the_small_signal_channels(planted_vit):
+    result = get_strategy("magnitude").prune(planted_vit, keep_macs=0.5)
+    assert surviving_planted(result) <= len(PLANTED_ROWS) // 4
+
+
+@pytest.mark.parametrize("name", ["rmt", "hybrid"])
+def test_spectral_strategies_keep_every_signal_channel(planted_vit, name):
+    result = get_strategy(name).prune(planted_vit, keep_macs=0.5)
+    assert surviving_planted(result) == len(PLANTED_ROWS)
+    assert abs(result.macs_kept - 0.5) <= 0.03 * 0.5
+
+
+def test_rmt_takes_most_from_all_bulk_layers(planted_vit):
+    result = get_strategy("rmt").prune(planted_vit, keep_macs=0.5)
+    others = [kept_fraction(result, b) for b in range(12) if b != PLANTED_BLOCK]
+    assert kept_fraction(result, PLANTED_BLOCK) > max(others)
+
+
+def test_magnitude_strategy_is_torch_prunings_group_magnitude(planted_vit):
+    ours = get_strategy("magnitude").prune(planted_vit, keep_macs=0.6)
+    reference = prune_model(
+        planted_vit, importance=tp.importance.GroupMagnitudeImportance(p=2), keep_macs=0.6
+    )
+    assert ours.plan["operations"] == reference.plan["operations"]
+
+
+def test_hybrid_is_pure_magnitude_at_light_pruning(planted_vit):
+    assert get_strategy("hybrid").spectral_weight(0.8) == 0.0
+    assert get_strategy("hybrid").spectral_weight(0.5) == 1.0
+    hybrid = get_strategy("hybrid").prune(planted_vit, keep_macs=0.8)
+    magnitude = get_strategy("magnitude").prune(planted_vit, keep_macs=0.8)
+    assert hybrid.plan["operations"] == magnitude.plan["operations"]
+
+
+def test_edge_budget_gives_the_signal_layer_the_smallest_ratio(planted_vit):
+    ratios = EdgeBudgetStrategy().base_ratios(planted_vit)
+    fc1 = {name: r for name, r in ratios.items() if name.endswith("mlp.fc1")}
+    assert min(fc1, key=fc1.get) == f"blocks.{PLANTED_BLOCK}.mlp.fc1"
+    result = get_strategy("edge-budget").prune(planted_vit, keep_macs=0.5)
+    others = [kept_fraction(result, b) for b in range(12) if b != PLANTED_BLOCK]
+    assert kept_fraction(result, PLANTED_BLOCK) > max(others)
+    assert abs(result.macs_kept - 0.5) <= 0.03 * 0.5
+
+
+def test_dynamic_switches_scoring_by_depth_and_composes_one_replayable_plan(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False).eval()
+    strategy = get_strategy("dynamic", steps=3, switch_depth=0.25)
+    result = strategy.prune(model, keep_macs=0.5)
+    steps = result.plan["strategy"]["steps"]
+    assert [s["scoring"] for s in steps] == ["magnitude", "hybrid", "hybrid"]
+    assert [s["goal_keep"] for s in steps] == pytest.approx([0.5 ** (1 / 3), 0.5 ** (2 / 3), 0.5], abs=1e-3)
+    assert abs(result.macs_kept - 0.5) <= 0.03 * 0.5
+    assert result.plan["macs"]["dense"] == result.dense_macs
+    save_pruned(tmp_path / "dyn", result)
+    loaded = load_pruned(tmp_path / "dyn")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), result.model.eval()(x))
+
+
+def test_dynamic_switches_when_the_evaluator_reports_a_drop():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False).eval()
+    probe = torch.randn(16, 3, 224, 224)
+    with torch.no_grad():
+        reference = model(probe).argmax(1)
+
+    def agreement_top1(candidate):  # % of probe images where the model still predicts the dense class
+        with torch.no_grad():
+            return 100.0 * float((candidate.eval()(probe).argmax(1) == reference).float().mean())
+
+    result = get_strategy("dynamic", steps=2).prune(model, keep_macs=0.6, evaluate=agreement_top1)
+    steps = result.plan["strategy"]["steps"]
+    assert result.plan["strategy"]["dense_top1"] == 100.0
+    assert steps[0]["scoring"] == "magnitude"
+    expected = "hybrid" if 100.0 - steps[0]["top1"] > 0.7 else "magnitude"
+    assert steps[1]["scoring"] == expected
+
+
+def test_registry_lists_the_five_strategies_and_rejects_unknown_names_and_knobs():
+    assert strategy_names() == ["dynamic", "edge-budget", "hybrid", "magnitude", "rmt"]
+    with pytest.raises(RmtdeployError, match="unknown strategy 'lottery'"):
+        get_strategy("lottery")
+    with pytest.raises(RmtdeployError, match="no knob steps"):
+        get_strategy("rmt", steps=3)
