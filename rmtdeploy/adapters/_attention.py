@@ -1,0 +1,207 @@
+"""Whole-head bookkeeping for attentions torch-pruning cannot see whole (Swin, Hiera).
+
+torch-pruning (TP) removes heads by cutting rows of ``qkv`` and columns of ``proj`` (``num_heads={qkv: n}``),
+but nothing tells the attention module *which* heads went. Swin's relative-position bias table holds one
+column per head and must lose exactly the removed ones; Hiera caches ``heads``/``head_dim``, and once whole
+heads and per-head dims may both be cut, ``qkv.out_features`` alone cannot tell them apart.
+
+The witness is a ``HeadLayoutProbe``: a zero vector that ``trace_forward`` adds to ``proj``'s input while TP
+traces the graph. TP couples it channel for channel with ``proj``'s input, whose layout is head-major
+(``head * head_dim + d``), and prunes it in the same group with the same indices. Its pruning function turns
+those indices into kept heads and the new head_dim and hands them to the adapter (``apply_head_change``).
+The probe lives outside the model (no state-dict change), adds zero (no numeric change) and exists only in
+the traced graph; replaying a recorded plan on a fresh model re-derives the same heads from the same indices.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from rmtdeploy.adapters.base import ArchitectureAdapter
+from rmtdeploy.errors import RmtdeployError
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """One attention block as the adapters see it: where its heads live and how wide they are."""
+
+    attention: nn.Module
+    qkv: nn.Linear  # fused q, k, v projection: out_features == 3 * num_heads * head_dim
+    proj: nn.Linear  # output projection: in_features == num_heads * head_dim, head-major
+    num_heads: int
+    head_dim: int
+
+
+# (attention, kept head indices in the pre-pruning numbering, new head_dim) -> None
+HeadChange = Callable[[nn.Module, list[int], int], None]
+
+
+class HeadLayoutProbe(nn.Parameter):
+    """Zero vector over an attention's ``num_heads * head_dim`` channels, pruned by TP alongside ``proj``.
+
+    Not registered in the model: TP reaches it only through ``unwrapped_parameters`` and the traced graph.
+    """
+
+    attention_ref: weakref.ref  # weak, so a cached probe never keeps a discarded model alive
+    num_heads: int
+    head_dim: int
+    on_head_change: HeadChange
+
+    @classmethod
+    def for_layout(cls, layout: AttentionLayout, on_head_change: HeadChange) -> HeadLayoutProbe:
+        weight = layout.proj.weight
+        probe = cls(torch.zeros(layout.num_heads * layout.head_dim, device=weight.device, dtype=weight.dtype))
+        probe.attention_ref = weakref.ref(layout.attention)
+        probe.num_heads = layout.num_heads
+        probe.head_dim = layout.head_dim
+        probe.on_head_change = on_head_change
+        return probe
+
+
+class HeadLayoutProbePruner(tp.pruner.function.BasePruningFunc):
+    """Turns the proj-input indices TP removes into (kept heads, new head_dim) for the owning adapter."""
+
+    def prune_out_channels(self, probe: HeadLayoutProbe, idxs: list[int]) -> HeadLayoutProbe:
+        heads, head_dim = probe.num_heads, probe.head_dim
+        removed = set(idxs)
+        cut_per_head = [sum((h * head_dim + d) in removed for d in range(head_dim)) for h in range(heads)]
+        kept_heads = [h for h in range(heads) if cut_per_head[h] < head_dim]
+        # TP cuts head dims with one pattern per head (channel groups = heads); anything else means the
+        # attention was pruned without its head grouping and no head_dim fits every head.
+        dims_cut = {cut_per_head[h] for h in kept_heads}
+        if len(dims_cut) > 1:
+            raise RmtdeployError(
+                f"attention heads lost different numbers of channels ({sorted(dims_cut)}); "
+                "prune attention only with num_heads grouping (adapter.attention_heads)"
+            )
+        new_head_dim = head_dim - (dims_cut.pop() if dims_cut else 0)
+        keep = [i for i in range(heads * head_dim) if i not in removed]
+        probe.data = probe.data[keep]
+        probe.num_heads, probe.head_dim = len(kept_heads), new_head_dim
+        attention = probe.attention_ref()
+        if attention is not None:
+            probe.on_head_change(attention, kept_heads, new_head_dim)
+        return probe
+
+    prune_in_channels = prune_out_channels  # one vector: its in and out channels are the same channels
+
+    def get_out_channels(self, probe: HeadLayoutProbe) -> int:
+        return probe.numel()
+
+    get_in_channels = get_out_channels
+
+
+# Probes of live attentions. The same probe must reach TP through unwrapped_parameters() and through the
+# traced forward, which the pruning code asks for separately; keyed weakly so dropped models free them.
+_PROBES: weakref.WeakKeyDictionary[nn.Module, HeadLayoutProbe] = weakref.WeakKeyDictionary()
+
+
+class HeadProbingAdapter(ArchitectureAdapter):
+    """Adapter base for families whose attention heads are tracked with a ``HeadLayoutProbe``.
+
+    Subclasses say where their attentions are (``attention_layouts``), what a head change does to one
+    (``apply_head_change``), and what the traced forward must avoid (``tracing_mode``). Everything TP
+    needs for head pruning follows from those three.
+    """
+
+    def attention_layouts(self, model: nn.Module) -> list[AttentionLayout]:
+        raise NotImplementedError
+
+    def apply_head_change(self, attention: nn.Module, kept_heads: list[int], head_dim: int) -> None:
+        """Update the attention's per-head state (tables, cached head counts) at the moment TP prunes."""
+        raise NotImplementedError
+
+    @contextmanager
+    def tracing_mode(self, model: nn.Module) -> Iterator[None]:
+        """Family-specific changes held only while TP traces (hide parameters, pick a traceable path)."""
+        yield
+
+    def head_layout_probes(self, model: nn.Module) -> dict[nn.Module, HeadLayoutProbe]:
+        """Attention -> its probe, made anew when the attention's width changed since the last one."""
+        probes = {}
+        for layout in self.attention_layouts(model):
+            probe = _PROBES.get(layout.attention)
+            if probe is None or (probe.num_heads, probe.head_dim) != (layout.num_heads, layout.head_dim):
+                probe = HeadLayoutProbe.for_layout(layout, self.apply_head_change)
+                _PROBES[layout.attention] = probe
+            probes[layout.attention] = probe
+        return probes
+
+    def attention_heads(self, model: nn.Module) -> dict[nn.Module, int]:
+        return {layout.qkv: layout.num_heads for layout in self.attention_layouts(model)}
+
+    def customized_pruners(self, model: nn.Module) -> dict:
+        return {HeadLayoutProbe: HeadLayoutProbePruner()}
+
+    def unwrapped_parameters(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+        return [(probe, 0) for probe in self.head_layout_probes(model).values()]
+
+    def trace_forward(self, model: nn.Module, example_inputs: Any) -> Any:
+        """The model's forward with the probes wired in and the family's tracing changes held.
+
+        Graphs must be built with it (TP's ``forward_fn=``, as ``rmtdeploy.pruning`` does, and for
+        ``tp.pruner.MetaPruner``); without it heads are pruned blind and ``repair`` refuses the model.
+        """
+        probes = self.head_layout_probes(model)
+        with ExitStack() as stack:
+            stack.enter_context(self.tracing_mode(model))
+            for layout in self.attention_layouts(model):
+                stack.enter_context(_probe_added_to_proj_input(layout.proj, probes[layout.attention]))
+                # One traced graph whatever the device: fused SDPA kernels would hide the math behind a
+                # single autograd node on GPU but not on CPU.
+                if hasattr(layout.attention, "fused_attn"):
+                    stack.enter_context(attribute_set(layout.attention, "fused_attn", False))
+            return super().trace_forward(model, example_inputs)
+
+    def check_head_layouts(self, model: nn.Module) -> None:
+        """Fail when qkv/proj widths disagree with the cached head layout (heads pruned without probes)."""
+        for layout in self.attention_layouts(model):
+            width = layout.num_heads * layout.head_dim
+            if layout.qkv.out_features != 3 * width or layout.proj.in_features != width:
+                name = type(layout.attention).__name__
+                raise RmtdeployError(
+                    f"{name}: qkv out {layout.qkv.out_features} / proj in {layout.proj.in_features} do not "
+                    f"match {layout.num_heads} heads x {layout.head_dim}; the model was pruned without the "
+                    "adapter's trace_forward, so the removed heads are unknown"
+                )
+
+
+@contextmanager
+def _probe_added_to_proj_input(proj: nn.Linear, probe: HeadLayoutProbe) -> Iterator[None]:
+    handle = proj.register_forward_pre_hook(lambda _module, args: (args[0] + probe, *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def attribute_set(obj: object, name: str, value: object) -> Iterator[None]:
+    """``obj.name = value`` for the duration of the block, then the old value back."""
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+@contextmanager
+def parameters_hidden_from_autograd(params: list[nn.Parameter]) -> Iterator[None]:
+    """Parameters that must not become graph nodes: without requires_grad they leave no autograd leaf."""
+    old = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, old, strict=True):
+            p.requires_grad_(flag)

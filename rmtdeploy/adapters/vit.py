@@ -1,0 +1,62 @@
+"""ViT and DeiT (plain and distilled): timm's ``VisionTransformer`` and ``VisionTransformerDistilled``.
+
+What differs from a CNN: heads are pruned whole through the fused ``attn.qkv``; the embedding width is
+carried by bare parameters (position embedding, class / distillation / register tokens, layer-scale
+gammas); and timm's ``Attention`` caches ``num_heads``, ``head_dim``, ``attn_dim`` and ``scale``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.layers import Attention, LayerScale
+from torch import nn
+
+from rmtdeploy.adapters._model_attributes import image_kwargs, sync_model_widths
+from rmtdeploy.adapters.base import ArchitectureAdapter, register_adapter
+
+# Bare parameters of VisionTransformer(Distilled) shaped (1, tokens, embed_dim): the embedding width is dim 2.
+_TOKEN_PARAMETERS = ("pos_embed", "cls_token", "reg_token", "dist_token")
+
+
+@register_adapter("vit", "deit")
+class VisionTransformerAdapter(ArchitectureAdapter):
+    family = "vit"
+
+    def example_inputs(self, model: nn.Module, batch: int = 1) -> torch.Tensor:
+        # patch_embed checks the image size strictly; it is the truth when the model was built with img_size.
+        height, width = model.patch_embed.img_size
+        return torch.randn(batch, model.patch_embed.proj.in_channels, height, width)
+
+    def create_kwargs(self, model: nn.Module) -> dict[str, Any]:
+        embed = model.patch_embed
+        return {**super().create_kwargs(model), **image_kwargs(model, embed.img_size, embed.proj.in_channels)}
+
+    def attention_heads(self, model: nn.Module) -> dict[nn.Module, int]:
+        return {m.qkv: m.num_heads for m in model.modules() if isinstance(m, Attention)}
+
+    def unwrapped_parameters(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+        params = [
+            (param, 2)
+            for name in _TOKEN_PARAMETERS
+            if isinstance(param := getattr(model, name, None), nn.Parameter)
+        ]
+        params += [(m.gamma, 0) for m in model.modules() if isinstance(m, LayerScale)]
+        return params
+
+    def repair(self, model: nn.Module) -> None:
+        for attn in model.modules():
+            if isinstance(attn, Attention):
+                # Heads are removed whole, so head_dim (and with it scale and q/k norms) is unchanged.
+                qkv_width = attn.qkv.out_features
+                if qkv_width % (3 * attn.head_dim):
+                    raise AssertionError(f"qkv width {qkv_width} is not 3 x whole heads of {attn.head_dim}")
+                attn.num_heads = qkv_width // (3 * attn.head_dim)
+                attn.attn_dim = attn.num_heads * attn.head_dim
+                attn.scale = attn.head_dim**-0.5
+        embed_dim = model.patch_embed.proj.out_channels
+        model.embed_dim = model.head_hidden_size = embed_dim  # timm's ViT has no pre-logits layer
+        sync_model_widths(
+            model, [embed_dim] * len(getattr(model, "feature_info", [])), num_features=embed_dim
+        )

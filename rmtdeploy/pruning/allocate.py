@@ -1,0 +1,264 @@
+"""How many channels / heads each pruning unit keeps, and the search for a MAC or parameter budget.
+
+Widths follow torch-pruning's arithmetic for a pruning ratio ``r`` (kept = int(width * (1 - r)) rounded down
+to ``round_to``; heads removed = ceil(r * heads)), with a per-layer floor TP lacks. One scalar ``factor``
+drives every unit (local: ratio = factor x the unit's base ratio; global: one importance threshold across
+units), and a search over it meets the budget. Because widths move in steps (round_to channels, whole
+heads), a single factor can jump over a narrow budget window; the search then freezes the coarser of the
+units that jumped and lets the others, whose steps are finer, close the gap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.pruning.graph import PruningUnit
+
+Widths = tuple[int, ...]  # kept count per unit, in unit order
+
+
+@dataclass(frozen=True)
+class WidthRules:
+    round_to: int  # kept channels are a multiple of this (per layer, over all channel groups)
+    min_channels: int  # per-layer floor, in channels
+    prune_heads: bool  # remove whole attention heads (heads are never thinned)
+    global_pruning: bool  # one importance threshold across units instead of one ratio per unit
+
+
+class WidthAllocator:
+    """Maps (factor, frozen widths) to the kept widths of every unit."""
+
+    def __init__(self, units: Sequence[PruningUnit], rules: WidthRules, base_ratios: Sequence[float]):
+        self.units = list(units)
+        self.rules = rules
+        self.base_ratios = list(base_ratios)
+        self._quantum = [self._channel_quantum(u) for u in self.units]
+        self._floor = [self._floor_of(u, q) for u, q in zip(self.units, self._quantum, strict=True)]
+
+    @property
+    def dense(self) -> Widths:
+        return tuple(u.full for u in self.units)
+
+    @property
+    def max_factor(self) -> float:
+        """The factor at which every unit that can shrink sits at its floor."""
+        if self.rules.global_pruning:
+            return 1.0
+        positive = [b for b in self.base_ratios if b > 0]
+        return 1.0 / min(positive) if positive else 0.0
+
+    def widths(self, factor: float, frozen: dict[int, int] | None = None) -> Widths:
+        if self.rules.global_pruning:
+            widths = self._global_widths(factor)
+        else:
+            widths = [self._local_width(i, min(factor * b, 1.0)) for i, b in enumerate(self.base_ratios)]
+        for i, kept in (frozen or {}).items():
+            widths[i] = kept
+        return tuple(widths)
+
+    # -- one unit ---------------------------------------------------------------------------------------
+
+    def _channel_quantum(self, unit: PruningUnit) -> int:
+        # A layer's channel count is channel_groups x kept; make that a multiple of round_to.
+        return self.rules.round_to // math.gcd(self.rules.round_to, unit.channel_groups)
+
+    def _floor_of(self, unit: PruningUnit, quantum: int) -> int:
+        if unit.heads:
+            return unit.heads if not self.rules.prune_heads else 1
+        per_group = max(1, math.ceil(self.rules.min_channels / unit.channel_groups))
+        return min(unit.width, math.ceil(per_group / quantum) * quantum)
+
+    def _rounded(self, i: int, kept: int) -> int:
+        # TP: any pruning rounds the kept count down to round_to; nothing pruned keeps the odd width.
+        unit = self.units[i]
+        if kept >= unit.full:
+            return unit.full
+        if not unit.heads:
+            kept -= kept % self._quantum[i]
+        return max(kept, self._floor[i])
+
+    def _local_width(self, i: int, ratio: float) -> int:
+        unit = self.units[i]
+        if unit.heads:
+            return self._rounded(i, unit.heads - math.ceil(ratio * unit.heads))  # TP's head count
+        return self._rounded(i, int(unit.width * (1 - ratio)))  # TP's channel count
+
+    def _global_widths(self, factor: float) -> list[int]:
+        # TP's global ranking: one threshold over all channel scores, another over all head scores.
+        widths = list(self.dense)
+        channel_units = [(i, u.channel_scores) for i, u in enumerate(self.units) if not u.heads]
+        head_units = [
+            (i, u.head_scores) for i, u in enumerate(self.units) if u.heads and self.rules.prune_heads
+        ]
+        for members in (channel_units, head_units):
+            if not members:
+                continue
+            pooled = torch.cat([scores for _, scores in members])
+            n_pruned = len(pooled) - int(len(pooled) * (1 - factor))
+            if n_pruned <= 0:
+                continue
+            threshold = torch.kthvalue(pooled, n_pruned).values
+            for i, scores in members:
+                removed = int((scores <= threshold).sum())
+                if removed:
+                    widths[i] = self._rounded(i, self.units[i].full - removed)
+        return widths
+
+
+@dataclass
+class _Point:
+    factor: float
+    widths: Widths
+    value: float | None = None  # measured metric; None until measured
+
+
+@dataclass
+class SearchResult:
+    widths: Widths
+    value: float
+    factor: float
+    tried: list[tuple[float, float]] = field(default_factory=list)  # (factor, value) of each measurement
+
+
+class _Budget:
+    """The target, the measurements made so far, and when a measurement is good enough."""
+
+    def __init__(self, measure, dense: Widths, dense_value, target, aim, tolerance, patience, max_measures):
+        self.measure, self.target = measure, target
+        self.aim, self.tolerance, self.patience, self.max_measures = aim, tolerance, patience, max_measures
+        self.values: dict[Widths, float] = {dense: dense_value}
+        self.factors: dict[Widths, float] = {dense: 0.0}
+        self.tried: list[tuple[float, float]] = []
+
+    def value_of(self, point: _Point) -> float:
+        if point.value is None:
+            if point.widths not in self.values:
+                if len(self.tried) >= self.max_measures:
+                    raise _OutOfMeasures
+                self.values[point.widths] = self.measure(point.widths)
+                self.factors[point.widths] = point.factor
+                self.tried.append((point.factor, self.values[point.widths]))
+            point.value = self.values[point.widths]
+        return point.value
+
+    def error(self, value: float) -> float:
+        return abs(value / self.target - 1)
+
+    def accepts(self, value: float) -> bool:
+        # Aim close while measurements are few; once they add up, anything inside the tolerance will do.
+        return self.error(value) <= (self.aim if len(self.tried) < self.patience else self.tolerance)
+
+    def result(self, point: _Point) -> SearchResult:
+        return SearchResult(point.widths, point.value, point.factor, self.tried)
+
+    def closest(self) -> SearchResult:
+        widths, value = min(self.values.items(), key=lambda item: self.error(item[1]))
+        return SearchResult(widths, value, self.factors[widths], self.tried)
+
+
+class _OutOfMeasures(Exception):
+    pass
+
+
+def search_widths(
+    allocator: WidthAllocator,
+    measure: Callable[[Widths], float],
+    *,
+    dense_value: float,
+    target: float,
+    aim: float = 0.01,
+    tolerance: float = 0.03,
+    patience: int = 5,
+    max_measures: int = 30,
+    metric_name: str = "MACs",
+) -> SearchResult:
+    """Widths whose measured metric is within ``aim`` (relative) of ``target`` (within ``tolerance`` once
+    ``patience`` measurements are spent); RmtdeployError when the target cannot be met within ``tolerance``.
+
+    ``measure`` builds and counts a model (the expensive step); every distinct width tuple is measured once.
+    The metric is assumed non-increasing in the factor (more pruning never adds MACs or parameters).
+    """
+    budget = _Budget(measure, allocator.dense, dense_value, target, aim, tolerance, patience, max_measures)
+    frozen: dict[int, int] = {}
+    lo = _Point(0.0, allocator.dense, dense_value)
+    if budget.accepts(dense_value):
+        return budget.result(lo)
+    try:
+        while len(frozen) < len(allocator.units):
+            hi = _Point(allocator.max_factor, allocator.widths(allocator.max_factor, frozen))
+            found = _bracket(allocator, frozen, lo, hi, budget, dense_value)
+            if found is None and hi.value is None:  # the far end (widths at their floors) is needed
+                if budget.accepts(budget.value_of(hi)):
+                    return budget.result(hi)
+                if hi.value > target:
+                    if not frozen:
+                        raise RmtdeployError(
+                            f"cannot reach keep_{metric_name.lower()}={target / dense_value:.3g}: with every "
+                            f"layer at its floor (min_channels, one head) the model keeps "
+                            f"{hi.value / dense_value:.3f} of dense {metric_name}"
+                        )
+                    break
+                found = _bracket(allocator, frozen, lo, hi, budget, dense_value)
+            if found is not None:
+                return budget.result(found)
+            # The bracket collapsed onto a jump of several units at once. Freeze the coarser half of them
+            # (largest relative step) at their wider width; the finer ones then move alone.
+            jumped = [i for i, (a, b) in enumerate(zip(lo.widths, hi.widths, strict=True)) if a != b]
+            jumped.sort(key=lambda i: (lo.widths[i] - hi.widths[i]) / lo.widths[i], reverse=True)
+            frozen.update({i: lo.widths[i] for i in jumped[: math.ceil(len(jumped) / 2)]})
+    except _OutOfMeasures:
+        pass
+    best = budget.closest()
+    if budget.error(best.value) <= tolerance:
+        return best
+    near = sorted(
+        {round(v / dense_value, 3) for v in budget.values.values()},
+        key=lambda v: abs(v * dense_value - target),
+    )
+    raise RmtdeployError(
+        f"cannot reach keep_{metric_name.lower()}={target / dense_value:.3g} within ±{tolerance:.0%}: widths move "
+        f"in steps of round_to channels and whole heads; nearest reached fractions: {near[:2]}"
+    )
+
+
+def _bracket(
+    allocator: WidthAllocator, frozen, lo: _Point, hi: _Point, budget: _Budget, dense_value
+) -> _Point | None:
+    """Regula falsi in sqrt(metric) (roughly linear in the factor) with bisection safeguards, from ``lo``
+    (metric above target) towards ``hi``. Returns an accepted point, or None when the bracket has collapsed
+    onto a jump (``lo`` and ``hi`` are updated in place, so the caller sees which units jumped) or when the
+    target seems to lie at an unmeasured ``hi`` (the caller measures it and calls again)."""
+    target_s = math.sqrt(budget.target / dense_value)
+    interpolate, last_moved = True, None
+    for _ in range(200):
+        span = hi.factor - lo.factor
+        if span <= 1e-9 * max(1.0, hi.factor):
+            return None
+        lo_s = math.sqrt(lo.value / dense_value)
+        hi_s = 0.0 if hi.value is None else math.sqrt(hi.value / dense_value)  # unmeasured end: assume ~0
+        if interpolate and lo_s > hi_s:
+            step = (lo_s - target_s) / (lo_s - hi_s)
+            if hi.value is None and step >= 0.98:  # the target lies at or past the floor widths: check them
+                return None
+            factor = lo.factor + max(step, 0.02) * span
+        else:
+            factor = lo.factor + 0.5 * span
+        widths = allocator.widths(factor, frozen)
+        if widths in (lo.widths, hi.widths):  # no new model: narrow the bracket without measuring
+            end = lo if widths == lo.widths else hi
+            end.factor, interpolate = factor, False
+            continue
+        point = _Point(factor, widths)
+        value = budget.value_of(point)
+        if budget.accepts(value):
+            return point
+        moved = lo if value > budget.target else hi
+        moved.factor, moved.widths, moved.value = point.factor, point.widths, point.value
+        # Illinois-style safeguard: when the same end moves twice running, interpolation is stalling.
+        interpolate, last_moved = moved is not last_moved, moved
+    return None

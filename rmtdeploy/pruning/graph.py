@@ -1,0 +1,228 @@
+"""The shared removal mechanism: torch-pruning's DependencyGraph, told by an adapter what differs.
+
+A *pruning unit* is one torch-pruning group (a set of coupled channels that must go together: a conv's
+outputs, the next BatchNorm and the next conv's inputs, a whole residual stream, ...) or the heads of one
+attention block. Units are found once on the dense model, scored once by an ``Importance``, and turned into
+*operations* (root module name, pruning function name, channel indices) that replay the removal on any
+fresh copy of the architecture: the trial copies while searching for a width budget, and the rebuilt model
+in ``load_pruned``.
+
+Scoring, channel grouping and the choice of the lowest-scored channels / heads follow torch-pruning's
+``BasePruner`` (v1.6) exactly, so magnitude pruning here chooses what TP would; the widths are chosen by
+``rmtdeploy.pruning.allocate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from rmtdeploy.adapters.base import ArchitectureAdapter
+from rmtdeploy.errors import RmtdeployError
+
+# Modules that may root a group (torch-pruning's defaults for get_all_groups).
+ROOT_MODULE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+Operation = dict[str, Any]
+
+
+@dataclass
+class PruningUnit:
+    """Channels (or attention heads) that are removed together, with one importance score per element."""
+
+    root: str  # name of the module whose pruning function roots the group
+    fn: str  # "prune_out_channels" or "prune_in_channels" of that module's pruner
+    channels: int  # width of the root's pruned dimension
+    channel_groups: int  # >1 when the dimension is split into equal groups that must shrink alike
+    channel_scores: torch.Tensor  # one score per channel of one group (averaged over groups, as TP does)
+    owners: tuple[str, ...]  # modules whose output channels this unit removes (for per-layer ratios)
+    heads: int = 0  # >0: an attention unit; only whole heads are removed
+    head_scores: torch.Tensor | None = None
+
+    @property
+    def width(self) -> int:
+        """Prunable elements per channel group."""
+        return self.channels // self.channel_groups
+
+    @property
+    def full(self) -> int:
+        """Kept count when nothing is removed: heads for attention units, channels per group otherwise."""
+        return self.heads if self.heads else self.width
+
+
+def build_dependency_graph(
+    model: nn.Module, adapter: ArchitectureAdapter, example_inputs: torch.Tensor
+) -> tp.DependencyGraph:
+    """Trace ``model`` (in eval mode, with autograd on, as TP requires) into a dependency graph."""
+    was_training = model.training
+    # TP follows autograd: frozen parameters would leave no graph behind, and nothing would be pruned.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    model.eval()
+    try:
+        for param in frozen:
+            param.requires_grad_(True)
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model,
+                example_inputs=example_inputs,
+                unwrapped_parameters=adapter.unwrapped_parameters(model),
+                customized_pruners=adapter.customized_pruners(model) or None,
+                forward_fn=adapter.trace_forward,
+            )
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
+        model.train(was_training)
+
+
+def discover_units(
+    graph: tp.DependencyGraph,
+    model: nn.Module,
+    adapter: ArchitectureAdapter,
+    importance: tp.importance.Importance,
+) -> list[PruningUnit]:
+    """Every prunable group of ``model``, scored by ``importance``, in TP's (trace) order."""
+    names = {module: name for name, module in model.named_modules()}
+    heads_of = adapter.attention_heads(model)
+    ignored = [sub for layer in adapter.ignored_layers(model) for sub in layer.modules()]
+    units = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=ROOT_MODULE_TYPES):
+        qkv_layers = [
+            dep.target.module
+            for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler) and dep.target.module in heads_of
+        ]
+        if qkv_layers:
+            group = _reroot_attention_group(graph, group)
+            if group is None:
+                continue
+        scores = importance(group)
+        if scores is None:  # the importance declines to score this group: leave it whole
+            continue
+        scores = scores.detach().float().cpu()
+        channel_groups = _channel_groups(graph, group, heads_of)
+        root = group[0].dep
+        owners = tuple(
+            names[dep.target.module]
+            for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
+        )
+        unit = PruningUnit(
+            root=names[root.target.module],
+            fn=root.handler.__name__,
+            channels=len(scores),
+            channel_groups=channel_groups,
+            channel_scores=scores.view(channel_groups, -1).mean(dim=0),
+            owners=owners,
+        )
+        if qkv_layers:
+            unit.heads = max(heads_of[qkv] for qkv in qkv_layers)
+            unit.head_scores = scores.view(unit.heads, -1).mean(dim=1)
+        units.append(unit)
+    return units
+
+
+def _reroot_attention_group(graph: tp.DependencyGraph, group):
+    # As TP's BasePruner: root an attention group at the layer that reads the heads (attn.proj's inputs),
+    # whose channels map one-to-one onto head x head_dim, instead of at the fused qkv output.
+    downstream = None
+    for dep, idxs in group:
+        if isinstance(dep.target.module, ROOT_MODULE_TYPES) and graph.is_in_channel_pruning_fn(dep.handler):
+            downstream = (dep, idxs)
+    if downstream is None:
+        return None
+    dep, idxs = downstream
+    return graph.get_pruning_group(dep.target.module, dep.handler, idxs)
+
+
+def _channel_groups(graph: tp.DependencyGraph, group, heads_of: dict[nn.Module, int]) -> int:
+    # As TP's BasePruner: heads split an attention dimension into equal groups; grouped convolutions and
+    # GroupNorm split theirs (depthwise convolutions do not count: each channel is its own group).
+    counts = [1]
+    for dep, _ in group:
+        module = dep.target.module
+        if not isinstance(module, nn.Module):
+            continue
+        is_out = graph.is_out_channel_pruning_fn(dep.handler)
+        if is_out and module in heads_of:
+            counts.append(heads_of[module])
+            continue
+        if isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels:
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is not None:
+            counts.append(
+                pruner.get_out_channel_groups(module) if is_out else pruner.get_in_channel_groups(module)
+            )
+    return max(counts)
+
+
+def unit_operation(unit: PruningUnit, kept: int) -> Operation | None:
+    """The operation that keeps ``kept`` of ``unit`` (heads or channels per group): the highest-scored ones."""
+    if kept >= unit.full:
+        return None
+    if kept < 1:
+        raise RmtdeployError(f"pruning would leave {unit.root} empty")
+    operation: Operation = {"root": unit.root, "fn": unit.fn, "width": unit.channels}
+    if unit.heads:
+        head_dim = unit.channels // unit.heads
+        pruned_heads = sorted(torch.argsort(unit.head_scores, stable=True)[: unit.heads - kept].tolist())
+        pruned = [head * head_dim + i for head in pruned_heads for i in range(head_dim)]
+        operation.update(
+            kind="heads",
+            heads=unit.heads,
+            head_dim=head_dim,
+            pruned_heads=pruned_heads,
+            kept_heads=sorted(set(range(unit.heads)) - set(pruned_heads)),
+        )
+    else:
+        pruned_per_group = sorted(
+            torch.argsort(unit.channel_scores, stable=True)[: unit.width - kept].tolist()
+        )
+        pruned = [g * unit.width + i for g in range(unit.channel_groups) for i in pruned_per_group]
+        operation["kind"] = "channels"
+    operation["pruned"] = pruned
+    operation["kept"] = sorted(set(range(unit.channels)) - set(pruned))
+    return operation
+
+
+def apply_operations(graph: tp.DependencyGraph, model: nn.Module, operations: list[Operation]) -> None:
+    """Physically remove what ``operations`` name, through ``graph`` (built on ``model``)."""
+    modules = dict(model.named_modules())
+    for op in operations:
+        module = modules.get(op["root"])
+        pruner = None if module is None else graph.get_pruner_of_module(module)
+        fn = getattr(pruner, op["fn"], None)
+        if fn is None:
+            raise RmtdeployError(
+                f"pruning plan names {op['root']}.{op['fn']}, which this model does not have"
+            )
+        group = graph.get_pruning_group(module, fn, op["pruned"])
+        if not graph.check_pruning_group(group):
+            raise RmtdeployError(
+                f"pruning {len(op['pruned'])} channels at {op['root']} would leave a layer empty"
+            )
+        group.prune()
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output width of every Linear and convolution, by module name."""
+    widths = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            widths[name] = module.out_features
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            widths[name] = module.out_channels
+    return widths
+
+
+def attention_heads_by_block(model: nn.Module, adapter: ArchitectureAdapter) -> dict[str, int]:
+    """Heads per attention block (the module holding the fused qkv), by block name."""
+    names = {module: name for name, module in model.named_modules()}
+    return {
+        names[qkv].rpartition(".")[0]: int(heads) for qkv, heads in adapter.attention_heads(model).items()
+    }

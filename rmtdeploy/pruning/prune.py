@@ -1,0 +1,248 @@
+"""``prune_model``: structured pruning of a timm model to a MAC or parameter budget."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from rmtdeploy.adapters.base import ArchitectureAdapter, get_adapter
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.models import model_family
+from rmtdeploy.pruning.allocate import WidthAllocator, WidthRules, Widths, search_widths
+from rmtdeploy.pruning.graph import (
+    Operation,
+    PruningUnit,
+    apply_operations,
+    attention_heads_by_block,
+    build_dependency_graph,
+    discover_units,
+    layer_widths,
+    unit_operation,
+)
+from rmtdeploy.pruning.plan import build_plan
+from rmtdeploy.pruning.result import PruneResult, count_macs_params
+
+# The budget is met within this relative error or the prune fails; the search aims tighter.
+TARGET_TOLERANCE = 0.03
+_TARGET_AIM = 0.01
+
+RatioKey = nn.Module | tuple[nn.Module, ...]
+
+
+def prune_model(
+    model: nn.Module,
+    *,
+    importance: tp.importance.Importance | None = None,
+    keep_macs: float | None = None,
+    keep_params: float | None = None,
+    round_to: int = 8,
+    min_channels: int = 8,
+    prune_heads: bool = True,
+    global_pruning: bool = False,
+    pruning_ratio_dict: Mapping[RatioKey, float] | None = None,
+    example_inputs: torch.Tensor | None = None,
+    model_name: str | None = None,
+) -> PruneResult:
+    """Remove channels and whole attention heads from a copy of ``model`` (``model`` itself is untouched).
+
+    The budget is ``keep_macs`` or ``keep_params``: the fraction of the dense count to keep, met within
+    ±3%. Which channels go is decided by ``importance`` (default: TP's group L2 magnitude); how many by one
+    factor searched for the budget: ``pruning_ratio_dict`` ({module or tuple of modules: base ratio}, e.g. from
+    a spectral strategy) gives per-layer ratios that the factor scales (unnamed layers are left whole);
+    without it every layer gets the same ratio, or with ``global_pruning`` one importance threshold ranks all
+    layers. With no budget, ``pruning_ratio_dict`` is applied as given. Kept widths are multiples of
+    ``round_to`` and at least ``min_channels`` per layer; heads keep their head_dim (at least one head stays).
+    ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``.
+    """
+    _check_arguments(keep_macs, keep_params, round_to, min_channels, global_pruning, pruning_ratio_dict)
+    adapter = get_adapter(model)
+    model_name = model_name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if not model_name:
+        raise RmtdeployError("cannot tell the timm name of this model (no pretrained_cfg); pass model_name")
+    if importance is None:
+        importance = tp.importance.GroupMagnitudeImportance(p=2)
+    device = next(model.parameters()).device
+    if example_inputs is None:
+        example_inputs = adapter.example_inputs(model)
+    example_inputs = example_inputs.to(device)
+
+    dense = copy.deepcopy(model).eval()
+    units = discover_units(build_dependency_graph(dense, adapter, example_inputs), dense, adapter, importance)
+    if not units:
+        raise RmtdeployError(
+            f"found no prunable channels in {model_name} (the dependency graph has no groups)"
+        )
+    dense_macs, dense_params = count_macs_params(dense, example_inputs)
+    base_ratios = _base_ratios(model, units, pruning_ratio_dict)
+    allocator = WidthAllocator(
+        units,
+        WidthRules(
+            round_to=round_to,
+            min_channels=min_channels,
+            prune_heads=prune_heads,
+            global_pruning=global_pruning,
+        ),
+        base_ratios,
+    )
+    builder = _TrialBuilder(dense, adapter, units, example_inputs)
+
+    if keep_macs is None and keep_params is None:
+        candidate = builder.build(allocator.widths(1.0))
+        factor = 1.0
+    else:
+        metric, keep = ("MACs", keep_macs) if keep_macs is not None else ("params", keep_params)
+        dense_value = dense_macs if metric == "MACs" else dense_params
+        found = search_widths(
+            allocator,
+            lambda widths: builder.measure(widths, metric, dense_value * keep),
+            dense_value=dense_value,
+            target=dense_value * keep,
+            aim=_TARGET_AIM,
+            tolerance=TARGET_TOLERANCE,
+            metric_name=metric,
+        )
+        candidate = builder.build(found.widths)
+        factor = found.factor
+
+    pruned = candidate.model.train(model.training)
+    settings = {
+        "round_to": round_to,
+        "min_channels": min_channels,
+        "prune_heads": prune_heads,
+        "global_pruning": global_pruning,
+        "importance": type(importance).__name__,
+        "budget": _budget_json(keep_macs, keep_params),
+        "factor": round(float(factor), 6),
+    }
+    plan = build_plan(
+        model_name=model_name,
+        family=model_family(model),
+        create_kwargs=adapter.create_kwargs(model),
+        input_size=list(example_inputs.shape[1:]),
+        settings=settings,
+        operations=candidate.operations,
+        dense_widths=layer_widths(dense),
+        pruned_widths=layer_widths(pruned),
+        dense_heads=attention_heads_by_block(dense, adapter),
+        pruned_heads=attention_heads_by_block(pruned, adapter),
+        macs=(dense_macs, candidate.macs),
+        params=(dense_params, candidate.params),
+    )
+    return PruneResult(pruned, plan, dense_macs, candidate.macs, dense_params, candidate.params)
+
+
+@dataclass
+class _Trial:
+    model: nn.Module
+    operations: list[Operation]
+    macs: int
+    params: int
+
+
+class _TrialBuilder:
+    """Builds the pruned model for a width tuple on a fresh copy of the dense model, and keeps the trial
+    nearest the target so the winning widths are not built twice (one model held at a time)."""
+
+    def __init__(
+        self, dense: nn.Module, adapter: ArchitectureAdapter, units: list[PruningUnit], example_inputs
+    ):
+        self.dense, self.adapter, self.units, self.example_inputs = dense, adapter, units, example_inputs
+        self._requires_grad = {name: p.requires_grad for name, p in dense.named_parameters()}
+        self._kept: tuple[Widths, _Trial] | None = None
+        self._kept_error = float("inf")
+
+    def build(self, widths: Widths) -> _Trial:
+        if self._kept is not None and self._kept[0] == widths:
+            return self._kept[1]
+        operations = [
+            op for unit, kept in zip(self.units, widths, strict=True) if (op := unit_operation(unit, kept))
+        ]
+        model = copy.deepcopy(self.dense)
+        if operations:
+            apply_operations(
+                build_dependency_graph(model, self.adapter, self.example_inputs), model, operations
+            )
+            # TP makes new Parameters for what it cuts (requires_grad on); keep the caller's freezing.
+            for name, param in model.named_parameters():
+                param.requires_grad_(self._requires_grad.get(name, True))
+        self.adapter.repair(model)
+        macs, params = count_macs_params(model, self.example_inputs)
+        return _Trial(model, operations, macs, params)
+
+    def measure(self, widths: Widths, metric: str, target: float) -> float:
+        trial = self.build(widths)
+        value = trial.macs if metric == "MACs" else trial.params
+        error = abs(value / target - 1)
+        if error < self._kept_error:
+            self._kept, self._kept_error = (widths, trial), error
+        return value
+
+
+def _check_arguments(
+    keep_macs, keep_params, round_to, min_channels, global_pruning, pruning_ratio_dict
+) -> None:
+    if keep_macs is not None and keep_params is not None:
+        raise RmtdeployError("give keep_macs or keep_params, not both")
+    if keep_macs is None and keep_params is None and not pruning_ratio_dict:
+        raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
+    for name, keep in (("keep_macs", keep_macs), ("keep_params", keep_params)):
+        if keep is not None and not 0 < keep <= 1:
+            raise RmtdeployError(f"{name} must be a fraction in (0, 1], got {keep}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise RmtdeployError(f"round_to must be a positive integer, got {round_to}")
+    if not isinstance(min_channels, int) or min_channels < 1:
+        raise RmtdeployError(
+            f"min_channels must be a positive integer (a layer is never emptied), got {min_channels}"
+        )
+    if global_pruning and pruning_ratio_dict:
+        raise RmtdeployError(
+            "pruning_ratio_dict sets per-layer ratios; it cannot be combined with global_pruning"
+        )
+
+
+def _base_ratios(
+    model: nn.Module, units: list[PruningUnit], pruning_ratio_dict: Mapping[RatioKey, float] | None
+) -> list[float]:
+    """Each unit's base ratio: 1 (uniform) without a dict; else the mean ratio of the dict entries whose
+    modules own the unit's output channels (0, left whole, when none does)."""
+    if not pruning_ratio_dict:
+        return [1.0] * len(units)
+    names = {module: name for name, module in model.named_modules()}
+    unit_of_owner = {owner: i for i, unit in enumerate(units) for owner in unit.owners}
+    ratios: list[list[float]] = [[] for _ in units]
+    for key, ratio in pruning_ratio_dict.items():
+        modules = key if isinstance(key, tuple) else (key,)
+        if not all(isinstance(m, nn.Module) and m in names for m in modules):
+            raise RmtdeployError(
+                "pruning_ratio_dict keys must be modules (or tuples of modules) of the model"
+            )
+        label = ", ".join(names[m] or "<model>" for m in modules)
+        if not 0 <= ratio < 1:
+            raise RmtdeployError(
+                f"pruning_ratio_dict gives {label} the ratio {ratio}: ratios must lie in [0, 1) "
+                "(1 would leave the layer empty)"
+            )
+        # Entries for layers that own no prunable channels (the classifier) are ignored, as TP does.
+        hit = {unit_of_owner[sub] for m in modules for sub in _names_below(m, names) if sub in unit_of_owner}
+        for i in hit:
+            ratios[i].append(float(ratio))
+    if not any(ratios):
+        raise RmtdeployError("pruning_ratio_dict names no layer with prunable channels")
+    return [sum(r) / len(r) if r else 0.0 for r in ratios]
+
+
+def _names_below(module: nn.Module, names: dict[nn.Module, str]) -> list[str]:
+    return [names[sub] for sub in module.modules() if sub in names]
+
+
+def _budget_json(keep_macs: float | None, keep_params: float | None) -> dict | None:
+    if keep_macs is not None:
+        return {"metric": "macs", "keep": keep_macs}
+    if keep_params is not None:
+        return {"metric": "params", "keep": keep_params}
+    return None
