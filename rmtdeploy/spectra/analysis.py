@@ -150,16 +150,18 @@ def analyze_matrix(
         )
     if not torch.isfinite(matrix).all():
         return LayerSpectrum(**base, status=STATUS_NON_FINITE, message="weights contain NaN or Inf")
-    exact = singular_values is None
-    if exact:
-        singular_values = torch.linalg.svdvals(matrix.float()).double().numpy()
+    if singular_values is None:
+        # The same Gram-matrix path as analyze_model, so a single matrix is judged exactly as in a model.
+        singular_values = batched_singular_values([matrix])[0]
+    if singular_values is None or np.asarray(singular_values).size == 0 or np.max(singular_values) == 0:
+        return LayerSpectrum(**base, status=STATUS_ZERO, message="all weights are zero")
     s = np.sort(np.asarray(singular_values, dtype=np.float64))[::-1]
-    if s.size == 0 or s[0] == 0:
+    if s[0] == 0:
         return LayerSpectrum(**base, status=STATUS_ZERO, message="all weights are zero")
 
     p, n = min(rows, cols), max(rows, cols)
     numerical_rank = _numerical_rank(s, n)
-    if p - numerical_rank > config.window * p and not exact:
+    if p - numerical_rank > config.window * p:
         # Gram-based values blur exact zeros into ~1% of the top; decide rank deficiency exactly.
         s = np.sort(torch.linalg.svdvals(matrix.float()).double().numpy())[::-1]
         numerical_rank = _numerical_rank(s, n)
