@@ -22,13 +22,17 @@ $(VENV)/.installed: pyproject.toml
 # The main job on its offline default: no model hub here, so the weights are random and every output
 # says so. With network access or a checkpoint, run `rmtdeploy analyze --model ... --checkpoint PATH`.
 demo: install
-	$(VENV)/bin/rmtdeploy analyze --model $(DEMO_MODEL) --weights random --out $(DEMO_OUT) --force
+	$(VENV)/bin/rmtdeploy analyze --model $(DEMO_MODEL) --weights random --out $(DEMO_OUT)/analysis --force
+	$(VENV)/bin/rmtdeploy prune --model $(DEMO_MODEL) --weights random --strategy rmt --keep-macs 0.5 \
+		--target jetson --out $(DEMO_OUT)/pruned --force
 
 test: install
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) benchmarks/analyze_speed.py
+	$(PY) benchmarks/prune_time.py
+	$(PY) benchmarks/prune_speedup.py
 
 lint: install
 	$(VENV)/bin/ruff check rmtdeploy tests benchmarks

@@ -16,6 +16,8 @@ from rmtdeploy.scores.edge_budget import EdgeBudgetStrategy
 PLANTED_BLOCK = 5
 PLANTED_ROWS = torch.arange(0, 768, 12)  # 64 of the 768 hidden channels
 MARKER = 1000.0
+CNN_AT_128 = {"input_size": (3, 128, 128)}  # small inputs keep the suite fast; scores ignore resolution
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def planted_vit():
     so the survivors can be counted after pruning (biases take no part in any score).
     """
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=112).eval()
     fc1 = model.blocks[PLANTED_BLOCK].mlp.fc1
     with torch.no_grad():
         noise_row_norm = fc1.weight.norm(dim=1).mean()
@@ -99,7 +101,7 @@ def test_edge_budget_gives_the_signal_layer_the_smallest_ratio(planted_vit):
 
 def test_dynamic_switches_scoring_by_depth_and_composes_one_replayable_plan(tmp_path):
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False).eval()
+    model = timm.create_model("resnet18", pretrained=False, pretrained_cfg_overlay=CNN_AT_128).eval()
     strategy = get_strategy("dynamic", steps=3, switch_depth=0.25)
     result = strategy.prune(model, keep_macs=0.5)
     steps = result.plan["strategy"]["steps"]
@@ -109,15 +111,15 @@ def test_dynamic_switches_scoring_by_depth_and_composes_one_replayable_plan(tmp_
     assert result.plan["macs"]["dense"] == result.dense_macs
     save_pruned(tmp_path / "dyn", result)
     loaded = load_pruned(tmp_path / "dyn")
-    x = torch.randn(2, 3, 224, 224)
+    x = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), result.model.eval()(x))
 
 
 def test_dynamic_switches_when_the_evaluator_reports_a_drop():
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False).eval()
-    probe = torch.randn(16, 3, 224, 224)
+    model = timm.create_model("resnet18", pretrained=False, pretrained_cfg_overlay=CNN_AT_128).eval()
+    probe = torch.randn(16, 3, 128, 128)
     with torch.no_grad():
         reference = model(probe).argmax(1)
 

@@ -1,0 +1,88 @@
+"""`rmtdeploy prune` end to end: files that rebuild the model, report, errors before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import rmtdeploy
+from rmtdeploy.cli import main
+
+
+def test_prune_writes_a_model_that_load_pruned_rebuilds(tmp_path, capsys):
+    out = tmp_path / "r18"
+    args = ["prune", "--model", "resnet18", "--weights", "random", "--strategy", "rmt", "--keep-macs", "0.6"]
+    assert main([*args, "--target", "gpu-int8", "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["weights"] == "random" and summary["strategy"]["name"] == "rmt"
+    assert abs(summary["macs"]["kept"] - 0.6) <= 0.03 * 0.6
+    report = json.loads((out / "report.json").read_text())
+    assert report["round_to"] == 16  # int8 target: channel multiple 16
+    changed = [layer for layer in report["layers"] if layer["pruned_width"] != layer["dense_width"]]
+    assert changed and all(layer["pruned_width"] % 16 == 0 for layer in changed)
+    rebuilt = rmtdeploy.load_pruned(out)
+    assert rebuilt.pruned_macs == summary["macs"]["pruned"]
+    with torch.no_grad():
+        assert rebuilt.model(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
+
+
+def test_prune_refuses_to_overwrite_and_knobs_reach_the_strategy(tmp_path, capsys):
+    out = tmp_path / "dyn"
+    args = [
+        "prune",
+        "--model",
+        "resnet18",
+        "--weights",
+        "random",
+        "--strategy",
+        "dynamic",
+        "--keep-macs",
+        "0.7",
+    ]
+    assert main([*args, "--knob", "steps=2", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["strategy"]["knobs"]["steps"] == 2
+    before = (out / "plan.json").read_bytes()
+    assert main([*args, "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert (out / "plan.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--strategy", "lottery", "--keep-macs", "0.5"], "unknown strategy 'lottery'"),
+        (["--keep-macs", "0"], "must lie in (0, 1]"),
+        (["--keep-macs", "1.2"], "must lie in (0, 1]"),
+        (["--keep-params", "-1"], "must lie in (0, 1]"),
+        (["--keep-macs", "0.5", "--target", "mars"], "unknown target 'mars'"),
+        (["--keep-macs", "0.5", "--knob", "steps"], "KEY=VALUE"),
+        (["--keep-macs", "0.001"], "cannot reach keep_macs=0.001"),
+    ],
+)
+def test_bad_prune_input_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, message):
+    out = tmp_path / "o"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rmtdeploy.cli",
+            "prune",
+            "--model",
+            "resnet18",
+            "--weights",
+            "random",
+            *extra,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    assert not out.exists()
