@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
+from cli_checks import assert_one_line_usage_error, run_rmtdeploy
 
 from rmtdeploy.cli import main
 
@@ -82,12 +81,6 @@ def test_analyze_refuses_to_overwrite_without_force(tmp_path, capsys):
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_2(tmp_path, args, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "rmtdeploy.cli", "analyze", *args, "--out", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    result = run_rmtdeploy("analyze", *args, "--out", str(tmp_path / "o"))
+    assert_one_line_usage_error(result, message)
     assert not (tmp_path / "o" / "spectra.json").exists()

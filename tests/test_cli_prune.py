@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli_checks import assert_one_line_usage_error, run_rmtdeploy
 
 import rmtdeploy
 from rmtdeploy.cli import main
@@ -65,24 +64,6 @@ def test_prune_refuses_to_overwrite_and_knobs_reach_the_strategy(tmp_path, capsy
 )
 def test_bad_prune_input_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, message):
     out = tmp_path / "o"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rmtdeploy.cli",
-            "prune",
-            "--model",
-            "resnet18",
-            "--weights",
-            "random",
-            *extra,
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    result = run_rmtdeploy("prune", "--model", "resnet18", "--weights", "random", *extra, "--out", str(out))
+    assert_one_line_usage_error(result, message)
     assert not out.exists()
