@@ -31,6 +31,13 @@ def prepare_output_dir(out: str | os.PathLike, produces: Iterable[str], force: b
     return out
 
 
+def _umask_mode() -> int:
+    # mkstemp creates 0600 files; a finished output should get the mode a plain open() would give it.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside ``path`` then rename: readers never see a half-written file."""
     path = Path(path)
@@ -38,6 +45,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,6 +67,7 @@ def atomic_save(path: str | os.PathLike, save_fn) -> None:
     os.close(fd)
     try:
         save_fn(tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
