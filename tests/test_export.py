@@ -1,0 +1,176 @@
+"""Export stage: timm models to verified ONNX, written atomically."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+from torch import nn
+
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.export import export_onnx
+
+SMALL = (3, 32, 32)
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    )
+
+
+class _CallCounter(nn.Module):
+    """Output depends on how often forward ran: the traced graph cannot match a later eager call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.mean(dim=(2, 3)) * float(self.calls)
+
+
+def test_resnet18_exports_with_dynamic_batch_and_matches_pytorch(tmp_path):
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    result = export_onnx(model, tmp_path / "r18.onnx", input_shape=(3, 64, 64))
+
+    assert result.path == tmp_path / "r18.onnx" and result.path.is_file()
+    assert result.input_names == ("input",) and result.output_names == ("logits",)
+    assert result.input_shape == ("batch", 3, 64, 64)
+    assert result.opset == 17 and result.exporter == "torchscript"
+    assert result.verified and result.verify_batches == (1, 3)
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-3
+    assert result.reference_max_abs > 0 and not result.warnings
+
+    # The graph really is batch-agnostic: batch 3 was not the traced size.
+    x = torch.randn(3, 3, 64, 64)
+    out = _session(result.path).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    assert out.shape == (3, 10)
+    np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_vit_tiny_exports_layernorm_as_single_ops_and_restores_model_state(tmp_path):
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, depth=2)
+    model.train()
+    fused_before = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+
+    result = export_onnx(model, tmp_path / "vit.onnx")
+
+    graph = onnx.load(str(result.path)).graph
+    layer_norms = sum(node.op_type == "LayerNormalization" for node in graph.node)
+    assert layer_norms == 2 * 2 + 1  # two per block and the final norm: one op each at opset 17
+    assert result.max_abs_diff < 1e-3
+    assert model.training, "export must restore training mode"
+    assert [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")] == fused_before
+
+
+def test_convnext_atto_static_batch_fixes_the_input_shape(tmp_path):
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10)
+    result = export_onnx(model, tmp_path / "cx.onnx", input_shape=(3, 64, 64), batch=2, dynamic_batch=False)
+
+    dims = _session(result.path).get_inputs()[0].shape
+    assert dims == [2, 3, 64, 64]
+    assert result.input_shape == (2, 3, 64, 64) and result.verify_batches == (2,)
+    assert result.max_abs_diff < 1e-3
+
+
+def test_existing_file_is_kept_without_overwrite(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous")
+    with pytest.raises(RmtdeployError, match="already exists"):
+        export_onnx(_tiny_cnn(), path, input_shape=SMALL)
+    assert path.read_bytes() == b"previous"
+
+
+def test_overwrite_replaces_the_file_and_leaves_no_temporaries(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous")
+    export_onnx(_tiny_cnn(), path, input_shape=SMALL, overwrite=True)
+    onnx.checker.check_model(str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_failed_verification_leaves_previous_file_untouched(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous")
+    with pytest.raises(RmtdeployError, match="does not match PyTorch"):
+        export_onnx(_CallCounter(), path, input_shape=SMALL, overwrite=True)
+    assert path.read_bytes() == b"previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_all_zero_outputs_are_flagged_as_a_vacuous_check(tmp_path):
+    model = _tiny_cnn()
+    nn.init.zeros_(model[-1].weight)
+    nn.init.zeros_(model[-1].bias)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = export_onnx(model, tmp_path / "z.onnx", input_shape=SMALL)
+    assert result.reference_max_abs == 0.0
+    assert any("all-zero" in w for w in result.warnings)
+    assert any("all-zero" in str(w.message) for w in caught)
+
+
+def test_directory_as_path_is_a_user_error(tmp_path):
+    with pytest.raises(RmtdeployError, match="is a directory"):
+        export_onnx(_tiny_cnn(), tmp_path, input_shape=SMALL)
+
+
+def test_path_under_a_file_is_a_user_error(tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    with pytest.raises(RmtdeployError, match="cannot create the directory"):
+        export_onnx(_tiny_cnn(), blocker / "m.onnx", input_shape=SMALL)
+
+
+def test_missing_parent_directories_are_created(tmp_path):
+    result = export_onnx(_tiny_cnn(), tmp_path / "a" / "b" / "m.onnx", input_shape=SMALL, verify=False)
+    assert result.path.is_file() and not result.verified and result.max_abs_diff is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"opset": 13}, "opset 13 is too old"),
+        ({"exporter": "magic"}, "exporter must be one of"),
+        ({"input_shape": (3, 32)}, "input_shape must be"),
+        ({"batch": 0}, "batch must be"),
+    ],
+)
+def test_bad_arguments_are_user_errors(tmp_path, kwargs, message):
+    args = {"input_shape": SMALL, **kwargs}
+    with pytest.raises(RmtdeployError, match=message):
+        export_onnx(_tiny_cnn(), tmp_path / "m.onnx", **args)
+
+
+def test_dynamo_exporter_needs_onnxscript(tmp_path):
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        with pytest.raises(RmtdeployError, match="onnxscript"):
+            export_onnx(_tiny_cnn(), tmp_path / "m.onnx", input_shape=SMALL, exporter="dynamo")
+    else:
+        result = export_onnx(_tiny_cnn(), tmp_path / "m.onnx", input_shape=SMALL, exporter="dynamo")
+        assert result.opset >= 18 and result.max_abs_diff < 1e-3
+
+
+def test_result_is_json_ready(tmp_path):
+    import json
+
+    result = export_onnx(_tiny_cnn(), tmp_path / "m.onnx", input_shape=SMALL)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["path"] == str(tmp_path / "m.onnx") and data["opset"] == 17

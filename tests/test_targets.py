@@ -1,0 +1,135 @@
+"""Deployment targets: every shipped YAML loads, and bad ones fail with one clear message."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.targets import BACKENDS, PRECISIONS, list_targets, load_target, recipes_dir, target_aliases
+
+REQUIRED = {"jetson-orin-nano", "jetson-agx-orin", "gpu-fp16", "gpu-int8", "cpu-ort"}
+
+VALID = {
+    "name": "my-board",
+    "description": "a test board",
+    "backend": "tensorrt",
+    "precision": "fp16",
+    "channel_multiple": 8,
+    "tensorrt": ">=10.3",
+}
+
+
+def _write(tmp_path, **fields):
+    path = tmp_path / "my-board.yaml"
+    path.write_text(yaml.safe_dump({**VALID, **fields}))
+    return path
+
+
+def test_required_targets_ship():
+    assert REQUIRED <= set(list_targets())
+
+
+@pytest.mark.parametrize("name", list_targets())
+def test_every_shipped_target_loads_and_is_consistent(name):
+    target = load_target(name)
+    assert target.name == name
+    assert target.backend in BACKENDS and target.precision in PRECISIONS
+    assert target.channel_multiple >= 8 and target.channel_multiple & (target.channel_multiple - 1) == 0
+    assert target.opset >= 17 and target.max_batch >= 1 and target.description
+    assert (target.tensorrt is not None) == (target.backend == "tensorrt")
+    assert target.source.endswith(f"{name}.yaml")
+
+
+def test_jetson_alias_means_orin_nano_on_tensorrt_10():
+    target = load_target("jetson")
+    assert target.name == "jetson-orin-nano"
+    assert target_aliases()["jetson"] == "jetson-orin-nano"
+    # JetPack 6.x ships TensorRT 10.3; TensorRT 11 is not available there.
+    assert target.accepts_tensorrt("10.3.0") and not target.accepts_tensorrt("11.4.1")
+    assert not target.accepts_tensorrt("8.6.2")
+
+
+def test_precision_moves_into_the_onnx_from_tensorrt_11():
+    gpu = load_target("gpu-fp16")
+    assert not gpu.precision_in_onnx("10.13.0")
+    assert gpu.precision_in_onnx("11.0.0")
+    assert not load_target("cpu-ort").precision_in_onnx("11.0.0")
+
+
+def test_int8_and_dla_targets_use_wider_channel_multiples():
+    assert load_target("gpu-int8").channel_multiple >= 16
+    dla = [load_target(n) for n in list_targets() if load_target(n).dla]
+    assert all(t.precision in ("fp16", "int8") and t.static_shapes and t.channel_multiple >= 16 for t in dla)
+
+
+def test_unknown_target_lists_the_known_ones():
+    with pytest.raises(RmtdeployError) as info:
+        load_target("jetson-nanoo")
+    message = str(info.value)
+    assert "unknown target 'jetson-nanoo'" in message
+    assert all(name in message for name in REQUIRED) and "jetson -> jetson-orin-nano" in message
+
+
+def test_loads_a_yaml_path(tmp_path):
+    target = load_target(_write(tmp_path))
+    assert target.name == "my-board" and target.dla is False and target.max_batch == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"precision": "fp8"}, "'precision' must be one of"),
+        ({"backend": "tvm"}, "'backend' must be one of"),
+        ({"channel_multiple": 12}, "power of two"),
+        ({"channel_multiple": True}, "'channel_multiple' must be int"),
+        ({"max_batch": 0}, "'max_batch' must be >= 1"),
+        ({"round_to": 8}, "unknown field"),
+        ({"dla": True, "precision": "fp32"}, "dla needs"),
+        ({"dla": True, "static_shapes": False}, "static shapes only"),
+        ({"tensorrt": "ten"}, "version range"),
+        ({"tensorrt": None}, "needs a 'tensorrt' version range"),
+        ({"backend": "onnxruntime", "precision": "fp16", "tensorrt": None}, "not available with backend"),
+        ({"backend": "onnxruntime", "precision": "fp32"}, "only applies to backend tensorrt"),
+        ({"opset": 13}, "opset must be >= 17"),
+        ({"description": None}, "missing required field 'description'"),
+    ],
+)
+def test_invalid_fields_are_named_in_the_error(tmp_path, fields, message):
+    with pytest.raises(RmtdeployError, match=message):
+        load_target(_write(tmp_path, **fields))
+
+
+def test_non_mapping_and_broken_yaml_are_user_errors(tmp_path):
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(RmtdeployError, match="mapping"):
+        load_target(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(RmtdeployError, match="not valid YAML"):
+        load_target(tmp_path / "bad.yaml")
+    with pytest.raises(RmtdeployError, match="not found"):
+        load_target(tmp_path / "missing.yaml")
+
+
+def test_env_var_points_at_another_recipes_folder(tmp_path, monkeypatch):
+    (tmp_path / "targets").mkdir()
+    shutil.copy(recipes_dir() / "targets" / "cpu-ort.yaml", tmp_path / "targets" / "cpu-ort.yaml")
+    monkeypatch.setenv("RMTDEPLOY_RECIPES", str(tmp_path))
+    assert list_targets() == ["cpu-ort"]
+    assert load_target("cpu").name == "cpu-ort"
+
+
+def test_env_var_without_targets_folder_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("RMTDEPLOY_RECIPES", str(tmp_path))
+    with pytest.raises(RmtdeployError, match="no targets/ folder"):
+        list_targets()
+
+
+def test_file_name_must_match_the_name_field(tmp_path, monkeypatch):
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "other.yaml").write_text(yaml.safe_dump(VALID))
+    monkeypatch.setenv("RMTDEPLOY_RECIPES", str(tmp_path))
+    with pytest.raises(RmtdeployError, match="differs from the file name"):
+        load_target("other")
