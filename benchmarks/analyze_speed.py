@@ -10,16 +10,13 @@ plotting are excluded; the pictures are timed separately. Writes results/analyze
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from _results import machine_conditions, write_results
 
-from rmtdeploy.io import atomic_write_json, atomic_write_text
 from rmtdeploy.models import load_model
 from rmtdeploy.spectra import analyze_model
 from rmtdeploy.spectra.plots import plot_spectral_densities, plot_summary
@@ -67,33 +64,27 @@ def main() -> None:
             f"(min {row['min_s']:.2f}, max {row['max_s']:.2f})  plots {plot_seconds:.1f}s"
         )
 
-    conditions = {
-        "what": "rmtdeploy.spectra.analyze_model on random weights (model build and plots excluded)",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "load_average_at_end": os.getloadavg(),
-        "goal_s": GOAL_SECONDS,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "analyze_speed.json", {"conditions": conditions, "results": rows})
-    lines = [
-        "# Spectral analysis speed",
-        "",
-        f"`{conditions['what']}`; torch {conditions['torch']}, {conditions['threads']} threads, "
-        f"{conditions['cpu_count']} cores, load average at end {conditions['load_average_at_end'][0]:.1f}. "
-        f"{args.runs} timed runs after one warm-up; goal ≤ {GOAL_SECONDS:.0f} s.",
-        "",
+    conditions = machine_conditions(
+        "rmtdeploy.spectra.analyze_model on random weights (model build and plots excluded)", GOAL_SECONDS
+    )
+    table = [
         "| model | matrices | median s | min s | max s | plots s | goal met |",
         "|---|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in rows:
-        lines.append(
+        table.append(
             f"| {r['model']} | {r['matrices']} | {r['median_s']:.2f} | {r['min_s']:.2f} | "
             f"{r['max_s']:.2f} | {r['plots_s']:.1f} | {'yes' if r['meets_goal'] else 'NO'} |"
         )
-    atomic_write_text(args.out / "analyze_speed.md", "\n".join(lines) + "\n")
+    write_results(
+        args.out,
+        "analyze_speed",
+        conditions,
+        rows,
+        "Spectral analysis speed",
+        table,
+        f"{args.runs} timed runs after one warm-up",
+    )
 
 
 if __name__ == "__main__":

@@ -9,15 +9,12 @@ depend on the values). Writes results/prune_time.{json,md}.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
+from _results import machine_conditions, write_results
 
-from rmtdeploy.io import atomic_write_json, atomic_write_text
 from rmtdeploy.models import load_model
 from rmtdeploy.scores import get_strategy
 
@@ -63,33 +60,28 @@ def main() -> None:
                 flush=True,
             )
 
-    conditions = {
-        "what": f"get_strategy(S).prune(model, keep_macs={args.keep_macs}) on random weights, round_to 8",
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "load_average_at_end": os.getloadavg(),
-        "goal_s": GOAL_SECONDS,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "prune_time.json", {"conditions": conditions, "results": rows})
-    lines = [
-        "# Prune time (analysis + scores + plan search + removal)",
-        "",
-        f"`{conditions['what']}`; torch {conditions['torch']}, {conditions['threads']} threads, "
-        f"{conditions['cpu_count']} cores, load average at end {conditions['load_average_at_end'][0]:.1f}; "
-        f"{args.runs} runs each; goal ≤ {GOAL_SECONDS:.0f} s.",
-        "",
+    conditions = machine_conditions(
+        f"get_strategy(S).prune(model, keep_macs={args.keep_macs}) on random weights, round_to 8",
+        GOAL_SECONDS,
+    )
+    table = [
         "| model | strategy | median s | min s | max s | MACs kept | goal met |",
         "|---|---|---:|---:|---:|---:|:---:|",
     ]
     for r in rows:
-        lines.append(
+        table.append(
             f"| {r['model']} | {r['strategy']} | {r['median_s']:.1f} | {r['min_s']:.1f} | {r['max_s']:.1f} | "
             f"{r['macs_kept']:.3f} | {'yes' if r['meets_goal'] else 'NO'} |"
         )
-    atomic_write_text(args.out / "prune_time.md", "\n".join(lines) + "\n")
+    write_results(
+        args.out,
+        "prune_time",
+        conditions,
+        rows,
+        "Prune time (analysis + scores + plan search + removal)",
+        table,
+        f"{args.runs} runs each",
+    )
 
 
 if __name__ == "__main__":
