@@ -14,3 +14,9 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Two seeded 224×224 RGB images: the inputs the attention-adapter tests compare outputs on."""
+    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))

@@ -10,20 +10,13 @@ import torch
 import torch_pruning as tp
 from attention_adapter_checks import (
     ATOL,
-    assert_heads_whole,
-    features,
-    features_and_logits,
-    head_layouts,
     outputs_by_attention_path,
-    prune_with_metapruner,
     remove_head_and_zeroed_reference,
 )
 from timm.models.swin_transformer import PatchMerging
 
-from rmtdeploy.adapters.base import get_adapter
 from rmtdeploy.adapters.swin import PatchMergingPruner, SwinAdapter
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.pruning import TARGET_TOLERANCE, load_pruned, prune_model, save_pruned
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -34,57 +27,6 @@ MODEL = "swin_tiny_patch4_window7_224"
 def dense():
     torch.manual_seed(0)
     return timm.create_model(MODEL, pretrained=False).eval()
-
-
-@pytest.fixture(scope="module")
-def images():
-    return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-
-
-@pytest.fixture(scope="module")
-def dense_costs(dense, images):
-    return tp.utils.count_ops_and_params(dense, images[:1])
-
-
-@pytest.fixture(scope="module", params=[0.75, 0.5], ids=["keep_macs_0.75", "keep_macs_0.5"])
-def pruned(request, dense):
-    return request.param, prune_model(dense, keep_macs=request.param)
-
-
-def test_registry_serves_swin_models(dense):
-    assert isinstance(get_adapter(dense), SwinAdapter)
-
-
-def test_prune_model_meets_the_mac_target_and_cuts_parameters(pruned, dense_costs, images):
-    keep, result = pruned
-    assert abs(result.macs_kept / keep - 1) <= TARGET_TOLERANCE
-    macs, params = tp.utils.count_ops_and_params(result.model, images[:1])
-    assert (macs, params) == (result.pruned_macs, result.pruned_params)
-    assert macs < dense_costs[0] and params < dense_costs[1]
-    assert features_and_logits(result.model, images)[1].shape == (2, 1000)
-
-
-def test_pruned_heads_stay_whole_with_one_bias_column_each(pruned, dense):
-    _, result = pruned
-    adapter = SwinAdapter()
-    assert_heads_whole(result.model, dense, adapter)
-    for layout in adapter.attention_layouts(result.model):
-        assert layout.attention.relative_position_bias_table.shape[1] == layout.num_heads
-
-
-def test_fused_and_explicit_attention_agree_after_pruning(pruned, images):
-    _, result = pruned
-    explicit, fused = outputs_by_attention_path(copy.deepcopy(result.model), SwinAdapter(), images)
-    assert torch.allclose(explicit, fused, atol=ATOL)
-
-
-def test_saved_plan_replays_to_identical_outputs(pruned, images, tmp_path):
-    _, result = pruned
-    loaded = load_pruned(save_pruned(tmp_path / "swin", result))
-    for loaded_out, pruned_out in zip(
-        features_and_logits(loaded.model, images), features_and_logits(result.model, images), strict=True
-    ):
-        assert torch.equal(loaded_out, pruned_out)
 
 
 def test_removing_a_head_equals_zeroing_it_and_keeps_the_right_bias_columns(dense, images):
@@ -122,27 +64,6 @@ def test_patch_merging_pruner_cuts_every_neighbour_copy_of_a_channel():
     tokens = torch.arange(16.0).expand(1, 2, 2, 16)
     stacked = tokens.reshape(1, 1, 2, 1, 2, 16).permute(0, 1, 3, 4, 2, 5).flatten(3)
     assert torch.equal(stacked[0, 0, 0], torch.arange(16.0).repeat(4))
-
-
-@pytest.mark.parametrize("prune_head_dims", [False, True], ids=["whole_heads", "head_dims_too"])
-def test_torch_pruning_metapruner_works_with_the_adapter_hooks(dense, images, prune_head_dims):
-    model = copy.deepcopy(dense)
-    adapter = SwinAdapter()
-    prune_with_metapruner(model, adapter, images, 0.3, prune_head_dims=prune_head_dims)
-    explicit, fused = outputs_by_attention_path(model, adapter, images)
-    assert torch.allclose(explicit, fused, atol=ATOL)
-    layouts = adapter.attention_layouts(model)
-    assert any(layout.head_dim < 32 for layout in layouts) == prune_head_dims
-    for layout in layouts:
-        assert layout.qkv.out_features == 3 * layout.num_heads * layout.head_dim
-        assert layout.attention.relative_position_bias_table.shape[1] == layout.num_heads
-
-
-def test_repair_leaves_a_dense_model_unchanged(dense, images):
-    model = copy.deepcopy(dense)
-    SwinAdapter().repair(model)
-    assert torch.equal(features(model, images), features(dense, images))
-    assert head_layouts(model, SwinAdapter()) == head_layouts(dense, SwinAdapter())
 
 
 def test_repair_refuses_heads_cut_without_the_trace_forward(dense):
