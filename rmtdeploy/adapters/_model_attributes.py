@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 
@@ -43,3 +44,16 @@ def image_kwargs(model: nn.Module, img_size: tuple[int, ...], in_chans: int) -> 
     if int(in_chans) != default_chans:
         kwargs["in_chans"] = int(in_chans)
     return kwargs
+
+
+class PatchEmbedSizeMixin:
+    """For models whose ``patch_embed`` checks the input size strictly (ViT/DeiT, Swin): the image size and
+    channels it was built with are the truth, for tracing and for rebuilding from a plan."""
+
+    def example_inputs(self, model: nn.Module, batch: int = 1) -> torch.Tensor:
+        height, width = model.patch_embed.img_size
+        return torch.randn(batch, model.patch_embed.proj.in_channels, height, width)
+
+    def create_kwargs(self, model: nn.Module) -> dict[str, Any]:
+        embed = model.patch_embed
+        return {**super().create_kwargs(model), **image_kwargs(model, embed.img_size, embed.proj.in_channels)}

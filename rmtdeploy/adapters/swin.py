@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import torch
 import torch_pruning as tp
 from timm.models.swin_transformer import (
     PatchMerging,
@@ -18,7 +17,7 @@ from timm.models.swin_transformer import (
 from torch import nn
 
 from rmtdeploy.adapters._attention import AttentionLayout, HeadProbingAdapter, parameters_hidden_from_autograd
-from rmtdeploy.adapters._model_attributes import image_kwargs, layer_norm_width, sync_model_widths
+from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin, layer_norm_width, sync_model_widths
 from rmtdeploy.adapters.base import register_adapter
 from rmtdeploy.errors import RmtdeployError
 
@@ -54,19 +53,13 @@ class PatchMergingPruner(tp.pruner.function.BasePruningFunc):
 
 
 @register_adapter("swin")
-class SwinAdapter(HeadProbingAdapter):
+class SwinAdapter(PatchEmbedSizeMixin, HeadProbingAdapter):
     """Heads go whole with their bias-table columns; PatchMerging gets its own pruning function."""
 
     family = "swin"
 
-    def example_inputs(self, model: nn.Module, batch: int = 1) -> torch.Tensor:
-        # patch_embed checks the image size strictly: the size the model was built for is the truth.
-        height, width = model.patch_embed.img_size
-        return torch.randn(batch, model.patch_embed.proj.in_channels, height, width)
-
     def create_kwargs(self, model: nn.Module) -> dict[str, Any]:
         kwargs = super().create_kwargs(model)
-        kwargs.update(image_kwargs(model, model.patch_embed.img_size, model.patch_embed.proj.in_channels))
         # Window sizes shape the bias tables; a model built with non-default windows must be rebuilt with
         # them, and timm's per-stage form reproduces the default ones exactly, so they are always recorded.
         kwargs["window_size"] = [list(stage.blocks[0].window_size) for stage in model.layers]

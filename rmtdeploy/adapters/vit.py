@@ -7,13 +7,10 @@ gammas); and timm's ``Attention`` caches ``num_heads``, ``head_dim``, ``attn_dim
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from timm.layers import Attention, LayerScale
 from torch import nn
 
-from rmtdeploy.adapters._model_attributes import image_kwargs, sync_model_widths
+from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin, sync_model_widths
 from rmtdeploy.adapters.base import ArchitectureAdapter, register_adapter
 
 # Bare parameters of VisionTransformer(Distilled) shaped (1, tokens, embed_dim): the embedding width is dim 2.
@@ -21,17 +18,8 @@ _TOKEN_PARAMETERS = ("pos_embed", "cls_token", "reg_token", "dist_token")
 
 
 @register_adapter("vit", "deit")
-class VisionTransformerAdapter(ArchitectureAdapter):
+class VisionTransformerAdapter(PatchEmbedSizeMixin, ArchitectureAdapter):
     family = "vit"
-
-    def example_inputs(self, model: nn.Module, batch: int = 1) -> torch.Tensor:
-        # patch_embed checks the image size strictly; it is the truth when the model was built with img_size.
-        height, width = model.patch_embed.img_size
-        return torch.randn(batch, model.patch_embed.proj.in_channels, height, width)
-
-    def create_kwargs(self, model: nn.Module) -> dict[str, Any]:
-        embed = model.patch_embed
-        return {**super().create_kwargs(model), **image_kwargs(model, embed.img_size, embed.proj.in_channels)}
 
     def attention_heads(self, model: nn.Module) -> dict[nn.Module, int]:
         return {m.qkv: m.num_heads for m in model.modules() if isinstance(m, Attention)}
