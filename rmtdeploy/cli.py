@@ -26,7 +26,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights",
         choices=("pretrained", "random", "checkpoint"),
         default="pretrained",
-        help="pretrained: timm's hub (needs network); random: untrained, labelled so in every output; "
+        help="pretrained: timm's hub (needs network); random: untrained (seeded: the same model every run), "
+        "labelled so in every output; "
         "checkpoint: a local file given with --checkpoint (default: pretrained)",
     )
     group.add_argument("--checkpoint", metavar="PATH", help="timm/torch state dict or .safetensors to load")

@@ -52,6 +52,7 @@ _TIMM_MODULE_FAMILY = {
 }
 
 WEIGHT_SOURCES = ("pretrained", "checkpoint", "random")
+RANDOM_WEIGHTS_SEED = 0
 
 
 @dataclass
@@ -111,7 +112,10 @@ def load_model(
         load_checkpoint_strict(model, checkpoint)
         label = f"checkpoint:{checkpoint}"
     else:
-        model = timm.create_model(full, pretrained=False, **kwargs)
+        # Seeded, so two runs on "random" weights analyse and prune the same model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_WEIGHTS_SEED)
+            model = timm.create_model(full, pretrained=False, **kwargs)
         label = "random"
     model.eval()
     return LoadedModel(model=model, name=full, family=model_family(model), weights=label)

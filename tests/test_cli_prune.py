@@ -67,3 +67,48 @@ def test_bad_prune_input_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, 
     result = run_rmtdeploy("prune", "--model", "resnet18", "--weights", "random", *extra, "--out", str(out))
     assert_one_line_usage_error(result, message)
     assert not out.exists()
+
+
+def test_calibration_folder_recalibrates_batchnorm_statistics(tmp_path, capsys):
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(4):
+            pixels = (torch.rand(40, 48, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{index}.png")
+    common = [
+        "prune",
+        "--model",
+        "resnet18",
+        "--weights",
+        "random",
+        "--strategy",
+        "magnitude",
+        "--keep-macs",
+        "0.6",
+    ]
+    assert main([*common, "--out", str(tmp_path / "plain"), "--json"]) == 0
+    calibration = ["--calibration", str(tmp_path / "images"), "--calibration-images", "6"]
+    assert main([*common, *calibration, "--out", str(tmp_path / "calibrated"), "--json"]) == 0
+    capsys.readouterr()
+    plain, calibrated = (
+        rmtdeploy.load_pruned(tmp_path / "plain"),
+        rmtdeploy.load_pruned(tmp_path / "calibrated"),
+    )
+    assert calibrated.plan["calibrated"] is True and plain.plan["calibrated"] is False
+    assert calibrated.plan["operations"] == plain.plan["operations"]  # same channels, new statistics only
+    # A fresh timm BatchNorm has mean 0 / var 1; statistics measured on real inputs are neither.
+    assert torch.equal(plain.model.bn1.running_mean, torch.zeros_like(plain.model.bn1.running_mean))
+    assert not torch.allclose(calibrated.model.bn1.running_mean, plain.model.bn1.running_mean)
+
+
+def test_calibration_folder_that_is_not_an_image_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_rmtdeploy(
+        "prune", "--model", "resnet18", "--weights", "random", "--keep-macs", "0.6",
+        "--calibration", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+    )  # fmt: skip
+    assert_one_line_usage_error(result, "is not an ImageFolder")
+    assert not (tmp_path / "o").exists()

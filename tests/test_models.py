@@ -94,3 +94,13 @@ def test_pretrained_without_a_reachable_hub_fails_fast_with_advice(monkeypatch, 
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
     with pytest.raises(RmtdeployError, match="--checkpoint PATH"):
         load_model("resnet18", weights="pretrained")
+
+
+def test_random_weights_are_the_same_every_run_and_leave_the_global_seed_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = load_model("resnet18", weights="random").model.state_dict()
+    assert torch.equal(torch.rand(1), expected_next)
+    second = load_model("resnet18", weights="random").model.state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
