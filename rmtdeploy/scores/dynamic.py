@@ -60,20 +60,21 @@ class DynamicThresholdStrategy(Strategy):
             raise RmtdeployError("dynamic strategy needs a budget: keep_macs or keep_params")
         scorers = {"start": get_strategy(self.start), "then": get_strategy(self.then)}
 
+        # Costs in the budget's unit, read off a PruneResult.
+        def dense_of(result) -> int:
+            return result.dense_macs if metric == "macs" else result.dense_params
+
+        def pruned_of(result) -> int:
+            return result.pruned_macs if metric == "macs" else result.pruned_params
+
         dense_top1 = evaluate(model) if evaluate else None
         self.history = []
         switched = False
         current, results = model, []
         for step in range(1, self.steps + 1):
             goal = keep ** (step / self.steps)
-            dense_value = results[0].dense_macs if results and metric == "macs" else None
-            if results:
-                first = results[0]
-                dense_value = first.dense_macs if metric == "macs" else first.dense_params
-                now = results[-1].pruned_macs if metric == "macs" else results[-1].pruned_params
-                relative = goal * dense_value / now
-            else:
-                relative = goal
+            # Each step's budget is relative to the model it starts from, which is already pruned.
+            relative = goal * dense_of(results[0]) / pruned_of(results[-1]) if results else goal
             if not switched and evaluate is None and 1 - goal > self.switch_depth:
                 switched = True
             scorer = scorers["then" if switched else "start"]
@@ -87,11 +88,16 @@ class DynamicThresholdStrategy(Strategy):
             if top1 is not None and dense_top1 - top1 > self.drop_threshold:
                 switched = True
             results.append(result)
+            kept = pruned_of(result) / dense_of(results[0])
             self.history.append(
-                {"step": step, "goal_keep": round(goal, 4), "scoring": scorer.name, "top1": top1,
-                 "kept": round((result.pruned_macs if metric == "macs" else result.pruned_params)
-                               / (results[0].dense_macs if metric == "macs" else results[0].dense_params), 4)}
-            )  # fmt: skip
+                {
+                    "step": step,
+                    "goal_keep": round(goal, 4),
+                    "scoring": scorer.name,
+                    "top1": top1,
+                    "kept": round(kept, 4),
+                }
+            )
             current = result.model
         final = results[-1]
         final.plan = compose_plans([r.plan for r in results])
