@@ -2,7 +2,8 @@
 
 For each family: build the timm model (random weights: the speed of a graph does not depend on its
 values), prune it to ``--keep-macs`` of its MACs with ``rmtdeploy.pruning.prune_model`` (channels
-rounded to multiples of 8), export dense and pruned to ONNX (opset 17, static batch 1, verified against
+rounded to the ``--target``'s multiple: ``cpu-ort`` by default, which is 16 on an AVX-512 host and 8
+elsewhere, as ONNX Runtime blocks its convolutions; ``--round-to`` overrides), export dense and pruned to ONNX (opset 17, static batch 1, verified against
 PyTorch), and time both in ONNX Runtime on the CPU, interleaved, 2 threads, batch 1. The report gives the
 MAC and parameter reductions, the measured speedup as the median of per-round dense/pruned ratios
 with its p10-p90 spread, and the efficiency ``speedup / MAC reduction``, which should be >= 0.85:
@@ -14,6 +15,7 @@ attention head dims, ONNX op counts, and ONNX Runtime's per-op-type kernel time,
     python benchmarks/prune_speedup.py                        # all six families
     python benchmarks/prune_speedup.py --models resnet50 convnext_tiny --runs 200
     python benchmarks/prune_speedup.py --pruner tp-magnitude  # plain torch-pruning, CNNs only (baseline)
+    python benchmarks/prune_speedup.py --round-to 8           # the TensorRT fp16 multiple instead
 
 Writes ``<out>.json`` (everything, conditions included) and ``<out>.md`` (the table).
 """
@@ -41,6 +43,7 @@ if str(REPO) not in sys.path:  # run as a plain script from a source checkout
 from rmtdeploy.benchmark import measure_onnx_latency, module_scope, profile_onnx_ops  # noqa: E402
 from rmtdeploy.export import export_onnx  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
+from rmtdeploy.targets import load_target  # noqa: E402
 
 FAMILIES = (
     "vit_small_patch16_224",
@@ -52,7 +55,6 @@ FAMILIES = (
 )
 EFFICIENCY_TARGET = 0.85
 QUIET_FRACTION = 0.25  # share of rounds, fastest first, for the low-contention estimate
-ROUND_TO = 8
 LAYOUT_OPS = ("Transpose", "Reshape", "Concat", "Slice", "Split", "Gather", "Squeeze", "Unsqueeze")
 
 
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         "claim": f"speedup / MAC reduction >= {EFFICIENCY_TARGET} per family",
         "settings": {
             "keep_macs": args.keep_macs,
-            "round_to": ROUND_TO,
+            "round_to": args.round_to,
+            "round_to_from": args.round_to_from,
             "pruner": args.pruner,
             "weights": "random (timm pretrained=False, seed 0); latency does not depend on weight values",
             "export": "TorchScript exporter, opset 17, static batch 1, onnxslim, verified with ORT vs PyTorch",
@@ -127,12 +130,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="rmtdeploy",
         help="rmtdeploy.pruning.prune_model, or plain torch-pruning magnitude pruning (CNNs only)",
     )
+    parser.add_argument(
+        "--target",
+        default="cpu-ort",
+        help="target profile whose channel multiple the pruning uses (default cpu-ort: the CPU measured here)",
+    )
+    parser.add_argument("--round-to", type=int, default=None, help="channel multiple; overrides the target's")
     parser.add_argument("--keep-onnx", default=None, help="keep the exported ONNX files in this folder")
     parser.add_argument("--no-profile", action="store_true", help="skip ORT per-op profiling")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any family misses the target")
     args = parser.parse_args(argv)
     if not 0.0 < args.keep_macs < 1.0:
         parser.error("--keep-macs must be in (0, 1)")
+    if args.round_to is None:
+        target = load_target(args.target)
+        args.round_to = target.channel_multiple
+        args.round_to_from = f"target {target.name} ({target.channel_multiple_from})"
+    else:
+        args.round_to_from = "--round-to"
     return args
 
 
@@ -150,7 +165,7 @@ def run_family(name: str, args: argparse.Namespace, onnx_dir: Path) -> dict[str,
     dense_macs, dense_params = tp.utils.count_ops_and_params(dense, example)
 
     started = time.perf_counter()
-    pruned, prune_info = prune(copy.deepcopy(dense), args.keep_macs, args.pruner, example)
+    pruned, prune_info = prune(copy.deepcopy(dense), args.keep_macs, args.pruner, example, args.round_to)
     prune_s = time.perf_counter() - started
     pruned.eval()
     pruned_macs, pruned_params = tp.utils.count_ops_and_params(pruned, example)
@@ -224,7 +239,7 @@ def run_family(name: str, args: argparse.Namespace, onnx_dir: Path) -> dict[str,
         "prune_info": prune_info,
         "export": {k: _export_summary(v) for k, v in exports.items()},
         "latency": report.to_dict(),
-        "structure": structure_diagnostics(pruned, ROUND_TO),
+        "structure": structure_diagnostics(pruned, args.round_to),
         "onnx_ops": {k: _op_counts(p) for k, p in paths.items()},
     }
     if not args.no_profile:
@@ -236,22 +251,26 @@ def run_family(name: str, args: argparse.Namespace, onnx_dir: Path) -> dict[str,
     return row
 
 
-def prune(model: nn.Module, keep_macs: float, pruner: str, example: torch.Tensor) -> tuple[nn.Module, dict]:
+def prune(
+    model: nn.Module, keep_macs: float, pruner: str, example: torch.Tensor, round_to: int
+) -> tuple[nn.Module, dict]:
     """Prune to ``keep_macs`` of the MACs; returns the pruned model and what the pruner reported."""
     if pruner == "rmtdeploy":
         from rmtdeploy.pruning import prune_model
 
-        result = prune_model(model, keep_macs=keep_macs, round_to=ROUND_TO)
+        result = prune_model(model, keep_macs=keep_macs, round_to=round_to)
         info = {
             key: _jsonable(getattr(result, key))
             for key in ("dense_macs", "pruned_macs", "dense_params", "pruned_params")
             if hasattr(result, key)
         }
         return result.model, info
-    return _prune_tp_magnitude(model, keep_macs, example)
+    return _prune_tp_magnitude(model, keep_macs, example, round_to)
 
 
-def _prune_tp_magnitude(model: nn.Module, keep_macs: float, example: torch.Tensor) -> tuple[nn.Module, dict]:
+def _prune_tp_magnitude(
+    model: nn.Module, keep_macs: float, example: torch.Tensor, round_to: int
+) -> tuple[nn.Module, dict]:
     """Baseline: torch-pruning's L2 magnitude, uniform per layer, stepped until the MAC budget is met.
 
     Works out of the box for CNNs (ResNet, ConvNeXt); transformers need rmtdeploy's adapters.
@@ -268,7 +287,7 @@ def _prune_tp_magnitude(model: nn.Module, keep_macs: float, example: torch.Tenso
         pruning_ratio=0.8,
         iterative_steps=steps,
         ignored_layers=ignored,
-        round_to=ROUND_TO,
+        round_to=round_to,
         # torch-pruning shares these default dicts across instances: always pass fresh ones.
         in_channel_groups={},
         out_channel_groups={},
@@ -418,7 +437,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Pruning speedup (ONNX Runtime CPU)",
         "",
-        f"keep_macs={s['keep_macs']}, round_to={s['round_to']}, pruner={s['pruner']}; {s['export']}.",
+        f"keep_macs={s['keep_macs']}, round_to={s['round_to']} ({s.get('round_to_from', '')}), "
+        f"pruner={s['pruner']}; {s['export']}.",
         f"Latency: batch {s['batch']}, {s['threads']} threads (one ORT thread pool shared by both models, "
         f"default spinning), {s['runs']} interleaved rounds after {s['warmup']} warm-up; speedup = median "
         "(p10-p90) of per-round dense/pruned ratios. "

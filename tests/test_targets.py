@@ -7,8 +7,17 @@ import shutil
 import pytest
 import yaml
 
+from rmtdeploy import targets
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.targets import BACKENDS, PRECISIONS, list_targets, load_target, recipes_dir, target_aliases
+from rmtdeploy.targets import (
+    BACKENDS,
+    PRECISIONS,
+    host_cpu_channel_multiple,
+    list_targets,
+    load_target,
+    recipes_dir,
+    target_aliases,
+)
 
 REQUIRED = {"jetson-orin-nano", "jetson-agx-orin", "gpu-fp16", "gpu-int8", "cpu-ort"}
 
@@ -65,6 +74,24 @@ def test_int8_and_dla_targets_use_wider_channel_multiples():
     assert all(t.precision in ("fp16", "int8") and t.static_shapes and t.channel_multiple >= 16 for t in dla)
 
 
+@pytest.mark.parametrize(
+    ("flags", "multiple"),
+    [({"fma", "avx2", "avx512f", "avx512bw"}, 16), ({"fma", "avx2"}, 8), (set(), 8)],
+)
+def test_auto_channel_multiple_follows_the_cpu_simd_block(flags, multiple):
+    found, why = host_cpu_channel_multiple(flags)
+    assert found == multiple and why.startswith("auto:")
+
+
+def test_cpu_target_resolves_auto_on_the_host(monkeypatch):
+    monkeypatch.setattr(targets, "_host_cpu_flags", lambda: {"avx2", "avx512f"})
+    cpu = load_target("cpu-ort")
+    assert cpu.channel_multiple == 16 and "avx512f" in cpu.channel_multiple_from
+    monkeypatch.setattr(targets, "_host_cpu_flags", lambda: {"avx2"})
+    assert load_target("cpu-ort").channel_multiple == 8
+    assert load_target("gpu-fp16").channel_multiple_from == "profile"
+
+
 def test_unknown_target_lists_the_known_ones():
     with pytest.raises(RmtdeployError) as info:
         load_target("jetson-nanoo")
@@ -85,6 +112,8 @@ def test_loads_a_yaml_path(tmp_path):
         ({"backend": "tvm"}, "'backend' must be one of"),
         ({"channel_multiple": 12}, "power of two"),
         ({"channel_multiple": True}, "'channel_multiple' must be int"),
+        ({"channel_multiple": "auto"}, "only applies to backend onnxruntime"),
+        ({"channel_multiple": "sixteen"}, "'channel_multiple' must be int"),
         ({"max_batch": 0}, "'max_batch' must be >= 1"),
         ({"round_to": 8}, "unknown field"),
         ({"dla": True, "precision": "fp32"}, "dla needs"),
