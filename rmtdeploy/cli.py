@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -13,6 +14,9 @@ from rmtdeploy.errors import RmtdeployError
 
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
+# `prune --strategy dynamic --calibration DIR` distils this many steps after each pruning step unless told
+# otherwise: two passes over the default 512 calibration images in batches of 32. Short: it repairs, not trains.
+SHORT_DISTILL_STEPS = 32
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--calibration-images", type=int, default=512, metavar="N", help="images used (default 512)"
+    )
+    prune.add_argument(
+        "--finetune-steps",
+        type=int,
+        metavar="N",
+        help="dynamic only: AdamW steps of label-free distillation from the dense model after each pruning "
+        f"step, on the --calibration images (default: {SHORT_DISTILL_STEPS} with --calibration; 0: none)",
     )
     prune.set_defaults(handler=_run_prune)
     return parser
@@ -213,6 +224,7 @@ def _run_prune(args) -> int:
             f"--keep-{'macs' if args.keep_macs is not None else 'params'} must lie in (0, 1], got {keep}"
         )
     strategy = get_strategy(args.strategy, **_parse_knobs(args.knob))
+    finetune_steps = _finetune_steps(args, strategy.name)
     target = load_target(args.target)
     round_to = args.round_to or target.channel_multiple
     check_output_dir(
@@ -225,7 +237,13 @@ def _run_prune(args) -> int:
 
         loader = image_folder_loader(args.calibration, loaded.model, max_images=args.calibration_images)
         calibration = list(input_batches(loader))
-    with _spinner(f"pruning {loaded.name} with {strategy.name}", enabled=not args.json):
+    description = f"pruning {loaded.name} with {strategy.name}"
+    with _spinner(description, enabled=not args.json) as status:
+        hooks = {}
+        if finetune_steps:
+            hooks["finetune"] = _distillation_hook(
+                loaded.model, calibration, finetune_steps, status, description, strategy.steps
+            )
         result = strategy.prune(
             loaded.model,
             keep_macs=args.keep_macs,
@@ -234,9 +252,15 @@ def _run_prune(args) -> int:
             min_channels=args.min_channels,
             calibration_batches=calibration,
             model_name=loaded.name,
+            **hooks,
         )
     result.plan.update(
-        {"weights": loaded.weights, "target": target.name, "calibrated": calibration is not None}
+        {
+            "weights": loaded.weights,
+            "target": target.name,
+            "calibrated": calibration is not None,
+            "finetune_steps": finetune_steps,
+        }
     )
     save_pruned(args.out, result, force=True)
     report = {
@@ -245,6 +269,8 @@ def _run_prune(args) -> int:
         "strategy": result.plan["strategy"],
         "target": target.name,
         "round_to": round_to,
+        "round_to_from": "--round-to" if args.round_to else f"target: {target.channel_multiple_from}",
+        "finetune_steps": finetune_steps,
         "macs": {
             "dense": result.dense_macs,
             "pruned": result.pruned_macs,
@@ -269,6 +295,61 @@ def _run_prune(args) -> int:
         return 0
     _print_prune_summary(report, loaded, args.out)
     return 0
+
+
+def _finetune_steps(args, strategy: str) -> int:
+    """``--finetune-steps``, checked before any work; unset, a short distillation for dynamic with data."""
+    steps = args.finetune_steps
+    if steps is None:
+        return SHORT_DISTILL_STEPS if strategy == "dynamic" and args.calibration else 0
+    if steps < 0:
+        raise RmtdeployError(f"--finetune-steps must be >= 0, got {steps}")
+    if steps and strategy != "dynamic":
+        raise RmtdeployError(
+            "--finetune-steps applies to --strategy dynamic only; the fine-tune stage for other strategies "
+            "comes later"
+        )
+    if steps and not args.calibration:
+        raise RmtdeployError("--finetune-steps needs --calibration DIR: the images to distil on")
+    return steps
+
+
+def _distillation_hook(dense, batches, steps: int, status, description: str, pruning_steps: int):
+    """The dynamic strategy's ``finetune``: distil from a copy of the dense model, counting in the spinner."""
+    import copy
+
+    from rmtdeploy.finetune import distill
+
+    teacher = copy.deepcopy(dense).eval()
+    rounds = itertools.count(1)
+
+    def finetune(student):
+        label = f"{description}: distilling after pruning step {next(rounds)}/{pruning_steps},"
+        record = distill(student, teacher, batches, steps=steps, progress=_status_counter(status, label))
+        if status is not None:
+            status.update(description)
+        return record
+
+    return finetune
+
+
+def _status_counter(status, label: str):
+    """``start(total) -> advance(n)`` that counts in the spinner's text (no bar can run inside a spinner)."""
+    if status is None:
+        return None
+
+    def start(total: int):
+        done = 0
+        status.update(f"{label} step 0/{total}")
+
+        def advance(n: int = 1):
+            nonlocal done
+            done += n
+            status.update(f"{label} step {done}/{total}")
+
+        return advance
+
+    return start
 
 
 def _print_prune_summary(report: dict, loaded, out: str) -> None:
@@ -303,6 +384,15 @@ def _print_prune_summary(report: dict, loaded, out: str) -> None:
         f"params {params['dense'] / 1e6:.2f} M → {params['pruned'] / 1e6:.2f} M ({params['kept']:.1%} kept); "
         f"channel multiple {report['round_to']} ({report['target']}); weights: {loaded.weights}"
     )
+    distilled = [step for step in report["strategy"].get("steps", []) if "finetune" in step]
+    if distilled:
+        losses = ", ".join(
+            f"{s['finetune']['loss_before']:.4g} → {s['finetune']['loss_after']:.4g}" for s in distilled
+        )
+        console.print(
+            f"distilled from the dense model after each step ({report['finetune_steps']} AdamW steps), "
+            f"KD loss before → after: {losses}"
+        )
     if loaded.is_random:
         console.print(
             "[yellow]random weights: the scores rank noise; prune a trained checkpoint for a real model[/yellow]"
@@ -312,13 +402,14 @@ def _print_prune_summary(report: dict, loaded, out: str) -> None:
 
 @contextlib.contextmanager
 def _spinner(description: str, enabled: bool):
+    """Yields rich's ``Status`` (``.update(text)``) on stderr, or None when disabled."""
     if not enabled:
-        yield
+        yield None
         return
     from rich.console import Console
 
-    with Console(stderr=True).status(description):
-        yield
+    with Console(stderr=True).status(description) as status:
+        yield status
 
 
 def _console():

@@ -9,7 +9,7 @@ import torch
 from cli_checks import assert_one_line_usage_error, run_rmtdeploy
 
 import rmtdeploy
-from rmtdeploy.cli import main
+from rmtdeploy.cli import SHORT_DISTILL_STEPS, _finetune_steps, build_parser, main
 
 
 def test_prune_writes_a_model_that_load_pruned_rebuilds(tmp_path, capsys):
@@ -21,6 +21,7 @@ def test_prune_writes_a_model_that_load_pruned_rebuilds(tmp_path, capsys):
     assert abs(summary["macs"]["kept"] - 0.6) <= 0.03 * 0.6
     report = json.loads((out / "report.json").read_text())
     assert report["round_to"] == 16  # int8 target: channel multiple 16
+    assert report["round_to_from"] == "target: profile"
     changed = [layer for layer in report["layers"] if layer["pruned_width"] != layer["dense_width"]]
     assert changed and all(layer["pruned_width"] % 16 == 0 for layer in changed)
     rebuilt = rmtdeploy.load_pruned(out)
@@ -60,6 +61,9 @@ def test_prune_refuses_to_overwrite_and_knobs_reach_the_strategy(tmp_path, capsy
         (["--keep-macs", "0.5", "--target", "mars"], "unknown target 'mars'"),
         (["--keep-macs", "0.5", "--knob", "steps"], "KEY=VALUE"),
         (["--keep-macs", "0.001"], "cannot reach keep_macs=0.001"),
+        (["--strategy", "dynamic", "--keep-macs", "0.5", "--finetune-steps", "-1"], "must be >= 0, got -1"),
+        (["--strategy", "dynamic", "--keep-macs", "0.5", "--finetune-steps", "2"], "needs --calibration DIR"),
+        (["--keep-macs", "0.5", "--finetune-steps", "2"], "applies to --strategy dynamic only"),
     ],
 )
 def test_bad_prune_input_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, message):
@@ -69,7 +73,9 @@ def test_bad_prune_input_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, 
     assert not out.exists()
 
 
-def test_calibration_folder_recalibrates_batchnorm_statistics(tmp_path, capsys):
+@pytest.fixture
+def image_folder(tmp_path):
+    """An ImageFolder of 2 classes × 4 seeded random 40×48 PNGs."""
     from PIL import Image
 
     generator = torch.Generator().manual_seed(0)
@@ -78,6 +84,10 @@ def test_calibration_folder_recalibrates_batchnorm_statistics(tmp_path, capsys):
         for index in range(4):
             pixels = (torch.rand(40, 48, 3, generator=generator) * 255).to(torch.uint8).numpy()
             Image.fromarray(pixels).save(tmp_path / "images" / label / f"{index}.png")
+    return tmp_path / "images"
+
+
+def test_calibration_folder_recalibrates_batchnorm_statistics(tmp_path, image_folder, capsys):
     common = [
         "prune",
         "--model",
@@ -90,7 +100,7 @@ def test_calibration_folder_recalibrates_batchnorm_statistics(tmp_path, capsys):
         "0.6",
     ]
     assert main([*common, "--out", str(tmp_path / "plain"), "--json"]) == 0
-    calibration = ["--calibration", str(tmp_path / "images"), "--calibration-images", "6"]
+    calibration = ["--calibration", str(image_folder), "--calibration-images", "6"]
     assert main([*common, *calibration, "--out", str(tmp_path / "calibrated"), "--json"]) == 0
     capsys.readouterr()
     plain, calibrated = (
@@ -112,3 +122,52 @@ def test_calibration_folder_that_is_not_an_image_folder_is_a_clear_error(tmp_pat
     )  # fmt: skip
     assert_one_line_usage_error(result, "is not an ImageFolder")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_dynamic_with_calibration_distils_between_steps_and_saves_the_distilled_model(
+    tmp_path, image_folder, capsys
+):
+    from rmtdeploy.data import image_folder_loader, input_batches
+    from rmtdeploy.finetune import kd_loss
+    from rmtdeploy.models import load_model
+
+    out = tmp_path / "distilled"
+    # A light cut stays with magnitude scoring (no spectral fits) and 4 images keep the distillation short.
+    args = [
+        "prune", "--model", "resnet18", "--weights", "random", "--strategy", "dynamic", "--keep-macs", "0.85",
+        "--knob", "steps=2", "--calibration", str(image_folder), "--calibration-images", "4",
+        "--finetune-steps", "2", "--out", str(out), "--json",
+    ]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    report = json.loads((out / "report.json").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    assert report["finetune_steps"] == plan["finetune_steps"] == 2
+    for document in (summary, report, plan):
+        records = [step["finetune"] for step in document["strategy"]["steps"]]
+        assert [(r["steps"], r["images"], r["batches"]) for r in records] == [(2, 4, 1), (2, 4, 1)]
+        assert all(r["loss_before"] > 0 for r in records)
+    # The saved weights are the distilled ones and replay: on the calibration images, the rebuilt model's KD
+    # loss to the dense teacher is the one recorded after the last fine-tune.
+    rebuilt = rmtdeploy.load_pruned(out).model
+    teacher = load_model("resnet18", weights="random").model
+    (images,) = input_batches(image_folder_loader(image_folder, teacher, max_images=4))
+    with torch.no_grad():
+        loss = kd_loss(rebuilt(images), teacher(images), records[-1]["temperature"]).item()
+    assert loss == pytest.approx(records[-1]["loss_after"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--strategy", "dynamic", "--calibration", "DIR"], SHORT_DISTILL_STEPS),
+        (["--strategy", "dynamic", "--calibration", "DIR", "--finetune-steps", "0"], 0),
+        (["--strategy", "dynamic"], 0),
+        (["--strategy", "rmt", "--calibration", "DIR"], 0),
+        (["--strategy", "rmt", "--finetune-steps", "0"], 0),
+    ],
+)
+def test_dynamic_with_calibration_distils_by_default(extra, expected):
+    args = build_parser().parse_args(["prune", "--model", "m", "--keep-macs", "0.5", "--out", "o", *extra])
+    assert _finetune_steps(args, args.strategy) == expected

@@ -8,7 +8,9 @@ import torch
 import torch_pruning as tp
 
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.finetune import distill
 from rmtdeploy.pruning import load_pruned, prune_model, save_pruned
+from rmtdeploy.pruning.plan import plan_to_json
 from rmtdeploy.scores import get_strategy, strategy_names
 from rmtdeploy.scores.channel_spectra import channel_spectra_by_module
 from rmtdeploy.scores.edge_budget import EdgeBudgetStrategy
@@ -133,6 +135,30 @@ def test_dynamic_switches_when_the_evaluator_reports_a_drop():
     assert steps[0]["scoring"] == "magnitude"
     expected = "hybrid" if 100.0 - steps[0]["top1"] > 0.7 else "magnitude"
     assert steps[1]["scoring"] == expected
+
+
+def test_dynamic_distils_after_recalibration_and_before_evaluation_and_records_each_step():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, pretrained_cfg_overlay=CNN_AT_128).eval()
+    batches = [torch.randn(4, 3, 128, 128, generator=torch.Generator().manual_seed(1))]
+    calls = []
+
+    def finetune(student):  # a fresh timm BatchNorm has mean 0: nonzero means recalibrated already
+        calls.append(("finetune", bool(student.bn1.running_mean.abs().sum() > 0)))
+        return distill(student, model, batches, steps=3)
+
+    def evaluate(candidate):
+        calls.append(("evaluate", not candidate.training))
+        return 100.0
+
+    result = get_strategy("dynamic", steps=2).prune(
+        model, keep_macs=0.6, calibration_batches=batches, finetune=finetune, evaluate=evaluate
+    )
+    assert calls == [("evaluate", True), *[("finetune", True), ("evaluate", True)] * 2]
+    records = [step["finetune"] for step in result.plan["strategy"]["steps"]]
+    assert [(r["steps"], r["images"]) for r in records] == [(3, 4), (3, 4)]
+    assert all(r["loss_after"] < r["loss_before"] for r in records)
+    assert plan_to_json(result.plan)  # JSON without NaN, as plan.json is written
 
 
 def test_registry_lists_the_five_strategies_and_rejects_unknown_names_and_knobs():

@@ -8,14 +8,18 @@ and switches to ``then`` (hybrid magnitude × SER) once the model degrades:
   step's recalibration / fine-tune, exceeds ``drop_threshold`` points (0.7 in the published protocol);
 * without one, when the pruning depth passes ``switch_depth`` (the hybrid protocol's 20%).
 
-Between steps BatchNorm is recalibrated on ``calibration_batches`` and ``finetune(model)`` runs when
-given (the fine-tuning stage supplies a short distillation loop; tests pass a plain one).
-Pick it when data is at hand and the target is aggressive.
+Between steps, in this order: the step prunes, BatchNorm is recalibrated on ``calibration_batches``,
+``finetune(model)`` runs when given, then ``evaluate(model)``. The fine-tune stage's hook is a short
+label-free distillation from the dense model (``rmtdeploy.finetune.distill``; ``rmtdeploy prune`` runs
+it on the ``--calibration`` images, ``--finetune-steps``); a hook that returns a record (a dataclass
+such as ``DistillRecord``, or a dict) has it kept per step under ``history[i]["finetune"]`` and the
+plan's ``strategy.steps``. Pick it when data is at hand and the target is aggressive.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +50,7 @@ class DynamicThresholdStrategy(Strategy):
         keep_macs: float | None = None,
         keep_params: float | None = None,
         calibration_batches=None,
-        finetune: Callable[[nn.Module], None] | None = None,
+        finetune: Callable[[nn.Module], Any] | None = None,
         evaluate: Callable[[nn.Module], float] | None = None,
         **pruner_options: Any,
     ):
@@ -82,22 +86,22 @@ class DynamicThresholdStrategy(Strategy):
             result = scorer.prune(
                 current, calibration_batches=calibration_batches, **budget, **pruner_options
             )
-            if finetune is not None:
-                finetune(result.model)
+            record = finetune(result.model) if finetune is not None else None
             top1 = evaluate(result.model) if evaluate else None
             if top1 is not None and dense_top1 - top1 > self.drop_threshold:
                 switched = True
             results.append(result)
             kept = pruned_of(result) / dense_of(results[0])
-            self.history.append(
-                {
-                    "step": step,
-                    "goal_keep": round(goal, 4),
-                    "scoring": scorer.name,
-                    "top1": top1,
-                    "kept": round(kept, 4),
-                }
-            )
+            entry = {
+                "step": step,
+                "goal_keep": round(goal, 4),
+                "scoring": scorer.name,
+                "top1": top1,
+                "kept": round(kept, 4),
+            }
+            if record is not None:
+                entry["finetune"] = _plain_record(record)
+            self.history.append(entry)
             current = result.model
         final = results[-1]
         final.plan = compose_plans([r.plan for r in results])
@@ -109,6 +113,15 @@ class DynamicThresholdStrategy(Strategy):
             "dense_top1": dense_top1,
         }
         return final
+
+
+def _plain_record(record: Any) -> dict[str, Any]:
+    """A fine-tune hook's record as a plain dict (it goes into plan.json)."""
+    if dataclasses.is_dataclass(record) and not isinstance(record, type):
+        return dataclasses.asdict(record)
+    if isinstance(record, dict):
+        return dict(record)
+    raise TypeError(f"a finetune hook returns None, a dataclass or a dict, not {type(record).__name__}")
 
 
 def compose_plans(plans: list[dict[str, Any]]) -> dict[str, Any]:

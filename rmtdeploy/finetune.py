@@ -1,0 +1,156 @@
+"""Fine-tuning a pruned model: label-free knowledge distillation from the dense model.
+
+Pipeline stage: pruned student + dense teacher + image batches -> the student, fine-tuned in place, and a
+plain :class:`DistillRecord` of what was done. Today this is the short loop the ``dynamic`` strategy runs
+between its pruning steps; the full training-time fine-tune extends it.
+
+The loss is label-free: KL(teacher ‖ student) between logits softened by a temperature T, ×T² so the
+gradient scale does not depend on T (Hinton et al., 2015). No labels are needed, which is the point: an
+ImageFolder's class indices are the folder names' order, not the model's classes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rmtdeploy.errors import RmtdeployError
+
+
+@dataclass
+class DistillRecord:
+    """What one distillation run did; losses are the mean KD loss per image, in eval mode, on its batches."""
+
+    steps: int
+    lr: float
+    temperature: float
+    weight_decay: float
+    batches: int
+    images: int
+    loss_before: float
+    loss_after: float
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the batch."""
+    return (
+        F.kl_div(
+            F.log_softmax(student_logits / temperature, dim=-1),
+            F.log_softmax(teacher_logits / temperature, dim=-1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        * temperature**2
+    )
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    batches: Iterable,
+    *,
+    steps: int,
+    lr: float = 1e-4,
+    temperature: float = 2.0,
+    weight_decay: float = 0.05,
+    seed: int = 0,
+    progress: Callable[[int], Callable[..., object] | None] | None = None,
+) -> DistillRecord:
+    """Fine-tune ``student`` in place to match ``teacher``'s logits for ``steps`` AdamW steps.
+
+    ``batches`` are input tensors, or (inputs, labels) pairs whose labels are ignored; the loop cycles over
+    them in order until ``steps`` optimizer steps are done. The teacher runs once per batch, in eval mode
+    under no_grad (its logits are reused every cycle). Weight decay applies to weight matrices and conv
+    kernels only, not to biases and norm parameters (timm's convention). ``seed`` seeds dropout / drop-path
+    in a forked RNG, so the global one is left as it was. ``progress(steps)`` may return a callable advanced
+    once per step. The student ends in eval mode.
+
+    BatchNorm layers stay in eval mode during the loop: they normalise with their running statistics
+    (just re-estimated by the pruner's recalibration) and do not update them, while their affine weights
+    train. Batch statistics from a few small calibration batches — the last one may hold a single image —
+    are noisy (one image at a 1×1 feature map is an error), worst in depthwise/BN nets; and in eval mode
+    the loss the loop lowers is the one the deployed model has.
+    """
+    if steps < 0:
+        raise RmtdeployError(f"distillation needs steps >= 0, got {steps}")
+    if not lr > 0:
+        raise RmtdeployError(f"distillation needs a learning rate > 0, got {lr}")
+    if not temperature > 0:
+        raise RmtdeployError(f"distillation needs a temperature > 0, got {temperature}")
+    if weight_decay < 0:
+        raise RmtdeployError(f"distillation needs weight_decay >= 0, got {weight_decay}")
+    inputs = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in batches]
+    if not inputs:
+        raise RmtdeployError("distillation needs at least one batch of images")
+    device = next(student.parameters()).device
+    teacher_device = next(teacher.parameters()).device
+    teacher.eval()
+    with torch.no_grad():
+        targets = [teacher(x.to(teacher_device)).to(device) for x in inputs]
+    inputs = [x.to(device) for x in inputs]
+    loss_before = _mean_kd_loss(student, inputs, targets, temperature)
+
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    if not trainable:
+        raise RmtdeployError("distillation needs a student with trainable parameters")
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    advance = progress(steps) if progress is not None and steps else None
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        _train_except_batchnorm(student)
+        try:
+            for step in range(steps):
+                index = step % len(inputs)
+                loss = kd_loss(student(inputs[index]), targets[index], temperature)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if advance is not None:
+                    advance(1)
+        finally:
+            student.eval()
+    loss_after = _mean_kd_loss(student, inputs, targets, temperature) if steps else loss_before
+    if not math.isfinite(loss_after):
+        raise RmtdeployError(f"distillation diverged (KD loss {loss_after}); try a lower learning rate")
+    return DistillRecord(
+        steps=steps,
+        lr=lr,
+        temperature=temperature,
+        weight_decay=weight_decay,
+        batches=len(inputs),
+        images=sum(len(x) for x in inputs),
+        loss_before=loss_before,
+        loss_after=loss_after,
+    )
+
+
+def _train_except_batchnorm(model: nn.Module) -> None:
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+@torch.no_grad()
+def _mean_kd_loss(student: nn.Module, inputs: list, targets: list, temperature: float) -> float:
+    """Mean KD loss per image of ``student`` in eval mode over all batches."""
+    student.eval()
+    total = 0.0
+    for x, target in zip(inputs, targets, strict=True):
+        logits = student(x)
+        if logits.shape != target.shape:
+            raise RmtdeployError(
+                f"student and teacher disagree on the output: {tuple(logits.shape)} vs {tuple(target.shape)}"
+            )
+        total += kd_loss(logits, target, temperature).item() * len(x)
+    return total / sum(len(x) for x in inputs)
