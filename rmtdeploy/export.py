@@ -120,13 +120,14 @@ def export_onnx(
     state: dict[str, Any] = {}
 
     def build(tmp: str) -> None:
-        with _export_mode(model), torch.no_grad():
-            output_names = _output_names(model(example), output_name)
-            started = time.perf_counter()
-            proto = _export_proto(
-                model, example, tmp, exporter, opset, input_name, output_names, dynamic_batch
-            )
-            state["export_s"] = time.perf_counter() - started
+        with _eval_mode(model), torch.no_grad():
+            with _export_forms(model):
+                output_names = _output_names(model(example), output_name)
+                started = time.perf_counter()
+                proto = _export_proto(
+                    model, example, tmp, exporter, opset, input_name, output_names, dynamic_batch
+                )
+                state["export_s"] = time.perf_counter() - started
             if simplify:
                 proto, state["simplify_note"], state["simplified"] = _simplify(proto)
             else:
@@ -137,6 +138,7 @@ def export_onnx(
             state["opset"] = _default_domain_opset(proto)
             state["output_names"] = output_names
             if verify:
+                # Against the model's own forward (fused attention, no export forms): what the user runs.
                 state["max_abs_diff"], state["reference_max_abs"] = _verify(
                     model, tmp, input_shape, verify_batches, atol, rtol, generator, notes
                 )
@@ -196,19 +198,30 @@ def _check_arguments(
 
 
 @contextlib.contextmanager
-def _export_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode and timm's non-fused attention for the export; restore both afterwards."""
+def _eval_mode(model: nn.Module) -> Iterator[None]:
     was_training = model.training
-    fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
     model.eval()
-    for module, _ in fused:
-        module.fused_attn = False
     try:
         yield
     finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _export_forms(model: nn.Module) -> Iterator[None]:
+    """timm's non-fused attention and the family adapter's export-only forms; both restored afterwards."""
+    from rmtdeploy.adapters import find_adapter
+
+    fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    for module, _ in fused:
+        module.fused_attn = False
+    adapter = find_adapter(model)
+    try:
+        with adapter.export_mode(model) if adapter is not None else contextlib.nullcontext():
+            yield
+    finally:
         for module, flag in fused:
             module.fused_attn = flag
-        model.train(was_training)
 
 
 def _output_names(outputs: Any, output_name: str) -> list[str]:

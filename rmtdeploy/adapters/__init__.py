@@ -4,6 +4,6 @@ An adapter says only what differs between families (heads, ignored layers, custo
 attributes to repair after removal); the removal mechanism itself is shared (``rmtdeploy.pruning``).
 """
 
-from rmtdeploy.adapters.base import ADAPTERS, ArchitectureAdapter, get_adapter, register_adapter
+from rmtdeploy.adapters.base import ADAPTERS, ArchitectureAdapter, find_adapter, get_adapter, register_adapter
 
-__all__ = ["ADAPTERS", "ArchitectureAdapter", "get_adapter", "register_adapter"]
+__all__ = ["ADAPTERS", "ArchitectureAdapter", "find_adapter", "get_adapter", "register_adapter"]

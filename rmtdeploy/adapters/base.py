@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -37,6 +39,13 @@ def get_adapter(model: nn.Module) -> ArchitectureAdapter:
             f"no pruning adapter for {type(model).__name__} (family '{family}'); known: {known}"
         )
     return ADAPTERS[family]()
+
+
+def find_adapter(model: nn.Module) -> ArchitectureAdapter | None:
+    """The model's adapter, or None for a model no adapter serves (stages that work without one)."""
+    _import_builtin_adapters()
+    adapter = ADAPTERS.get(model_family(model))
+    return adapter() if adapter is not None else None
 
 
 def _import_builtin_adapters() -> None:
@@ -95,6 +104,13 @@ class ArchitectureAdapter:
         in, a traceable attention path); every graph over the model, including replays, is built with it."""
         inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
         return model(*inputs)
+
+    @contextlib.contextmanager
+    def export_mode(self, model: nn.Module) -> Iterator[None]:
+        """Changes for the ONNX export only: the same function, written so ONNX runtimes run it fast.
+
+        Default: none. Entered by ``rmtdeploy.export.export_onnx``; must leave the model as it found it."""
+        yield
 
     def repair(self, model: nn.Module) -> None:
         """Fix attributes that cache widths (num_heads, head_dim, scale, ...) after physical removal.
