@@ -127,3 +127,40 @@ def test_repair_leaves_a_dense_model_unchanged(dense, adapter, images):
     adapter.repair(model)
     assert torch.equal(features(model, images), features(dense, images))
     assert head_layouts(model, adapter) == head_layouts(dense, adapter)
+
+
+def test_export_form_of_attention_computes_timms_attention(pruned, dense, adapter, images):
+    # timm's forward on both attention paths, dense and pruned; leaving the mode restores the class's forward.
+    for model in (dense, pruned[1].model):
+        explicit, fused = outputs_by_attention_path(model, adapter, images)
+        with adapter.export_mode(model):
+            exported = features(model, images)
+        assert torch.allclose(exported, explicit, atol=ATOL) and torch.allclose(exported, fused, atol=ATOL)
+        assert not any("forward" in vars(layout.attention) for layout in adapter.attention_layouts(model))
+        copy.deepcopy(model)  # no bound method of the original left behind to copy
+
+
+def test_onnx_runtime_runs_the_exported_attention_without_moving_head_dim(pruned, adapter, tmp_path):
+    # timm's form becomes one Transpose per attention that moves head_dim off the innermost axis, which ONNX
+    # Runtime runs element by element; the export form folds kᵀ into the GEMM (FusedMatMul transB) instead.
+    import onnx
+    import onnxruntime as ort
+
+    from rmtdeploy.export import export_onnx
+
+    model = pruned[1].model
+    export_onnx(model, tmp_path / "model.onnx", batch=1, dynamic_batch=False)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    attention_transposes = [n for n in nodes if n.op_type == "Transpose" and "/attn/" in n.name]
+    perms = [list(onnx.helper.get_attribute_value(a)) for n in attention_transposes for a in n.attribute]
+    assert perms and all(perm[-1] == len(perm) - 1 for perm in perms), perms
+    transposed_b = [
+        n
+        for n in nodes
+        if n.op_type == "FusedMatMul"
+        and any(a.name == "transB" and onnx.helper.get_attribute_value(a) == 1 for a in n.attribute)
+    ]
+    assert len(transposed_b) == len(adapter.attention_layouts(model))

@@ -11,7 +11,6 @@ import torch_pruning as tp
 from attention_adapter_checks import (
     ATOL,
     build_graph,
-    features,
     outputs_by_attention_path,
     remove_head_and_zeroed_reference,
 )
@@ -84,43 +83,3 @@ def test_create_kwargs_rebuild_a_non_default_hiera():
     adapter = HieraAdapter()
     assert adapter.create_kwargs(model) == {"img_size": [256, 256], "in_chans": 1, "num_classes": 10}
     assert adapter.example_inputs(model, batch=2).shape == (2, 1, 256, 256)
-
-
-def test_export_form_of_mask_unit_attention_computes_timms_attention(dense, images):
-    # Dense, and with a head removed (q-pooling block, one head left): same output as timm's forward on
-    # both of its attention paths; leaving the mode leaves the class's forward in place.
-    pruned = copy.deepcopy(dense)
-    remove_head_and_zeroed_reference(pruned, HieraAdapter(), 1, head=0, images=images)
-    for model in (dense, pruned):
-        explicit, fused = outputs_by_attention_path(model, HieraAdapter(), images)
-        with HieraAdapter().export_mode(model):
-            exported = features(model, images)
-        assert torch.allclose(exported, explicit, atol=ATOL) and torch.allclose(exported, fused, atol=ATOL)
-        attentions = [m for m in model.modules() if isinstance(m, MaskUnitAttention)]
-        assert not any("forward" in vars(m) for m in attentions)
-        copy.deepcopy(model)  # no bound method of the original left to copy
-
-
-def test_onnx_runtime_runs_the_exported_mask_unit_attention_without_moving_head_dim(dense, tmp_path):
-    # timm's own form becomes one Transpose per attention that moves head_dim off the innermost axis, which
-    # ONNX Runtime runs element by element; the export form folds kᵀ into the GEMM instead.
-    import onnx
-    import onnxruntime as ort
-
-    from rmtdeploy.export import export_onnx
-
-    export_onnx(dense, tmp_path / "hiera.onnx", batch=1, dynamic_batch=False)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(tmp_path / "hiera.onnx"), options, providers=["CPUExecutionProvider"])
-    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
-    attention_transposes = [n for n in nodes if n.op_type == "Transpose" and "/attn/" in n.name]
-    perms = [list(onnx.helper.get_attribute_value(a)) for n in attention_transposes for a in n.attribute]
-    assert perms and all(perm[-1] == len(perm) - 1 for perm in perms), perms
-    transposed_b = [
-        n
-        for n in nodes
-        if n.op_type == "FusedMatMul"
-        and any(a.name == "transB" and onnx.helper.get_attribute_value(a) == 1 for a in n.attribute)
-    ]
-    assert len(transposed_b) == len([m for m in dense.modules() if isinstance(m, MaskUnitAttention)])

@@ -15,6 +15,7 @@ the traced graph; replaying a recorded plan on a fresh model re-derives the same
 
 from __future__ import annotations
 
+import types
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -192,6 +193,32 @@ def attribute_set(obj: object, name: str, value: object) -> Iterator[None]:
         yield
     finally:
         setattr(obj, name, old)
+
+
+@contextmanager
+def forwards_replaced(modules: list[nn.Module], forward: Callable[..., Any]) -> Iterator[None]:
+    """Each module runs ``forward(module, ...)`` for the duration of the block (an export-only form)."""
+    patched = [m for m in modules if "forward" not in vars(m)]
+    for module in patched:
+        module.forward = types.MethodType(forward, module)
+    try:
+        yield
+    finally:
+        for module in patched:
+            del module.forward  # back to the class's forward: no bound method left behind for deepcopy
+
+
+def attention_scores_for_onnx(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``(q * scale) @ kᵀ`` over any leading dims, written for ONNX Runtime.
+
+    timm writes kᵀ straight after the permute that splits qkv into heads; ONNX Runtime's transpose
+    optimizer merges the two into one Transpose that moves head_dim off the innermost axis and runs it
+    element by element. Flattening the leading dims first puts a Reshape in between: k stays
+    head_dim-innermost (a cheap copy) and kᵀ folds into the GEMM (FusedMatMul transB).
+    """
+    queries, keys, head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
+    scores = (q.reshape(-1, queries, head_dim) * scale) @ k.reshape(-1, keys, head_dim).transpose(-1, -2)
+    return scores.reshape(*q.shape[:-1], keys)
 
 
 @contextmanager

@@ -3,7 +3,6 @@ the residual stream to the next width (``HieraBlock.proj``) before max-pooling i
 
 from __future__ import annotations
 
-import types
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -13,7 +12,13 @@ from timm.layers import LayerScale
 from timm.models.hiera import Hiera, HieraBlock, MaskUnitAttention
 from torch import nn
 
-from rmtdeploy.adapters._attention import AttentionLayout, HeadProbingAdapter, attribute_set
+from rmtdeploy.adapters._attention import (
+    AttentionLayout,
+    HeadProbingAdapter,
+    attention_scores_for_onnx,
+    attribute_set,
+    forwards_replaced,
+)
 from rmtdeploy.adapters._model_attributes import image_kwargs, layer_norm_width, sync_model_widths
 from rmtdeploy.adapters.base import register_adapter
 
@@ -62,19 +67,10 @@ class HieraAdapter(HeadProbingAdapter):
                     stack.enter_context(attribute_set(attn, "use_mask_unit_attn", False))
             yield
 
-    @contextmanager
-    def export_mode(self, model: nn.Module) -> Iterator[None]:
-        # timm's attention exports kᵀ as one Transpose that moves head_dim off the innermost axis (5-D on
-        # the mask-unit path); ONNX Runtime runs that element by element (blocks.1 of hiera_tiny: 1-3 ms
-        # per call on a 2-core EPYC, a tenth of the model). The export-only forward computes the same.
-        patched = [a for a in self._attentions(model) if "forward" not in vars(a)]
-        for attn in patched:
-            attn.forward = types.MethodType(mask_unit_attention_for_onnx, attn)
-        try:
-            yield
-        finally:
-            for attn in patched:
-                del attn.forward  # back to the class's forward; no bound method left behind for deepcopy
+    def export_mode(self, model: nn.Module):
+        # kᵀ as timm writes it costs ONNX Runtime 1-3 ms per call in blocks.1 of hiera_tiny on a 2-core EPYC
+        # (a tenth of the model); see attention_scores_for_onnx.
+        return forwards_replaced(self._attentions(model), mask_unit_attention_for_onnx)
 
     def unwrapped_parameters(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
         extra: list[tuple[nn.Parameter, int]] = []
@@ -112,12 +108,7 @@ class HieraAdapter(HeadProbingAdapter):
 
 
 def mask_unit_attention_for_onnx(attn: MaskUnitAttention, x: torch.Tensor) -> torch.Tensor:
-    """``MaskUnitAttention.forward`` (either path, non-fused math) with q·kᵀ on 3-D tensors.
-
-    Flattening the leading dims (batch, heads[, windows]) puts a Reshape between k's permute and its
-    transpose, so ONNX Runtime's transpose optimizer cannot merge them into one permute that moves
-    head_dim: k stays head_dim-innermost (a cheap copy) and kᵀ folds into the GEMM (FusedMatMul transB).
-    """
+    """``MaskUnitAttention.forward`` (either path, non-fused math) with ONNX-friendly scores."""
     batch, tokens, _ = x.shape
     heads, head_dim = attn.heads, attn.head_dim
     if attn.use_mask_unit_attn:
@@ -130,9 +121,7 @@ def mask_unit_attention_for_onnx(attn: MaskUnitAttention, x: torch.Tensor) -> to
         q, k, v = attn.qkv(x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if attn.q_stride > 1:
             q = q.view(batch, heads, attn.q_stride, -1, head_dim).amax(dim=2)
-    queries, keys = q.shape[-2], k.shape[-2]
-    scores = (q.reshape(-1, queries, head_dim) * attn.scale) @ k.reshape(-1, keys, head_dim).transpose(-1, -2)
-    weights = scores.reshape(*q.shape[:-1], keys).softmax(dim=-1)
+    weights = attention_scores_for_onnx(q, k, attn.scale).softmax(dim=-1)
     out = (weights @ v).transpose(1, 3 if attn.use_mask_unit_attn else 2).reshape(batch, -1, attn.dim_out)
     return attn.proj(out)
 
