@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             "round_to_from": args.round_to_from,
             "pruner": args.pruner,
             "weights": "random (timm pretrained=False, seed 0); latency does not depend on weight values",
-            "export": "TorchScript exporter, opset 17, static batch 1, onnxslim, verified with ORT vs PyTorch",
+            "export": "TorchScript exporter, opset 17, static batch 1, onnxslim, backend onnxruntime (the adapters' "
+            "ORT export forms), verified with ORT vs PyTorch",
             "runs": args.runs,
             "warmup": args.warmup,
             "threads": args.threads,

@@ -133,7 +133,7 @@ def test_export_form_of_attention_computes_timms_attention(pruned, dense, adapte
     # timm's forward on both attention paths, dense and pruned; leaving the mode restores the class's forward.
     for model in (dense, pruned[1].model):
         explicit, fused = outputs_by_attention_path(model, adapter, images)
-        with adapter.export_mode(model):
+        with adapter.export_mode(model, "onnxruntime"):
             exported = features(model, images)
         assert torch.allclose(exported, explicit, atol=ATOL) and torch.allclose(exported, fused, atol=ATOL)
         assert not any("forward" in vars(layout.attention) for layout in adapter.attention_layouts(model))
@@ -149,13 +149,20 @@ def test_onnx_runtime_runs_the_exported_attention_without_moving_head_dim(pruned
     from rmtdeploy.export import export_onnx
 
     model = pruned[1].model
-    export_onnx(model, tmp_path / "model.onnx", batch=1, dynamic_batch=False)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(tmp_path / "model.onnx"), options, providers=["CPUExecutionProvider"])
-    nodes = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
-    attention_transposes = [n for n in nodes if n.op_type == "Transpose" and "/attn/" in n.name]
-    perms = [list(onnx.helper.get_attribute_value(a)) for n in attention_transposes for a in n.attribute]
+
+    def optimized_graph(backend: str) -> list:
+        export_onnx(model, tmp_path / f"{backend}.onnx", batch=1, dynamic_batch=False, backend=backend)
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"{backend}.optimized.onnx")
+        ort.InferenceSession(str(tmp_path / f"{backend}.onnx"), options, providers=["CPUExecutionProvider"])
+        return list(onnx.load(str(tmp_path / f"{backend}.optimized.onnx")).graph.node)
+
+    def attention_transpose_perms(nodes: list) -> list[list[int]]:
+        transposes = [n for n in nodes if n.op_type == "Transpose" and "/attn/" in n.name]
+        return [list(onnx.helper.get_attribute_value(a)) for n in transposes for a in n.attribute]
+
+    nodes = optimized_graph("onnxruntime")
+    perms = attention_transpose_perms(nodes)
     assert perms and all(perm[-1] == len(perm) - 1 for perm in perms), perms
     transposed_b = [
         n
@@ -164,3 +171,5 @@ def test_onnx_runtime_runs_the_exported_attention_without_moving_head_dim(pruned
         and any(a.name == "transB" and onnx.helper.get_attribute_value(a) == 1 for a in n.attribute)
     ]
     assert len(transposed_b) == len(adapter.attention_layouts(model))
+    # For TensorRT the export keeps timm's form (the pattern TensorRT's attention fusion matches).
+    assert any(perm[-1] != len(perm) - 1 for perm in attention_transpose_perms(optimized_graph("tensorrt")))

@@ -49,7 +49,7 @@ def test_resnet18_exports_with_dynamic_batch_and_matches_pytorch(tmp_path):
     assert result.path == tmp_path / "r18.onnx" and result.path.is_file()
     assert result.input_names == ("input",) and result.output_names == ("logits",)
     assert result.input_shape == ("batch", 3, 64, 64)
-    assert result.opset == 17 and result.exporter == "torchscript"
+    assert result.opset == 17 and result.exporter == "torchscript" and result.backend == "onnxruntime"
     assert result.verified and result.verify_batches == (1, 3)
     assert result.max_abs_diff is not None and result.max_abs_diff < 1e-3
     assert result.reference_max_abs > 0 and not result.warnings
@@ -147,6 +147,7 @@ def test_missing_parent_directories_are_created(tmp_path):
     [
         ({"opset": 13}, "opset 13 is too old"),
         ({"exporter": "magic"}, "exporter must be one of"),
+        ({"backend": "tvm"}, "backend must be one of"),
         ({"input_shape": (3, 32)}, "input_shape must be"),
         ({"batch": 0}, "batch must be"),
     ],

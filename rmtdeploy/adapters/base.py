@@ -106,10 +106,12 @@ class ArchitectureAdapter:
         return model(*inputs)
 
     @contextlib.contextmanager
-    def export_mode(self, model: nn.Module) -> Iterator[None]:
-        """Changes for the ONNX export only: the same function, written so ONNX runtimes run it fast.
+    def export_mode(self, model: nn.Module, backend: str) -> Iterator[None]:
+        """Changes for the ONNX export only: the same function, written so ``backend`` runs it fast.
 
-        Default: none. Entered by ``rmtdeploy.export.export_onnx``; must leave the model as it found it."""
+        ``backend`` is a target's (``"onnxruntime"`` or ``"tensorrt"``): a form that helps one runtime's
+        optimizer can hide a pattern the other fuses. Default: none. Entered by
+        ``rmtdeploy.export.export_onnx``; must leave the model as it found it."""
         yield
 
     def repair(self, model: nn.Module) -> None:

@@ -67,9 +67,12 @@ class HieraAdapter(HeadProbingAdapter):
                     stack.enter_context(attribute_set(attn, "use_mask_unit_attn", False))
             yield
 
-    def export_mode(self, model: nn.Module):
+    def export_mode(self, model: nn.Module, backend: str):
         # kᵀ as timm writes it costs ONNX Runtime 1-3 ms per call in blocks.1 of hiera_tiny on a 2-core EPYC
-        # (a tenth of the model); see attention_scores_for_onnx.
+        # (a tenth of the model); see attention_scores_for_onnx. TensorRT gets timm's form, which its
+        # attention fusion knows.
+        if backend != "onnxruntime":
+            return super().export_mode(model, backend)
         return forwards_replaced(self._attentions(model), mask_unit_attention_for_onnx)
 
     def unwrapped_parameters(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:

@@ -99,8 +99,11 @@ class SwinAdapter(PatchEmbedSizeMixin, HeadProbingAdapter):
     def customized_pruners(self, model: nn.Module) -> dict:
         return {**super().customized_pruners(model), PatchMerging: PatchMergingPruner()}
 
-    def export_mode(self, model: nn.Module):
+    def export_mode(self, model: nn.Module, backend: str):
         # kᵀ as timm writes it: ~0.15 ms per stage-1 block in ONNX Runtime (see attention_scores_for_onnx).
+        # TensorRT gets timm's form, which its attention fusion knows.
+        if backend != "onnxruntime":
+            return super().export_mode(model, backend)
         attentions = [m for m in model.modules() if isinstance(m, WindowAttention)]
         return forwards_replaced(attentions, window_attention_for_onnx)
 
