@@ -65,7 +65,9 @@ class TargetProfile:
     aliases: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     source: str = ""  # the YAML file it was read from
-    channel_multiple_from: str = "profile"  # or how ``auto`` was resolved, e.g. "auto: host CPU has avx512f"
+    channel_multiple_from: str = (
+        "profile"  # or how ``auto`` was resolved, e.g. "auto, host CPU has avx512f: ..."
+    )
 
     def accepts_tensorrt(self, version: str) -> bool:
         """Whether a TensorRT ``version`` (e.g. "10.3.0") meets this target's ``tensorrt`` range."""
@@ -155,10 +157,10 @@ def host_cpu_channel_multiple(cpu_flags: set[str] | None = None) -> tuple[int, s
     if cpu_flags is None:
         cpu_flags = _host_cpu_flags()
     if "avx512f" in cpu_flags:
-        return _AVX512_MULTIPLE, "auto: host CPU has avx512f (ONNX Runtime blocks convolutions by 16)"
+        return _AVX512_MULTIPLE, "auto, host CPU has avx512f: ONNX Runtime blocks convolutions by 16"
     if cpu_flags:
-        return _DEFAULT_CPU_MULTIPLE, "auto: host CPU has no avx512f (ONNX Runtime blocks by 8)"
-    return _DEFAULT_CPU_MULTIPLE, f"auto: CPU flags unreadable on {platform.machine() or 'this machine'}, 8"
+        return _DEFAULT_CPU_MULTIPLE, "auto, host CPU has no avx512f: ONNX Runtime blocks by 8"
+    return _DEFAULT_CPU_MULTIPLE, f"auto, CPU flags unreadable on {platform.machine() or 'this machine'}: 8"
 
 
 # --------------------------------------------------------------------------------------------- internals

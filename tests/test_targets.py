@@ -80,7 +80,7 @@ def test_int8_and_dla_targets_use_wider_channel_multiples():
 )
 def test_auto_channel_multiple_follows_the_cpu_simd_block(flags, multiple):
     found, why = host_cpu_channel_multiple(flags)
-    assert found == multiple and why.startswith("auto:")
+    assert found == multiple and why.startswith("auto, ")
 
 
 def test_cpu_target_resolves_auto_on_the_host(monkeypatch):
