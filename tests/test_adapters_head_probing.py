@@ -131,7 +131,7 @@ def test_repair_leaves_a_dense_model_unchanged(dense, adapter, images):
 
 def test_export_form_of_attention_computes_timms_attention(pruned, dense, adapter, images):
     # timm's forward on both attention paths, dense and pruned; leaving the mode restores the class's forward.
-    for model in (dense, pruned[1].model):
+    for model in (copy.deepcopy(dense), copy.deepcopy(pruned[1].model)):  # the fixtures keep their paths
         explicit, fused = outputs_by_attention_path(model, adapter, images)
         with adapter.export_mode(model, "onnxruntime"):
             exported = features(model, images)
