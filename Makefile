@@ -33,6 +33,7 @@ bench: install
 	$(PY) benchmarks/analyze_speed.py
 	$(PY) benchmarks/prune_time.py
 	$(PY) benchmarks/prune_speedup.py
+	$(PY) benchmarks/model_coverage.py
 
 lint: install
 	$(VENV)/bin/ruff check rmtdeploy tests benchmarks
