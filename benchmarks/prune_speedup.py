@@ -261,17 +261,19 @@ def finish_family(family: dict[str, Any], passes: list[LatencyReport], args: arg
     # Contention changes the ratio itself (see LatencyReport.speedup): also give the quietest rounds'.
     quiet = report.speedup("dense", "pruned", quietest=QUIET_FRACTION)
     efficiency = speed.median / mac_reduction
-    every_pass = [
-        {
-            "dense_ms": round(r.models["dense"].median_ms, 3),
-            "pruned_ms": round(r.models["pruned"].median_ms, 3),
-            "speedup_median": round(r.speedup("dense", "pruned").median, 4),
-            "efficiency": round(r.speedup("dense", "pruned").median / mac_reduction, 4),
-            "loadavg_before": r.conditions.get("loadavg_before"),
-            "headline": r is report,
-        }
-        for r in passes
-    ]
+    every_pass = []
+    for r in passes:
+        pass_speedup = r.speedup("dense", "pruned").median
+        every_pass.append(
+            {
+                "dense_ms": round(r.models["dense"].median_ms, 3),
+                "pruned_ms": round(r.models["pruned"].median_ms, 3),
+                "speedup_median": round(pass_speedup, 4),
+                "efficiency": round(pass_speedup / mac_reduction, 4),
+                "loadavg_before": r.conditions.get("loadavg_before"),
+                "headline": r is report,
+            }
+        )
     check: dict[str, Any] | None = None
     if args.check_threads:
         check_report = measure_onnx_latency(
