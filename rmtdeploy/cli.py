@@ -314,13 +314,13 @@ def _finetune_steps(args, strategy: str) -> int:
     return steps
 
 
-def _distillation_hook(dense, batches, steps: int, status, description: str, pruning_steps: int):
-    """The dynamic strategy's ``finetune``: distil from a copy of the dense model, counting in the spinner."""
-    import copy
+def _distillation_hook(teacher, batches, steps: int, status, description: str, pruning_steps: int):
+    """The dynamic strategy's ``finetune``: distil from ``teacher``, counting in the spinner.
 
+    The teacher is the dense model itself, not a copy: pruning works on copies (``prune_model`` leaves its
+    input untouched)."""
     from rmtdeploy.finetune import distill
 
-    teacher = copy.deepcopy(dense).eval()
     rounds = itertools.count(1)
 
     def finetune(student):
