@@ -65,9 +65,7 @@ class TargetProfile:
     aliases: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     source: str = ""  # the YAML file it was read from
-    channel_multiple_from: str = (
-        "profile"  # or how ``auto`` was resolved, e.g. "auto, host CPU has avx512f: ..."
-    )
+    channel_multiple_from: str = "profile"  # or how ``auto`` was resolved
 
     def accepts_tensorrt(self, version: str) -> bool:
         """Whether a TensorRT ``version`` (e.g. "10.3.0") meets this target's ``tensorrt`` range."""
