@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_MODEL ?= swin_t
 DEMO_OUT   ?= runs/demo
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench bench-accuracy lint clean
 
 install: $(VENV)/.installed
 
@@ -34,6 +34,10 @@ bench: install
 	$(PY) benchmarks/prune_time.py
 	$(PY) benchmarks/prune_speedup.py
 	$(PY) benchmarks/model_coverage.py
+
+# Accuracy kept by every pruning criterion on real data (trains its models once, cached; ~1 h on 2 cores).
+bench-accuracy: install
+	$(PY) benchmarks/accuracy_retention.py
 
 lint: install
 	$(VENV)/bin/ruff check rmtdeploy tests benchmarks

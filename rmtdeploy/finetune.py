@@ -60,15 +60,18 @@ def distill(
     weight_decay: float = 0.05,
     seed: int = 0,
     progress: Callable[[int], Callable[..., object] | None] | None = None,
+    teacher_logits: list[torch.Tensor] | None = None,
 ) -> DistillRecord:
-    """Fine-tune ``student`` in place to match ``teacher``'s logits for ``steps`` AdamW steps.
+    """Fine-tune ``student`` in place to match ``teacher``'s logits for ``steps`` AdamW steps, the learning
+    rate decaying from ``lr`` to zero along a cosine.
 
     ``batches`` are input tensors, or (inputs, labels) pairs whose labels are ignored; the loop cycles over
     them in order until ``steps`` optimizer steps are done. The teacher runs once per batch, in eval mode
     under no_grad (its logits are reused every cycle). Weight decay applies to weight matrices and conv
     kernels only, not to biases and norm parameters (timm's convention). ``seed`` seeds dropout / drop-path
     in a forked RNG, so the global one is left as it was. ``progress(steps)`` may return a callable advanced
-    once per step. The student ends in eval mode.
+    once per step. The student ends in eval mode. ``teacher_logits`` (one tensor per batch, from
+    :func:`teacher_outputs`) spares the teacher's forward when many students learn from one teacher.
 
     BatchNorm layers stay in eval mode during the loop: they normalise with their running statistics
     (just re-estimated by the pruner's recalibration) and do not update them, while their affine weights
@@ -88,10 +91,11 @@ def distill(
     if not inputs:
         raise RmtdeployError("distillation needs at least one batch of images")
     device = next(student.parameters()).device
-    teacher_device = next(teacher.parameters()).device
-    teacher.eval()
-    with torch.no_grad():
-        targets = [teacher(x.to(teacher_device)).to(device) for x in inputs]
+    if teacher_logits is None:
+        teacher_logits = teacher_outputs(teacher, inputs)
+    if len(teacher_logits) != len(inputs):
+        raise RmtdeployError(f"{len(teacher_logits)} batches of teacher logits for {len(inputs)} batches")
+    targets = [t.to(device) for t in teacher_logits]
     inputs = [x.to(device) for x in inputs]
     loss_before = _mean_kd_loss(student, inputs, targets, temperature)
 
@@ -103,6 +107,10 @@ def distill(
         {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    # Cosine decay to zero: the last steps move the weights least, so the run ends where it settled.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+    )
     advance = progress(steps) if progress is not None and steps else None
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -115,6 +123,7 @@ def distill(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 if advance is not None:
                     advance(1)
         finally:
@@ -132,6 +141,30 @@ def distill(
         loss_before=loss_before,
         loss_after=loss_after,
     )
+
+
+@torch.no_grad()
+def teacher_outputs(teacher: nn.Module, batches: Iterable) -> list[torch.Tensor]:
+    """The teacher's logits for each batch (inputs, or (inputs, labels) pairs), in eval mode."""
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    inputs = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in batches]
+    return [teacher(x.to(device)).cpu() for x in inputs]
+
+
+@torch.no_grad()
+def evaluate_top1(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy in % of ``model`` (eval mode) over (inputs, labels) batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    for inputs, labels in loader:
+        predicted = model(inputs.to(device)).argmax(dim=-1).cpu()
+        correct += int((predicted == labels).sum())
+        total += len(labels)
+    if total == 0:
+        raise RmtdeployError("evaluation needs at least one labelled image")
+    return 100.0 * correct / total
 
 
 def _train_except_batchnorm(model: nn.Module) -> None:

@@ -69,10 +69,21 @@ def test_spectral_strategies_keep_every_signal_channel(planted_vit, name):
     assert abs(result.macs_kept - 0.5) <= 0.03 * 0.5
 
 
-def test_rmt_takes_most_from_all_bulk_layers(planted_vit):
-    result = get_strategy("rmt").prune(planted_vit, keep_macs=0.5)
+def test_rmt_with_global_allocation_takes_most_from_all_bulk_layers(planted_vit):
+    result = get_strategy("rmt", allocation="global").prune(planted_vit, keep_macs=0.5)
     others = [kept_fraction(result, b) for b in range(12) if b != PLANTED_BLOCK]
     assert kept_fraction(result, PLANTED_BLOCK) > max(others)
+
+
+def test_rmt_by_default_gives_every_mlp_the_same_width_and_lets_the_spectrum_pick_the_channels(planted_vit):
+    result = get_strategy("rmt").prune(planted_vit, keep_macs=0.5)
+    assert len({kept_fraction(result, b) for b in range(12)}) == 1
+    assert surviving_planted(result) == len(PLANTED_ROWS)
+
+
+def test_rmt_rejects_an_unknown_allocation(planted_vit):
+    with pytest.raises(RmtdeployError, match="allocation must be one of uniform, global"):
+        get_strategy("rmt", allocation="greedy").prune(planted_vit, keep_macs=0.5)
 
 
 def test_magnitude_strategy_is_torch_prunings_group_magnitude(planted_vit):

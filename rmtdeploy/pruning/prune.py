@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -72,7 +73,14 @@ def prune_model(
     example_inputs = example_inputs.to(device)
 
     dense = copy.deepcopy(model).eval()
-    units = discover_units(build_dependency_graph(dense, adapter, example_inputs), dense, adapter, importance)
+    # Gradient importances (TP's Taylor, Hessian) read ``.grad``, which deepcopy drops: carry it over.
+    for source, target in zip(model.parameters(), dense.parameters(), strict=True):
+        if source.grad is not None:
+            target.grad = source.grad.detach().clone()
+    graph = build_dependency_graph(dense, adapter, example_inputs)
+    started = time.perf_counter()
+    units = discover_units(graph, dense, adapter, importance)
+    scoring_s = time.perf_counter() - started
     if not units:
         raise RmtdeployError(
             f"found no prunable channels in {model_name} (the dependency graph has no groups)"
@@ -133,7 +141,9 @@ def prune_model(
         macs=(dense_macs, candidate.macs),
         params=(dense_params, candidate.params),
     )
-    return PruneResult(pruned, plan, dense_macs, candidate.macs, dense_params, candidate.params)
+    result = PruneResult(pruned, plan, dense_macs, candidate.macs, dense_params, candidate.params)
+    result.timings["scores_s"] = scoring_s
+    return result
 
 
 @dataclass

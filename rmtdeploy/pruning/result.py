@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,6 +20,9 @@ class PruneResult:
     pruned_macs: int
     dense_params: int
     pruned_params: int
+    # Seconds spent per phase, for reports: "spectra_s" (spectral fits a strategy needs), "scores_s" (the
+    # importance over every channel group). Not part of the plan: timings differ between identical runs.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def macs_kept(self) -> float:

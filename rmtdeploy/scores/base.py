@@ -8,6 +8,7 @@ and runs the pruner. Adding a strategy is one new module with one ``@register_st
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -84,7 +85,9 @@ class Strategy:
         from rmtdeploy.pruning import prune_model, recalibrate_batchnorm
 
         keep = keep_macs if keep_macs is not None else keep_params
+        started = time.perf_counter()
         settings = self.settings(model, 1.0 if keep is None else keep)
+        spectra_s = time.perf_counter() - started
         result = prune_model(
             model,
             importance=settings.importance,
@@ -94,6 +97,7 @@ class Strategy:
             pruning_ratio_dict=settings.pruning_ratio_dict,
             **pruner_options,
         )
+        result.timings["spectra_s"] = spectra_s
         if calibration_batches is not None:
             recalibrate_batchnorm(result.model, calibration_batches)
         result.plan["strategy"] = {"name": self.name, "knobs": self.knobs()}
@@ -123,22 +127,25 @@ class SpectralGroupImportance(tp.importance.GroupMagnitudeImportance):
     def fallback(self, group) -> torch.Tensor | None:
         return super().__call__(group)
 
-    @torch.no_grad()
-    def spectral_scores(self, group) -> torch.Tensor | None:
-        values, root_indices = [], []
+    def fitted_layers(self, group):
+        """(spectra, outputs?, idxs, root_idxs) for each Linear/Conv of ``group`` that had an MP fit and
+        loses output rows (outputs) or input columns of a non-grouped layer (not outputs)."""
         for position, (dep, idxs) in enumerate(group):
             layer, fn = dep.layer, dep.pruning_fn
             spectra = self.channel_spectra.get(getattr(dep.target, "_name", None))
             if spectra is None or not spectra.fitted or not isinstance(layer, (nn.Linear, nn.Conv2d)):
                 continue
             if fn in _OUT_FNS:
-                channel = self.channel_values(spectra, outputs=True)
+                yield spectra, True, idxs, group[position].root_idxs
             elif fn in _IN_FNS and getattr(layer, "groups", 1) == 1:
-                channel = self.channel_values(spectra, outputs=False)
-            else:
-                continue
-            values.append(channel[idxs])
-            root_indices.append(group[position].root_idxs)
+                yield spectra, False, idxs, group[position].root_idxs
+
+    @torch.no_grad()
+    def spectral_scores(self, group) -> torch.Tensor | None:
+        values, root_indices = [], []
+        for spectra, outputs, idxs, root_idxs in self.fitted_layers(group):
+            values.append(self.channel_values(spectra, outputs=outputs)[idxs])
+            root_indices.append(root_idxs)
         if not values:
             return None
         return self._reduce(values, root_indices)

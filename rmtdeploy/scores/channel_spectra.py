@@ -35,14 +35,28 @@ class ChannelSpectra:
     signal_fraction: float  # spikes / min(M, N): share of directions that are signal
     alpha: float | None
     bulk_is_mp: bool  # every block's bulk passes a KS test against its MP fit (99% level)
+    # Norm layers' rescaling of each channel in the network's function (``norm_scales``); ones if none.
+    row_scale: torch.Tensor | None = None
+    col_scale: torch.Tensor | None = None
 
-    def row_score(self) -> torch.Tensor:
+    def rows(self, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(signal, total) energy per output channel; ``scaled``: as the network sees them, each channel
+        weighted by the square of the norm scale applied to its output (BatchNorm γ/σ, layer scale)."""
+        return _scaled(self.row_signal, self.row_energy, self.row_scale if scaled else None)
+
+    def cols(self, scaled: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`rows` for input channels; ``scaled`` weights by a LayerNorm's γ before the layer."""
+        return _scaled(self.col_signal, self.col_energy, self.col_scale if scaled else None)
+
+    def row_score(self, scaled: bool = False) -> torch.Tensor:
         """Signal energy per output channel in units of the module's mean channel energy (comparable
         across layers: an all-bulk layer scores 0 everywhere)."""
-        return self.row_signal / self.row_energy.mean().clamp_min(1e-30)
+        signal, energy = self.rows(scaled)
+        return signal / energy.mean().clamp_min(1e-30)
 
-    def col_score(self) -> torch.Tensor:
-        return self.col_signal / self.col_energy.mean().clamp_min(1e-30)
+    def col_score(self, scaled: bool = False) -> torch.Tensor:
+        signal, energy = self.cols(scaled)
+        return signal / energy.mean().clamp_min(1e-30)
 
     def row_ser(self) -> torch.Tensor:
         """Per-output-channel spectral energy ratio: above-edge share of the channel's own energy."""
@@ -50,6 +64,12 @@ class ChannelSpectra:
 
     def col_ser(self) -> torch.Tensor:
         return self.col_signal / self.col_energy.clamp_min(1e-30)
+
+
+def _scaled(signal: torch.Tensor, energy: torch.Tensor, scale: torch.Tensor | None):
+    if scale is None:
+        return signal, energy
+    return signal * scale.pow(2), energy * scale.pow(2)
 
 
 def signal_energies(matrix: torch.Tensor, spikes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,12 +98,14 @@ def signal_energies(matrix: torch.Tensor, spikes: int) -> tuple[torch.Tensor, to
 
 
 def channel_spectra_by_module(
-    model: nn.Module, config: SpectralFitConfig | None = None
+    model: nn.Module, config: SpectralFitConfig | None = None, *, norm_scales: bool = False
 ) -> dict[str, ChannelSpectra]:
     """Analyse ``model`` once and return the channel view of every Linear/Conv2d, by module name.
 
     A fused qkv projection is fitted per q/k/v block; its output channels take their block's values.
+    ``norm_scales``: also record how norm layers rescale each module's channels (one forward pass).
     """
+    scales = _norm_scales(model) if norm_scales else {}
     matrices = weight_matrices(model)
     spectra = analyze_model(model, config)
     modules = dict(model.named_modules())
@@ -132,5 +154,15 @@ def channel_spectra_by_module(
             signal_fraction=spikes / directions if directions else 0.0,
             alpha=sum(alphas) / len(alphas) if alphas else None,
             bulk_is_mp=bulk_is_mp,
+            row_scale=scales.get(name, {}).get("rows"),
+            col_scale=scales.get(name, {}).get("cols"),
         )
     return out
+
+
+def _norm_scales(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    from rmtdeploy.adapters.base import get_adapter
+    from rmtdeploy.scores.norm_scales import norm_channel_scales
+
+    device = next(model.parameters()).device
+    return norm_channel_scales(model, get_adapter(model).example_inputs(model).to(device))

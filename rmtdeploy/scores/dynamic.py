@@ -104,6 +104,9 @@ class DynamicThresholdStrategy(Strategy):
             self.history.append(entry)
             current = result.model
         final = results[-1]
+        final.timings = {
+            key: sum(r.timings.get(key, 0.0) for r in results) for key in ("spectra_s", "scores_s")
+        }
         final.plan = compose_plans([r.plan for r in results])
         final.dense_macs, final.dense_params = results[0].dense_macs, results[0].dense_params
         final.plan["strategy"] = {

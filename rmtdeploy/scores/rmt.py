@@ -3,8 +3,13 @@
 For each layer, the MP fit gives the spikes (k singular values above the Tracy–Widom-corrected edge);
 channel c scores ‖(U_k Σ_k V_kᵀ)_c‖² / mean channel energy of the layer, averaged over the layers of its
 group, plus ``tie_break`` × its normalised magnitude so that channels of an all-bulk layer are still
-ordered. Ranking is global: layers whose spectrum is all bulk score ~0 everywhere and lose the most.
-Pick it for trained models whose layers differ in how much signal they hold.
+ordered. With ``norm_scales`` (default) each channel's energies are weighted by the square of the norm
+scale the network applies to it (BatchNorm γ/σ after a conv, LayerNorm γ before a Linear, layer scale).
+
+``allocation``: "uniform" (default) — every layer keeps the same fraction, the spectrum picks which
+channels; "global" — one ranking across layers, so all-bulk layers score ≈ 0 and lose the most. The
+accuracy benchmark showed "global" collapsing CNNs: early convolutions are small matrices that look like
+bulk, yet everything downstream reads them (docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -14,26 +19,59 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.scores.base import PrunerSettings, SpectralGroupImportance, Strategy, register_strategy
 from rmtdeploy.scores.channel_spectra import ChannelSpectra, channel_spectra_by_module
 from rmtdeploy.spectra import SpectralFitConfig
 
+ALLOCATIONS = ("uniform", "global")
+SCORES = ("signal", "flow")
+
 
 class SignalEnergyImportance(SpectralGroupImportance):
-    def __init__(self, channel_spectra: dict[str, ChannelSpectra], tie_break: float):
+    def __init__(self, channel_spectra: dict[str, ChannelSpectra], tie_break: float, scaled: bool = False):
         super().__init__(channel_spectra)
-        self.tie_break = tie_break
+        self.tie_break, self.scaled = tie_break, scaled
 
     def channel_values(self, spectra: ChannelSpectra, outputs: bool) -> torch.Tensor:
-        if outputs:
-            signal, energy = spectra.row_score(), spectra.row_energy
-        else:
-            signal, energy = spectra.col_score(), spectra.col_energy
-        return signal + self.tie_break * energy / energy.mean().clamp_min(1e-30)
+        signal, energy = spectra.rows(self.scaled) if outputs else spectra.cols(self.scaled)
+        return (signal + self.tie_break * energy) / energy.mean().clamp_min(1e-30)
 
     def fallback(self, group):
         magnitude = super().fallback(group)
         return None if magnitude is None else self.tie_break * magnitude
+
+
+class SignalFlowImportance(SpectralGroupImportance):
+    """What a channel delivers: the power its producers put into it × how much of its consumers' learned
+    (above-edge) map reads it. A first-order estimate of the channel's contribution: the consumer's output
+    moves by W_next[:, c]·x_c when c goes, x_c's size set by the producer row (and the norm scales), and
+    only the signal part of W_next is what training put there."""
+
+    def __init__(self, channel_spectra: dict[str, ChannelSpectra], tie_break: float, scaled: bool = True):
+        super().__init__(channel_spectra)
+        self.tie_break, self.scaled = tie_break, scaled
+
+    @torch.no_grad()
+    def __call__(self, group):
+        produced: tuple[list, list] = ([], [])
+        consumed: tuple[list, list] = ([], [])
+        for spectra, outputs, idxs, root_idxs in self.fitted_layers(group):
+            if outputs:
+                _, energy = spectra.rows(self.scaled)
+                values, into = energy / energy.mean().clamp_min(1e-30), produced
+            else:
+                signal, energy = spectra.cols(self.scaled)
+                values, into = (signal + self.tie_break * energy) / energy.mean().clamp_min(1e-30), consumed
+            into[0].append(values[idxs])
+            into[1].append(root_idxs)
+        if not produced[0] and not consumed[0]:
+            return self.fallback(group)
+        power = self._reduce(*produced) if produced[0] else None
+        reading = self._reduce(*consumed) if consumed[0] else None
+        if power is None:
+            return reading
+        return power if reading is None else power * reading
 
 
 @register_strategy("rmt")
@@ -41,9 +79,24 @@ class SignalEnergyImportance(SpectralGroupImportance):
 class RmtStrategy(Strategy):
     tie_break: float = 1e-3  # weight of magnitude among channels with equal (e.g. zero) signal
     tracy_widom_level: float = 0.99
+    allocation: str = "uniform"  # "uniform": same keep per layer; "global": one ranking across layers
+    norm_scales: bool = True  # weight channels by the norm scales the network applies to them
+    score: str = (
+        "signal"  # "signal": the channel's own above-edge energy; "flow": producer power × consumer signal
+    )
 
     def settings(self, model: nn.Module, keep: float) -> PrunerSettings:
+        if self.allocation not in ALLOCATIONS:
+            raise RmtdeployError(
+                f"rmt allocation must be one of {', '.join(ALLOCATIONS)}, got '{self.allocation}'"
+            )
         spectra = channel_spectra_by_module(
-            model, SpectralFitConfig(tracy_widom_level=self.tracy_widom_level)
+            model, SpectralFitConfig(tracy_widom_level=self.tracy_widom_level), norm_scales=self.norm_scales
         )
-        return PrunerSettings(importance=SignalEnergyImportance(spectra, self.tie_break), global_pruning=True)
+        if self.score not in SCORES:
+            raise RmtdeployError(f"rmt score must be one of {', '.join(SCORES)}, got '{self.score}'")
+        kind = SignalEnergyImportance if self.score == "signal" else SignalFlowImportance
+        return PrunerSettings(
+            importance=kind(spectra, self.tie_break, scaled=self.norm_scales),
+            global_pruning=self.allocation == "global",
+        )

@@ -1,4 +1,4 @@
-"""Image data for calibration and fine-tuning: ImageFolder directories with the model's own transforms."""
+"""ImageFolder directories (`root/<class>/<image>`) with the model's own timm transforms."""
 
 from __future__ import annotations
 
