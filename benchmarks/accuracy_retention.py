@@ -46,13 +46,15 @@ PEERS = ("tp-l1", "tp-taylor", "tp-hessian", "tp-random")
 CRITERIA = (*STRATEGIES, *PEERS)
 # Ablations (``--criteria``), not in the default run: rmt as it was before the benchmark (one global
 # ranking, norm layers ignored) and each change alone; the "flow" score; and dynamic without its switch to
-# spectral scoring (is its gain the spectrum's, or the progressive steps'?).
+# spectral scoring (is its gain the spectrum's, or the progressive steps'?); and the head rounding of the
+# width rules (torch-pruning's: any ratio > 0 takes a head). Each: (strategy, knobs, pruner options).
 ABLATIONS = {
-    "rmt-global": ("rmt", {"allocation": "global", "norm_scales": False}),
-    "rmt-global-scaled": ("rmt", {"allocation": "global", "norm_scales": True}),
-    "rmt-unscaled": ("rmt", {"allocation": "uniform", "norm_scales": False}),
-    "rmt-flow": ("rmt", {"score": "flow"}),
-    "dynamic-magnitude": ("dynamic", {"then": "magnitude"}),
+    "rmt-global": ("rmt", {"allocation": "global", "norm_scales": False}, {}),
+    "rmt-global-scaled": ("rmt", {"allocation": "global", "norm_scales": True}, {}),
+    "rmt-unscaled": ("rmt", {"allocation": "uniform", "norm_scales": False}, {}),
+    "rmt-flow": ("rmt", {"score": "flow"}, {}),
+    "dynamic-magnitude": ("dynamic", {"then": "magnitude"}, {}),
+    **{f"{name}-ceil-heads": (name, {}, {"head_rounding": "ceil"}) for name in STRATEGIES},
 }
 LABELS = {"magnitude": "magnitude (= TP group L2)", "tp-l1": "TP group L1", "tp-taylor": "TP Taylor",
           "tp-hessian": "TP Hessian", "tp-random": "TP random"}  # fmt: skip
@@ -244,12 +246,8 @@ def prune_with(criterion: str, model, keep: float, calibration: list, settings: 
     example = torch.zeros(1, 3, settings.image_size, settings.image_size)
     options = {"keep_macs": keep, "round_to": settings.round_to, "example_inputs": example}
     if criterion in STRATEGIES or criterion in ABLATIONS:
-        strategy = (
-            get_strategy(ABLATIONS[criterion][0], **ABLATIONS[criterion][1])
-            if criterion in ABLATIONS
-            else get_strategy(criterion)
-        )
-        result = strategy.prune(model, calibration_batches=calibration, **options)
+        name, knobs, extra = ABLATIONS.get(criterion, (criterion, {}, {}))
+        result = get_strategy(name, **knobs).prune(model, calibration_batches=calibration, **options, **extra)
         return result, result.timings.get("spectra_s", 0.0) + result.timings["scores_s"]
     started = time.perf_counter()
     if criterion == "tp-l1":

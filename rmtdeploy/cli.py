@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-channels", type=int, default=8, metavar="N", help="per-layer floor of kept channels"
     )
     prune.add_argument(
+        "--head-rounding",
+        choices=("floor", "ceil"),
+        default="floor",
+        help="a block loses a head only when its ratio asks for a whole one (floor, default), or at any "
+        "ratio > 0 as torch-pruning does (ceil); see docs/strategies.md",
+    )
+    prune.add_argument(
         "--knob",
         action="append",
         default=[],
@@ -250,6 +257,7 @@ def _run_prune(args) -> int:
             keep_params=args.keep_params,
             round_to=round_to,
             min_channels=args.min_channels,
+            head_rounding=args.head_rounding,
             calibration_batches=calibration,
             model_name=loaded.name,
             **hooks,

@@ -14,6 +14,7 @@ from timm.layers import Attention
 from torch import nn
 
 from rmtdeploy.adapters import get_adapter
+from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.pruning import TARGET_TOLERANCE, layer_report, load_pruned, prune_model, save_pruned
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -34,8 +35,8 @@ def dense_model(name: str) -> nn.Module:
 
 
 @functools.cache
-def pruned(name: str, keep: float):
-    return prune_model(dense_model(name), keep_macs=keep)
+def pruned(name: str, keep: float, head_rounding: str = "floor"):
+    return prune_model(dense_model(name), keep_macs=keep, head_rounding=head_rounding)
 
 
 def images(batch: int = 2) -> torch.Tensor:
@@ -78,7 +79,7 @@ def test_save_load_gives_identical_outputs(name, keep, tmp_path):
 
 @pytest.mark.parametrize(("name", "keep"), ATTENTION_CASES)
 def test_heads_are_removed_whole_and_attention_attributes_agree(name, keep):
-    result = pruned(name, keep)
+    result = pruned(name, keep, head_rounding="ceil")  # TP's rule: a head goes at any ratio
     dense_attn = [m for m in dense_model(name).modules() if isinstance(m, Attention)]
     attn = [m for m in result.model.modules() if isinstance(m, Attention)]
     assert any(a.num_heads < d.num_heads for a, d in zip(attn, dense_attn, strict=True))
@@ -149,7 +150,7 @@ def test_ratio_dict_is_scaled_to_budget_and_spares_unnamed_layers():
 
 def test_operations_keep_the_recorded_channels():
     dense = dense_model("vit_tiny_patch16_224")
-    result = pruned("vit_tiny_patch16_224", 0.5)
+    result = pruned("vit_tiny_patch16_224", 0.5, "ceil")  # heads go too
     fc1 = next(op for op in result.plan["operations"] if op["root"] == "blocks.0.mlp.fc1")
     kept = torch.tensor(fc1["kept"])
     assert torch.equal(
@@ -182,7 +183,9 @@ def test_magnitude_path_chooses_what_torch_pruning_chooses(name, ratio):
     """Same ratio everywhere: our units, scores and selection must reproduce TP's BasePruner exactly."""
     dense = dense_model(name)
     layers = [m for m in dense.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    ours = prune_model(dense, pruning_ratio_dict={m: ratio for m in layers}, min_channels=1)
+    ours = prune_model(
+        dense, pruning_ratio_dict={m: ratio for m in layers}, min_channels=1, head_rounding="ceil"
+    )
 
     reference = copy.deepcopy(dense)
     adapter = get_adapter(reference)
@@ -215,3 +218,15 @@ def test_without_head_pruning_every_head_stays():
     result = prune_model(dense_model("vit_tiny_patch16_224"), keep_macs=0.6, prune_heads=False)
     assert all(h["pruned"] == h["dense"] == 3 for h in result.plan["heads"].values())
     assert abs(result.macs_kept / 0.6 - 1) <= TARGET_TOLERANCE
+
+
+def test_head_rounding_floor_keeps_heads_until_the_ratio_asks_for_a_whole_one():
+    # vit_tiny has 3 heads per block: at keep 0.75 the uniform ratio is ~0.1, a third of a head.
+    floor, ceil = pruned("vit_tiny_patch16_224", 0.75), pruned("vit_tiny_patch16_224", 0.75, "ceil")
+    assert {h["pruned"] for h in floor.plan["heads"].values()} == {3}
+    assert {h["pruned"] for h in ceil.plan["heads"].values()} == {2}
+    assert floor.plan["head_rounding"] == "floor" and ceil.plan["head_rounding"] == "ceil"
+    for result in (floor, ceil):
+        assert abs(result.macs_kept - 0.75) <= 0.03 * 0.75
+    with pytest.raises(RmtdeployError, match="head_rounding must be one of floor, ceil"):
+        prune_model(dense_model("vit_tiny_patch16_224"), keep_macs=0.75, head_rounding="round")

@@ -32,6 +32,7 @@ from rmtdeploy.pruning.result import PruneResult, count_macs_params
 TARGET_TOLERANCE = 0.03
 _TARGET_AIM = 0.01
 
+HEAD_ROUNDINGS = ("floor", "ceil")
 RatioKey = nn.Module | tuple[nn.Module, ...]
 
 
@@ -44,6 +45,7 @@ def prune_model(
     round_to: int = 8,
     min_channels: int = 8,
     prune_heads: bool = True,
+    head_rounding: str = "floor",
     global_pruning: bool = False,
     pruning_ratio_dict: Mapping[RatioKey, float] | None = None,
     example_inputs: torch.Tensor | None = None,
@@ -58,9 +60,15 @@ def prune_model(
     without it every layer gets the same ratio, or with ``global_pruning`` one importance threshold ranks all
     layers. With no budget, ``pruning_ratio_dict`` is applied as given. Kept widths are multiples of
     ``round_to`` and at least ``min_channels`` per layer; heads keep their head_dim (at least one head stays).
+    ``head_rounding``: at a ratio r a unit of h heads loses floor(r·h) heads (default: a head goes only when
+    r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
     ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``.
     """
     _check_arguments(keep_macs, keep_params, round_to, min_channels, global_pruning, pruning_ratio_dict)
+    if head_rounding not in HEAD_ROUNDINGS:
+        raise RmtdeployError(
+            f"head_rounding must be one of {', '.join(HEAD_ROUNDINGS)}, got '{head_rounding}'"
+        )
     adapter = get_adapter(model)
     model_name = model_name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if not model_name:
@@ -93,6 +101,7 @@ def prune_model(
             round_to=round_to,
             min_channels=min_channels,
             prune_heads=prune_heads,
+            head_rounding=head_rounding,
             global_pruning=global_pruning,
         ),
         base_ratios,
@@ -122,6 +131,7 @@ def prune_model(
         "round_to": round_to,
         "min_channels": min_channels,
         "prune_heads": prune_heads,
+        "head_rounding": head_rounding,
         "global_pruning": global_pruning,
         "importance": type(importance).__name__,
         "budget": _budget_json(keep_macs, keep_params),
