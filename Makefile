@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 # says so. With network access or a checkpoint, run `rmtdeploy analyze --model ... --checkpoint PATH`.
 demo: install
 	$(VENV)/bin/rmtdeploy analyze --model $(DEMO_MODEL) --weights random --out $(DEMO_OUT)/analysis --force
-	$(VENV)/bin/rmtdeploy prune --model $(DEMO_MODEL) --weights random --strategy rmt --keep-macs 0.5 \
+	$(VENV)/bin/rmtdeploy prune --model $(DEMO_MODEL) --weights random --keep-macs 0.5 \
 		--target jetson --out $(DEMO_OUT)/pruned --force
 
 test: install

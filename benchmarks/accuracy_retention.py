@@ -273,7 +273,12 @@ def run_family_seed(family: str, seed: int, settings: Settings, cache: Path, eve
     torch.set_num_threads(1)
     from rmtdeploy.finetune import distill, evaluate_top1, teacher_outputs
 
+    parent = os.getppid()
+
     def log(message):
+        # A worker outlives a killed driver until its task ends (minutes, both cores): stop with it.
+        if events is not None and os.getppid() != parent:
+            os._exit(1)
         if events is not None:
             events.put(("log", message))
         else:
@@ -537,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stem", default="accuracy_retention", help="output file names (default %(default)s)"
     )
+    parser.add_argument("--baseline", type=Path, help="an earlier results JSON whose rows join this table")
+    parser.add_argument("--baseline-criteria", nargs="+", default=["magnitude", "rmt"], metavar="C")
     args = parser.parse_args(argv)
 
     settings = Settings(dataset=args.dataset, keeps=tuple(args.keeps), criteria=tuple(args.criteria))
@@ -554,6 +561,17 @@ def main(argv: list[str] | None = None) -> int:
     wall_s = time.perf_counter() - started
 
     points = [p for family, seed in tasks for p in results[(family, seed)]["points"]]
+    if args.baseline is not None:
+        # Rows of an earlier run on the same data and seeds, so an ablation table shows its reference.
+        earlier = json.loads(args.baseline.read_text())
+        same = {k: v for k, v in earlier["conditions"]["settings"].items() if k not in ("criteria", "keeps")}
+        mine = {k: v for k, v in asdict(settings).items() if k not in ("criteria", "keeps")}
+        if same != mine:
+            raise SystemExit(f"--baseline {args.baseline} was measured with other settings")
+        borrowed = [p for p in earlier["points"] if (p["family"], p["seed"]) in set(tasks) and p["keep"] in settings.keeps
+                    and p["criterion"] in args.baseline_criteria]  # fmt: skip
+        points = borrowed + points
+        settings = dataclasses.replace(settings, criteria=(*args.baseline_criteria, *settings.criteria))
     dense: dict[str, list] = {}
     for family, seed in tasks:
         record = results[(family, seed)]["dense"]

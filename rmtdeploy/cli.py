@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_arguments(prune)
     prune.add_argument(
         "--strategy",
-        default="rmt",
-        help="magnitude | rmt | hybrid | edge-budget | dynamic (default: rmt); see docs/strategies.md",
+        default="hybrid",
+        help="magnitude | rmt | hybrid | edge-budget | dynamic (default: hybrid, the best of them in the "
+        "accuracy benchmark); see docs/strategies.md",
     )
     budget = prune.add_mutually_exclusive_group(required=True)
     budget.add_argument(

@@ -171,3 +171,9 @@ def test_dynamic_with_calibration_distils_between_steps_and_saves_the_distilled_
 def test_dynamic_with_calibration_distils_by_default(extra, expected):
     args = build_parser().parse_args(["prune", "--model", "m", "--keep-macs", "0.5", "--out", "o", *extra])
     assert _finetune_steps(args, args.strategy) == expected
+
+
+def test_default_strategy_and_head_rounding_follow_the_accuracy_benchmark():
+    # docs/strategies.md: hybrid kept the most accuracy of the five; floor head rounding kept ViT heads.
+    args = build_parser().parse_args(["prune", "--model", "m", "--keep-macs", "0.5", "--out", "o"])
+    assert (args.strategy, args.head_rounding) == ("hybrid", "floor")

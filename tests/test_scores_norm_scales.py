@@ -59,3 +59,21 @@ def test_rmt_prunes_the_channels_a_batchnorm_switches_off():
     unscaled = get_strategy("rmt", norm_scales=False).prune(model, keep_macs=0.6).plan["operations"]
     pruned_unscaled = {i for op in unscaled if op["root"] == "layer3.0.conv1" for i in op["pruned"]}
     assert not pruned_unscaled & set(off.tolist())  # blind to the BN, the big weights win
+
+
+def test_rmt_flow_score_prunes_the_channels_no_consumer_reads():
+    # "flow": producer power × the consumers' reading. Channels with big fc1 rows whose fc2 columns are
+    # zero deliver nothing downstream; the per-channel "signal" score, reading fc1 too, keeps some.
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2).eval()
+    unread = torch.arange(0, 768, 8)  # 96 of block 0's 768 hidden channels
+    with torch.no_grad():
+        model.blocks[0].mlp.fc1.weight[unread] *= 3
+        model.blocks[0].mlp.fc2.weight[:, unread] = 0.0
+
+    def pruned_hidden(**knobs):
+        operations = get_strategy("rmt", **knobs).prune(model, keep_macs=0.6).plan["operations"]
+        return {i for op in operations if op["root"] == "blocks.0.mlp.fc1" for i in op["pruned"]}
+
+    assert set(unread.tolist()) <= pruned_hidden(score="flow")
+    assert not set(unread.tolist()) <= pruned_hidden(score="signal")

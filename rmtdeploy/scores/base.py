@@ -148,7 +148,20 @@ class SpectralGroupImportance(tp.importance.GroupMagnitudeImportance):
             root_indices.append(root_idxs)
         if not values:
             return None
-        return self._reduce(values, root_indices)
+        return self.mean_over_layers(values, root_indices, group)
+
+    @staticmethod
+    def mean_over_layers(values: list, root_indices: list, group) -> torch.Tensor:
+        """Per root channel, the mean of the layers' values mapped onto it (torch-pruning's "mean" reduction,
+        sized by the group's root: a fused qkv layer's rows map three to one head-dim channel)."""
+        total = torch.zeros(len(group[0].root_idxs))
+        used = 0
+        for value, roots in zip(values, root_indices, strict=True):
+            if any(r is None for r in roots):
+                continue
+            total.scatter_add_(0, torch.tensor(roots), value.float())
+            used += 1
+        return total / max(used, 1)
 
     def __call__(self, group):
         scores = self.spectral_scores(group)

@@ -67,8 +67,8 @@ class SignalFlowImportance(SpectralGroupImportance):
             into[1].append(root_idxs)
         if not produced[0] and not consumed[0]:
             return self.fallback(group)
-        power = self._reduce(*produced) if produced[0] else None
-        reading = self._reduce(*consumed) if consumed[0] else None
+        power = self.mean_over_layers(*produced, group) if produced[0] else None
+        reading = self.mean_over_layers(*consumed, group) if consumed[0] else None
         if power is None:
             return reading
         return power if reading is None else power * reading
