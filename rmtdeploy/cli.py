@@ -279,6 +279,7 @@ def _run_prune(args) -> int:
         "target": target.name,
         "round_to": round_to,
         "round_to_from": "--round-to" if args.round_to else f"target: {target.channel_multiple_from}",
+        "head_rounding": args.head_rounding,
         "finetune_steps": finetune_steps,
         "macs": {
             "dense": result.dense_macs,

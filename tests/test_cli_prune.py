@@ -21,6 +21,7 @@ def test_prune_writes_a_model_that_load_pruned_rebuilds(tmp_path, capsys):
     assert abs(summary["macs"]["kept"] - 0.6) <= 0.03 * 0.6
     report = json.loads((out / "report.json").read_text())
     assert report["round_to"] == 16  # int8 target: channel multiple 16
+    assert report["head_rounding"] == "floor"
     assert report["round_to_from"] == "target: profile"
     changed = [layer for layer in report["layers"] if layer["pruned_width"] != layer["dense_width"]]
     assert changed and all(layer["pruned_width"] % 16 == 0 for layer in changed)
