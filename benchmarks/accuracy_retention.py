@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -31,7 +32,7 @@ import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -147,10 +148,10 @@ def train_dense(family: str, seed: int, settings: Settings, cache: Path, log) ->
     )
     torch.manual_seed(seed)
     model = build_model(recipe, settings.image_size, dataset.num_classes)
-    val = _loader(settings, "val", model, max_images=settings.val_images)
     if weights.exists() and record_path.exists():
         model.load_state_dict(load_file(weights))
         return model.eval(), json.loads(record_path.read_text())
+    val = _loader(settings, "val", model, max_images=settings.val_images)
 
     train = _loader(settings, "train", model, seed=seed, augment=True)
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -197,7 +198,7 @@ def _batches(loader) -> list:
     return [(images, labels) for images, labels in loader]
 
 
-def _seeded_draw(settings: Settings, model, seed: int, count: int, salt: int, batch_size: int = 64) -> list:
+def _seeded_draw(settings: Settings, seed: int, count: int, salt: int, batch_size: int = 64) -> list:
     """``count`` training images drawn with ``seed`` (a different draw per seed and purpose)."""
     from rmtdeploy.data import builtin_dataset
 
@@ -277,18 +278,18 @@ def run_family_seed(family: str, seed: int, settings: Settings, cache: Path, eve
 
     def log(message):
         # A worker outlives a killed driver until its task ends (minutes, both cores): stop with it.
-        if events is not None and os.getppid() != parent:
-            os._exit(1)
         if events is not None:
+            if os.getppid() != parent:
+                os._exit(1)
             events.put(("log", message))
         else:
             print(message, flush=True)
 
     dense, record = train_dense(family, seed, settings, cache, log)
     val = _batches(_loader(settings, "val", dense, max_images=settings.val_images))
-    calibration = _seeded_draw(settings, dense, seed, settings.calibration_images, salt=1)
+    calibration = _seeded_draw(settings, seed, settings.calibration_images, salt=1)
     distill_set = _seeded_draw(
-        settings, dense, seed, settings.distill_images, salt=2, batch_size=settings.distill_batch
+        settings, seed, settings.distill_images, salt=2, batch_size=settings.distill_batch
     )
     teacher_logits = teacher_outputs(dense, distill_set)
     dense_top1 = evaluate_top1(dense, val)
@@ -516,11 +517,12 @@ def plot(points: list[dict], families: list[str], settings: Settings, path: Path
 # -- driver -----------------------------------------------------------------------------------------------
 
 
-def _macs_of(family: str, settings: Settings) -> float:
+@functools.cache
+def _macs_of(family: str, image_size: int) -> float:
     from rmtdeploy.pruning import count_macs_params
 
-    model = build_model(FAMILIES[family], settings.image_size, 10)
-    return count_macs_params(model, torch.zeros(1, 3, settings.image_size, settings.image_size))[0] / 1e6
+    model = build_model(FAMILIES[family], image_size, 10)
+    return count_macs_params(model, torch.zeros(1, 3, image_size, image_size))[0] / 1e6
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -545,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, help="an earlier results JSON whose rows join this table")
     parser.add_argument("--baseline-criteria", nargs="+", default=["magnitude", "rmt"], metavar="C")
     args = parser.parse_args(argv)
+    from rmtdeploy.benchmark import cpu_model
+    from rmtdeploy.io import atomic_write_json, atomic_write_text
 
     settings = Settings(dataset=args.dataset, keeps=tuple(args.keeps), criteria=tuple(args.criteria))
     families, seeds = args.families, list(range(args.seeds))
@@ -575,11 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     dense: dict[str, list] = {}
     for family, seed in tasks:
         record = results[(family, seed)]["dense"]
-        dense.setdefault(family, []).append({**record, "macs_m": _macs_of(family, settings)})
+        dense.setdefault(family, []).append({**record, "macs_m": _macs_of(family, settings.image_size)})
     summary = summarise(points, families, settings)
     conditions = {
         "what": "benchmarks/accuracy_retention.py" + (" --quick" if args.quick else ""),
-        "cpu": _cpu_name(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "workers": args.workers,
         "threads_per_worker": 1,
@@ -591,8 +595,6 @@ def main(argv: list[str] | None = None) -> int:
         "settings": asdict(settings),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    from rmtdeploy.io import atomic_write_json, atomic_write_text
-
     atomic_write_json(args.out / f"{args.stem}.json",
                       {"conditions": conditions, "dense": dense, "summary": summary, "points": points})  # fmt: skip
     header = (f"`{conditions['what']}` on {conditions['cpu']} ({conditions['cpu_count']} cores), "
@@ -605,12 +607,6 @@ def main(argv: list[str] | None = None) -> int:
     plot(points, families, settings, args.out / f"{args.stem}.png")
     print(f"wrote {args.out}/{args.stem}.{{json,md,png}} in {wall_s / 60:.1f} min", flush=True)
     return 0
-
-
-def _cpu_name() -> str:
-    from rmtdeploy.benchmark import cpu_model
-
-    return cpu_model()
 
 
 def _run(tasks, settings: Settings, cache: Path, workers: int) -> dict:
@@ -632,7 +628,7 @@ def _run(tasks, settings: Settings, cache: Path, workers: int) -> dict:
         manager = multiprocessing.get_context("spawn").Manager()
         events = manager.Queue()
         # Heaviest first, so the two workers finish together.
-        order = sorted(tasks, key=lambda t: -FAMILIES[t[0]].epochs * _macs_of(t[0], settings))
+        order = sorted(tasks, key=lambda t: -FAMILIES[t[0]].epochs * _macs_of(t[0], settings.image_size))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_family_seed, f, s, settings, cache, events): (f, s) for f, s in order}
             pending = set(futures)
@@ -643,8 +639,6 @@ def _run(tasks, settings: Settings, cache: Path, workers: int) -> dict:
                     results[futures[future]] = future.result()
                 pending -= done
                 time.sleep(0.2)
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
         _drain(events, progress, bar)
     return results
 

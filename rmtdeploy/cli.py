@@ -48,8 +48,18 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the whole usage block before its error; users get the one line that says what
+    is wrong (``--help`` still shows the usage). Sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from rmtdeploy.pruning.prune import HEAD_ROUNDINGS
+
+    parser = _OneLineErrorParser(
         prog="rmtdeploy",
         description="Random-Matrix-Theory guided structured pruning and deployment of timm vision models.",
     )
@@ -105,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prune.add_argument(
         "--head-rounding",
-        choices=("floor", "ceil"),
-        default="floor",
+        choices=HEAD_ROUNDINGS,
+        default=HEAD_ROUNDINGS[0],
         help="a block loses a head only when its ratio asks for a whole one (floor, default), or at any "
         "ratio > 0 as torch-pruning does (ceil); see docs/strategies.md",
     )

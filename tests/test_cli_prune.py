@@ -65,6 +65,12 @@ def test_prune_refuses_to_overwrite_and_knobs_reach_the_strategy(tmp_path, capsy
         (["--strategy", "dynamic", "--keep-macs", "0.5", "--finetune-steps", "-1"], "must be >= 0, got -1"),
         (["--strategy", "dynamic", "--keep-macs", "0.5", "--finetune-steps", "2"], "needs --calibration DIR"),
         (["--keep-macs", "0.5", "--finetune-steps", "2"], "applies to --strategy dynamic only"),
+        (["--keep-macs", "0.5", "--head-rounding", "round"], "invalid choice: 'round'"),
+        (
+            ["--strategy", "rmt", "--keep-macs", "0.5", "--knob", "allocation=greedy"],
+            "allocation must be one of",
+        ),
+        (["--strategy", "rmt", "--keep-macs", "0.5", "--knob", "score=energy"], "score must be one of"),
     ],
 )
 def test_bad_prune_input_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, message):

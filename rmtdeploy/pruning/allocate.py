@@ -2,8 +2,8 @@
 
 Widths follow torch-pruning's arithmetic for a pruning ratio ``r`` (kept = int(width * (1 - r)) rounded down
 to ``round_to``), with a per-layer floor TP lacks. Heads removed = floor(r * heads) by default: TP's
-ceil(r * heads) takes a whole head at any r > 0, a third of the attention of a 3-head block at a light cut,
-which the accuracy benchmark measured costing up to 14 points (``head_rounding="ceil"`` keeps TP's rule). One scalar ``factor``
+ceil(r * heads) takes a whole head at any r > 0, a third of the attention of a 3-head block at a light cut
+(what that costs: docs/strategies.md; ``head_rounding="ceil"`` keeps TP's rule). One scalar ``factor``
 drives every unit (local: ratio = factor x the unit's base ratio; global: one importance threshold across
 units), and a search over it meets the budget. Because widths move in steps (round_to channels, whole
 heads), a single factor can jump over a narrow budget window; the search then freezes the coarser of the

@@ -64,11 +64,9 @@ def prune_model(
     r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
     ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``.
     """
-    _check_arguments(keep_macs, keep_params, round_to, min_channels, global_pruning, pruning_ratio_dict)
-    if head_rounding not in HEAD_ROUNDINGS:
-        raise RmtdeployError(
-            f"head_rounding must be one of {', '.join(HEAD_ROUNDINGS)}, got '{head_rounding}'"
-        )
+    _check_arguments(
+        keep_macs, keep_params, round_to, min_channels, head_rounding, global_pruning, pruning_ratio_dict
+    )
     adapter = get_adapter(model)
     model_name = model_name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if not model_name:
@@ -204,7 +202,7 @@ class _TrialBuilder:
 
 
 def _check_arguments(
-    keep_macs, keep_params, round_to, min_channels, global_pruning, pruning_ratio_dict
+    keep_macs, keep_params, round_to, min_channels, head_rounding, global_pruning, pruning_ratio_dict
 ) -> None:
     if keep_macs is not None and keep_params is not None:
         raise RmtdeployError("give keep_macs or keep_params, not both")
@@ -218,6 +216,10 @@ def _check_arguments(
     if not isinstance(min_channels, int) or min_channels < 1:
         raise RmtdeployError(
             f"min_channels must be a positive integer (a layer is never emptied), got {min_channels}"
+        )
+    if head_rounding not in HEAD_ROUNDINGS:
+        raise RmtdeployError(
+            f"head_rounding must be one of {', '.join(HEAD_ROUNDINGS)}, got '{head_rounding}'"
         )
     if global_pruning and pruning_ratio_dict:
         raise RmtdeployError(

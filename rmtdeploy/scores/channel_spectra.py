@@ -48,16 +48,6 @@ class ChannelSpectra:
         """As :meth:`rows` for input channels; ``scaled`` weights by a LayerNorm's γ before the layer."""
         return _scaled(self.col_signal, self.col_energy, self.col_scale if scaled else None)
 
-    def row_score(self, scaled: bool = False) -> torch.Tensor:
-        """Signal energy per output channel in units of the module's mean channel energy (comparable
-        across layers: an all-bulk layer scores 0 everywhere)."""
-        signal, energy = self.rows(scaled)
-        return signal / energy.mean().clamp_min(1e-30)
-
-    def col_score(self, scaled: bool = False) -> torch.Tensor:
-        signal, energy = self.cols(scaled)
-        return signal / energy.mean().clamp_min(1e-30)
-
     def row_ser(self) -> torch.Tensor:
         """Per-output-channel spectral energy ratio: above-edge share of the channel's own energy."""
         return self.row_signal / self.row_energy.clamp_min(1e-30)

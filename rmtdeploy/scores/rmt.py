@@ -42,15 +42,14 @@ class SignalEnergyImportance(SpectralGroupImportance):
         return None if magnitude is None else self.tie_break * magnitude
 
 
-class SignalFlowImportance(SpectralGroupImportance):
+class SignalFlowImportance(SignalEnergyImportance):
     """What a channel delivers: the power its producers put into it × how much of its consumers' learned
     (above-edge) map reads it. A first-order estimate of the channel's contribution: the consumer's output
     moves by W_next[:, c]·x_c when c goes, x_c's size set by the producer row (and the norm scales), and
     only the signal part of W_next is what training put there."""
 
-    def __init__(self, channel_spectra: dict[str, ChannelSpectra], tie_break: float, scaled: bool = True):
-        super().__init__(channel_spectra)
-        self.tie_break, self.scaled = tie_break, scaled
+    # A group no fitted layer votes in scores by plain magnitude (not scaled by tie_break as in "signal").
+    fallback = SpectralGroupImportance.fallback
 
     @torch.no_grad()
     def __call__(self, group):
@@ -61,8 +60,7 @@ class SignalFlowImportance(SpectralGroupImportance):
                 _, energy = spectra.rows(self.scaled)
                 values, into = energy / energy.mean().clamp_min(1e-30), produced
             else:
-                signal, energy = spectra.cols(self.scaled)
-                values, into = (signal + self.tie_break * energy) / energy.mean().clamp_min(1e-30), consumed
+                values, into = self.channel_values(spectra, outputs=False), consumed
             into[0].append(values[idxs])
             into[1].append(root_idxs)
         if not produced[0] and not consumed[0]:
@@ -81,20 +79,22 @@ class RmtStrategy(Strategy):
     tracy_widom_level: float = 0.99
     allocation: str = "uniform"  # "uniform": same keep per layer; "global": one ranking across layers
     norm_scales: bool = True  # weight channels by the norm scales the network applies to them
-    score: str = (
-        "signal"  # "signal": the channel's own above-edge energy; "flow": producer power × consumer signal
-    )
+    # "signal": the channel's own above-edge energy; "flow": producer power × consumer signal
+    score: str = "signal"
 
-    def settings(self, model: nn.Module, keep: float) -> PrunerSettings:
+    def __post_init__(self):
+        # Checked when the strategy is built, before a model is loaded or a spectrum fitted.
         if self.allocation not in ALLOCATIONS:
             raise RmtdeployError(
                 f"rmt allocation must be one of {', '.join(ALLOCATIONS)}, got '{self.allocation}'"
             )
+        if self.score not in SCORES:
+            raise RmtdeployError(f"rmt score must be one of {', '.join(SCORES)}, got '{self.score}'")
+
+    def settings(self, model: nn.Module, keep: float) -> PrunerSettings:
         spectra = channel_spectra_by_module(
             model, SpectralFitConfig(tracy_widom_level=self.tracy_widom_level), norm_scales=self.norm_scales
         )
-        if self.score not in SCORES:
-            raise RmtdeployError(f"rmt score must be one of {', '.join(SCORES)}, got '{self.score}'")
         kind = SignalEnergyImportance if self.score == "signal" else SignalFlowImportance
         return PrunerSettings(
             importance=kind(spectra, self.tie_break, scaled=self.norm_scales),
