@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_MODEL ?= swin_t
 DEMO_OUT   ?= runs/demo
 
-.PHONY: install demo test bench bench-accuracy lint clean
+.PHONY: install demo test test-slow bench bench-accuracy lint clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The larger cases of the test matrices (light cuts, big matrices, more models); `make test` keeps one small
+# case of each.
+test-slow: install
+	$(PY) -m pytest -q -m slow
 
 bench: install
 	$(PY) benchmarks/analyze_speed.py

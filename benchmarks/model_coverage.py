@@ -1,10 +1,11 @@
 """Benchmark: every model the pruning issue names × every strategy prunes at full 224 input and still works.
 
 CI prunes one small model per family at a reduced resolution; this is the evidence for the full list.
-Per case (random seeded weights, ``keep_macs`` 0.5, channels rounded to 8, 224×224 input): the pruned
-model's output on batch 2 has the dense shape and is finite, MACs kept are within ±3% of the target
-(the pruner's contract), parameters shrink, ``save_pruned`` → ``load_pruned`` gives the same outputs,
-and attention models give the same output through the fused (SDPA) and the explicit attention path.
+Per case (random seeded weights, ``keep_macs`` 0.5, channels rounded to 8, 224×224 input), the contract
+of ``rmtdeploy.coverage.check_pruned``, which the CI matrix applies too: the pruned model's output on
+batch 2 has the dense shape and is finite, MACs kept are within ±3% of the target (the pruner's
+contract), parameters shrink, ``save_pruned`` → ``load_pruned`` gives the same outputs, and attention
+models give the same output through the fused (SDPA) and the explicit attention path.
 A failing case is recorded with its error and the run goes on. Writes results/model_coverage.{json,md}.
 
     python benchmarks/model_coverage.py [--models vit_tiny_patch16_224 resnet18] [--strategies rmt] [--strict]
@@ -14,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import sys
-import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -28,68 +27,23 @@ import torch
 from _results import machine_conditions, write_results
 from torch import nn
 
+from rmtdeploy.benchmark.conditions import loadavg
+from rmtdeploy.coverage import (
+    ATTENTION_ATOL,
+    ISSUE_MODELS,
+    RELOAD_ATOL,
+    attention_modules,
+    check_pruned,
+    fused_vs_explicit,
+)
+from rmtdeploy.coverage import CASE_KNOBS as KNOBS
 from rmtdeploy.models import load_model
-from rmtdeploy.pruning import TARGET_TOLERANCE, load_pruned, save_pruned
+from rmtdeploy.pruning import TARGET_TOLERANCE
 from rmtdeploy.scores import get_strategy, strategy_names
 
-ISSUE_MODELS = [
-    "vit_tiny_patch16_224",
-    "vit_small_patch16_224",
-    "vit_base_patch16_224",
-    "deit_tiny_patch16_224",
-    "deit_small_patch16_224",
-    "deit_base_patch16_224",
-    "deit_small_distilled_patch16_224",
-    "swin_tiny_patch4_window7_224",
-    "swin_small_patch4_window7_224",
-    "convnext_atto",
-    "convnext_tiny",
-    "convnext_small",
-    "hiera_tiny_224",
-    "hiera_small_224",
-    "hiera_base_plus_224",
-    "resnet18",
-    "resnet50",
-    "resnet101",
-]
-# Fewer progressive steps bound the time (as in the CI matrix); the mechanism is the same.
-KNOBS = {"dynamic": {"steps": 2}}
 ROUND_TO = 8
-RELOAD_ATOL = 1e-6
-ATTENTION_ATOL = 1e-5
 GOAL_SECONDS = 30.0  # issue 3's prune-time goal; recorded here, not a pass/fail check
 RESULTS = Path(__file__).parent / "results"
-
-
-def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """timm attention modules that can switch between SDPA and explicit softmax (``fused_attn``)."""
-    return [module for module in model.modules() if hasattr(module, "fused_attn")]
-
-
-def features_and_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Pre-logit features and logits side by side, from one forward pass: what the exactness checks
-    compare. Logits alone are not enough: timm zero-initialises some classifiers (Hiera's), so random-weight
-    logits are all 0 and would compare equal whatever the body computes."""
-    tokens = model.forward_features(images)
-    return torch.cat([model.forward_head(tokens, pre_logits=True).flatten(1), model.forward_head(tokens)], 1)
-
-
-def fused_vs_explicit(model: nn.Module, images: torch.Tensor) -> float | None:
-    """Max |fused - explicit| of features and logits; None for a model without attention modules.
-    Each module's own ``fused_attn`` is restored afterwards: timm's defaults differ by family (Swin's is
-    explicit), and the reload check compares against a freshly built model's default path."""
-    modules = attention_modules(model)
-    if not modules:
-        return None
-    defaults = [module.fused_attn for module in modules]
-    outputs = []
-    for fused in (False, True):
-        for module in modules:
-            module.fused_attn = fused
-        outputs.append(features_and_logits(model, images))
-    for module, default in zip(modules, defaults, strict=True):
-        module.fused_attn = default
-    return (outputs[1] - outputs[0]).abs().max().item()
 
 
 def classifier_shapes(model: nn.Module) -> dict[str, list[int]]:
@@ -122,7 +76,6 @@ def run_case(
     result = strategy.prune(dense, keep_macs=keep, round_to=ROUND_TO, model_name=name)
     row["prune_s"] = round(time.perf_counter() - start, 2)
     row["prune_cpu_s"] = round(time.process_time() - cpu_start, 2)  # less sensitive to other load
-    pruned = result.model.eval()
     row.update(
         {
             "dense_macs": result.dense_macs,
@@ -132,37 +85,68 @@ def run_case(
             "pruned_params": result.pruned_params,
             "params_kept": round(result.params_kept, 4),
             "input_size": result.plan["input_size"],
-            "classifier_shapes": classifier_shapes(pruned),
+            "classifier_shapes": classifier_shapes(result.model),
             "attention_heads": attention_heads(result.plan),
         }
     )
-    with torch.no_grad():
-        logits = pruned(images)
-        row["output_shape"] = list(logits.shape)
-        out = features_and_logits(pruned, images)
-        row["finite"] = bool(torch.isfinite(out).all())
-        row["fused_vs_explicit_max_abs"] = fused_vs_explicit(pruned, images)
-        with tempfile.TemporaryDirectory(prefix="model_coverage_") as tmp:
-            save_pruned(Path(tmp) / "pruned", result)
-            reloaded = load_pruned(Path(tmp) / "pruned").model
-        row["reload_max_abs"] = (features_and_logits(reloaded, images) - out).abs().max().item()
-
-    failed = []
-    if row["output_shape"] != dense_shape:
-        failed.append(f"output shape {row['output_shape']} != dense {dense_shape}")
-    if not row["finite"]:
-        failed.append("non-finite output")
-    if abs(result.macs_kept - keep) > TARGET_TOLERANCE * keep:
-        failed.append(f"MACs kept {result.macs_kept:.3f} outside ±{TARGET_TOLERANCE:.0%} of {keep}")
-    if result.pruned_params >= result.dense_params:
-        failed.append("parameters did not shrink")
-    if row["reload_max_abs"] > RELOAD_ATOL:
-        failed.append(f"reload differs by {row['reload_max_abs']:.2e}")
-    if row["fused_vs_explicit_max_abs"] is not None and row["fused_vs_explicit_max_abs"] > ATTENTION_ATOL:
-        failed.append(f"fused vs explicit attention differ by {row['fused_vs_explicit_max_abs']:.2e}")
-    row["ok"] = not failed
-    row["error"] = "; ".join(failed) or None
+    check = check_pruned(result, images, dense_shape=dense_shape, keep_macs=keep)
+    row.update(
+        {
+            "output_shape": check.output_shape,
+            "finite": check.finite,
+            "fused_vs_explicit_max_abs": check.fused_vs_explicit_max_abs,
+            "reload_max_abs": check.reload_max_abs,
+            "ok": check.ok,
+            "error": "; ".join(check.failures) or None,
+        }
+    )
     return row
+
+
+def run_model(name: str, strategies: list[str], keep: float) -> tuple[list[dict], dict[str, dict]]:
+    """Every strategy's case on one model: (rows, {timm name: the dense model's own figures})."""
+    try:
+        loaded = load_model(name, weights="random")
+    except Exception as exc:  # an unbuildable model fails all its cases, not the run
+        error = f"{type(exc).__name__}: {exc}".strip()
+        rows = [{"model": name, "strategy": strategy, "ok": False, "error": error} for strategy in strategies]
+        for row in rows:
+            _print_row(row)
+        return rows, {}
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the dense model's own fused-vs-explicit gap: the floor for the pruned one
+        dense_logits = loaded.model(images)
+        dense_info = {
+            "logits_max_abs": dense_logits.abs().max().item(),
+            "default_fused_attn": sorted({m.fused_attn for m in attention_modules(loaded.model)}),
+            "fused_vs_explicit_max_abs": fused_vs_explicit(loaded.model, images),
+        }
+    rows = []
+    for strategy_name in strategies:
+        try:
+            row = run_case(loaded.model, loaded.name, strategy_name, keep, images, list(dense_logits.shape))
+        except Exception as exc:  # one failing case must not lose the others
+            row = {"model": loaded.name, "strategy": strategy_name, "ok": False}
+            row["error"] = f"{type(exc).__name__}: {exc}".strip()
+            row["traceback"] = traceback.format_exc(limit=-8)
+        row["family"] = loaded.family
+        rows.append(row)
+        _print_row(row)
+        gc.collect()
+    return rows, {loaded.name: dense_info}
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    case = f"{row['model']:34s} {row['strategy']:12s}"
+    if row["ok"]:
+        print(
+            f"{case} ok   MACs {row['macs_kept']:.3f} params {row['params_kept']:.3f} "
+            f"prune {row['prune_s']:6.1f}s reload Δ {row['reload_max_abs']:.1e} "
+            f"fused Δ {_fmt(row['fused_vs_explicit_max_abs'])}",
+            flush=True,
+        )
+    else:
+        print(f"{case} FAIL {row['error'][:200]}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,45 +165,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     dense_info: dict[str, dict[str, Any]] = {}
-    started, load_at_start = time.perf_counter(), os.getloadavg()
+    started, load_at_start = time.perf_counter(), loadavg()
     for name in args.models:
-        try:
-            loaded = load_model(name, weights="random")
-        except Exception as exc:  # an unbuildable model fails all its cases, not the run
-            error = f"{type(exc).__name__}: {exc}".strip()
-            for strategy_name in args.strategies:
-                rows.append({"model": name, "strategy": strategy_name, "ok": False, "error": error})
-                print(f"{name:34s} {strategy_name:12s} FAIL {error[:200]}", flush=True)
-            continue
-        images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-        with torch.no_grad():  # the dense model's own fused-vs-explicit gap: the floor for the pruned one
-            dense_logits = loaded.model(images)
-            dense_shape = list(dense_logits.shape)
-            dense_info[loaded.name] = {
-                "logits_max_abs": dense_logits.abs().max().item(),
-                "default_fused_attn": sorted({m.fused_attn for m in attention_modules(loaded.model)}),
-                "fused_vs_explicit_max_abs": fused_vs_explicit(loaded.model, images),
-            }
-        for strategy_name in args.strategies:
-            try:
-                row = run_case(loaded.model, loaded.name, strategy_name, args.keep_macs, images, dense_shape)
-            except Exception as exc:  # one failing case must not lose the others
-                row = {"model": loaded.name, "strategy": strategy_name, "ok": False}
-                row["error"] = f"{type(exc).__name__}: {exc}".strip()
-                row["traceback"] = traceback.format_exc(limit=-8)
-            row["family"] = loaded.family
-            rows.append(row)
-            if row["ok"]:
-                print(
-                    f"{loaded.name:34s} {strategy_name:12s} ok   MACs {row['macs_kept']:.3f} "
-                    f"params {row['params_kept']:.3f} prune {row['prune_s']:6.1f}s "
-                    f"reload Δ {row['reload_max_abs']:.1e} fused Δ {_fmt(row['fused_vs_explicit_max_abs'])}",
-                    flush=True,
-                )
-            else:
-                print(f"{loaded.name:34s} {strategy_name:12s} FAIL {row['error'][:200]}", flush=True)
-            gc.collect()
-        del loaded
+        model_rows, model_info = run_model(name, args.strategies, args.keep_macs)
+        rows += model_rows
+        dense_info.update(model_info)
         gc.collect()
 
     conditions = machine_conditions(
@@ -232,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
             "timm": version("timm"),
             "torch_pruning": version("torch-pruning"),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "python": sys.version.split()[0],
             "wall_s": round(time.perf_counter() - started, 1),
             "load_average_at_start": load_at_start,
             "keep_macs": args.keep_macs,

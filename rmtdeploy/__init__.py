@@ -2,18 +2,32 @@
 
 The package follows the pipeline a model flows through:
 spectra → scores → pruning plan → pruned model → fine-tune → export → engine → benchmark → report.
+Each stage is one library call with a typed result (``to_dict()``), imported lazily so that
+``import rmtdeploy`` stays cheap:
+
+* ``rmtdeploy.analyze(model, out) -> Analysis`` (:mod:`rmtdeploy.spectra.outputs`)
+* ``rmtdeploy.prune(model, out, keep_macs=0.5) -> PruneRun`` (:mod:`rmtdeploy.pruning.stage`)
+* ``rmtdeploy.load_pruned(directory) -> PruneResult`` (:mod:`rmtdeploy.pruning.plan`)
+
+See docs/architecture.md.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_pruned"]
+_STAGES = {
+    "analyze": "rmtdeploy.spectra.outputs",
+    "prune": "rmtdeploy.pruning.stage",
+    "load_pruned": "rmtdeploy.pruning.plan",
+}
+
+__all__ = ["__version__", *_STAGES]
 
 
-def load_pruned(directory):
-    """Rebuild a pruned model saved by ``rmtdeploy prune`` (``model.safetensors`` + ``plan.json``).
-
-    Returns a :class:`rmtdeploy.pruning.PruneResult`; ``.model`` is the pruned timm model in eval mode.
-    """
-    from rmtdeploy.pruning import load_pruned as _load_pruned
-
-    return _load_pruned(directory)
+def __getattr__(name: str):
+    if name in _STAGES:
+        return getattr(importlib.import_module(_STAGES[name]), name)
+    raise AttributeError(f"module 'rmtdeploy' has no attribute '{name}'")

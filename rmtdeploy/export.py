@@ -1,13 +1,13 @@
 """Export stage: a (pruned) PyTorch model -> a verified ONNX file ready for ONNX Runtime or TensorRT.
 
-Choices, and why (checked with torch 2.14, timm 1.0.31, onnxruntime 1.32 on ViT/DeiT/Swin/ConvNeXt/Hiera/
-ResNet):
+Choices, and why (checked on ViT/DeiT/Swin/ConvNeXt/Hiera/ResNet; docs/export.md has the measurements
+behind them and the versions they were taken with):
 
 * **Exporter: TorchScript (``dynamo=False``) by default.** It exports all six families, needs no extra
-  package, takes ~1 s instead of 4-9 s, and after onnxslim its graphs ran as fast as or faster than the
-  dynamo exporter's in ONNX Runtime (swin_tiny dynamo ~13% slower). The dynamo exporter
-  (``exporter="dynamo"``) needs ``onnxscript`` and fails on Hiera's 5-D attention unless timm's
-  ``fused_attn`` is off; it is kept for when the TorchScript path is removed from torch.
+  package, runs several times faster than the dynamo exporter, and after onnxslim its graphs ran as fast
+  as or faster than the dynamo exporter's in ONNX Runtime. The dynamo exporter (``exporter="dynamo"``)
+  needs ``onnxscript`` and fails on Hiera's 5-D attention unless timm's ``fused_attn`` is off; it is kept
+  for when the TorchScript path is removed from torch.
 * **fused_attn off during export** on every module that has the flag, as timm's own exportable config
   does: the explicit ``q @ k.T -> softmax -> @ v`` math exports the same way under both exporters (as
   plain MatMul/Softmax that TensorRT's MHA fusion recognises), instead of depending on each exporter's
@@ -15,14 +15,22 @@ ResNet):
 * **Export forms per backend** (``backend``, a target's): an adapter may export the same function in a
   form its runtime runs faster. For ONNX Runtime, Swin's and Hiera's attention compute q·kᵀ on
   flattened 3-D tensors: ORT otherwise merges kᵀ with the head-splitting permute into one Transpose that
-  moves head_dim off the innermost axis and runs it element by element (hiera_tiny: ~10% of its time).
+  moves head_dim off the innermost axis and runs it element by element, a visible share of the run time.
   TensorRT keeps timm's form, the pattern its attention fusion matches.
+* **A target decides the graph's shape.** ``target=`` (a :class:`~rmtdeploy.targets.TargetProfile`, a
+  name or an alias) sets the opset, the backend and the batch: ``static_shapes: true`` fixes exactly one
+  input shape, batch ``max_batch`` (the one batch the engine is built for); otherwise dim 0 is a
+  dynamic ``batch`` and an explicit ``batch`` may not exceed ``max_batch``. Arguments left unset take
+  the target's values; an explicit argument that disagrees with the target is an error naming both,
+  never a silent mix.
 * **Static H/W, optionally dynamic batch.** Swin's window partitioning breaks with dynamic H/W, and edge
-  engines are built for one resolution anyway. For a dynamic batch the graph is traced with batch >= 2
+  engines are built for one resolution anyway. H/W (and channels) are the model's own: its adapter's
+  example input (timm's ``pretrained_cfg['input_size']``, or the size a patch embedding was built for)
+  unless ``input_shape`` says otherwise. For a dynamic batch the graph is traced with batch >= 2
   because torch.export specialises size-1 dims (and a batch-1 trace may bake the batch in).
 * **Opset >= 17** so LayerNorm is one ``LayerNormalization`` node rather than a chain of reductions.
-* **onnxslim** folds the TorchScript exporter's Shape/Gather/Constant chains (vit_small 955 -> 339
-  nodes); if it is missing or fails, the unsimplified graph is kept and the result says so.
+* **onnxslim** folds the TorchScript exporter's Shape/Gather/Constant chains (in a ViT, most of the
+  exported nodes); if it is missing or fails, the unsimplified graph is kept and the result says so.
 * **Verified before it is visible.** The graph is written to a temporary file beside ``path``, run
   with ONNX Runtime against PyTorch on a random batch (like timm's ``onnx_export``), and only renamed
   onto ``path`` when it matches; a failed export leaves any previous file untouched. The reference is
@@ -32,6 +40,7 @@ ResNet):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
 import warnings
@@ -46,7 +55,7 @@ from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import atomic_save
-from rmtdeploy.targets import BACKENDS
+from rmtdeploy.targets import BACKENDS, TargetProfile, load_target
 
 EXPORTERS = ("torchscript", "dynamo")
 MIN_OPSET = 17
@@ -77,6 +86,8 @@ class ExportResult:
     verify_batches: tuple[int, ...] = ()
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
+    target: str | None = None  # the target profile the opset, batch and backend came from
+    input_shape_from: str = "argument"  # or "model": its own input size (adapter / timm pretrained_cfg)
     warnings: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,16 +100,17 @@ def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
     *,
-    input_shape: Sequence[int] = (3, 224, 224),
-    batch: int = 1,
-    dynamic_batch: bool = True,
-    opset: int = MIN_OPSET,
+    target: TargetProfile | str | None = None,
+    input_shape: Sequence[int] | None = None,
+    batch: int | None = None,
+    dynamic_batch: bool | None = None,
+    opset: int | None = None,
+    backend: str | None = None,
     simplify: bool = True,
     verify: bool = True,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     exporter: str = "torchscript",
-    backend: str = "onnxruntime",
     input_name: str = "input",
     output_name: str = "logits",
     overwrite: bool = False,
@@ -106,106 +118,180 @@ def export_onnx(
 ) -> ExportResult:
     """Export ``model`` to ONNX at ``path`` (atomically), simplify it and verify it with ONNX Runtime.
 
-    ``input_shape`` is (C, H, W) and stays static. With ``dynamic_batch`` dim 0 is named ``batch`` and
+    ``target`` (a :class:`TargetProfile`, a target name or alias) supplies ``opset``, ``backend``,
+    ``dynamic_batch`` (``not static_shapes``) and ``batch`` (``max_batch`` for a static target, else 1);
+    an explicit one of these must agree with it (a dynamic target's ``batch`` may be any size up to
+    ``max_batch``), otherwise :class:`RmtdeployError` names the argument and the target's value.
+    Without a target the defaults are opset 17, ``backend="onnxruntime"``, a dynamic batch, batch 1.
+
+    ``input_shape`` is (C, H, W) and stays static; unset, it is the model's own (its adapter's example
+    input, from timm's ``pretrained_cfg``). With ``dynamic_batch`` dim 0 is named ``batch`` and
     verification also runs a batch of 3, proving the graph is not tied to the traced size; otherwise the
     graph is fixed at ``batch``. Verification fails with :class:`RmtdeployError` when any output differs
     from PyTorch beyond ``atol + rtol * |reference|``. An existing ``path`` is only replaced with
     ``overwrite=True``. The model is put in eval mode for the export and restored afterwards.
     ``opset`` must be >= 17; the dynamo exporter writes at least 18 (``ExportResult.opset`` is the
-    opset actually written). ``backend`` (``"onnxruntime"`` or ``"tensorrt"``, a target's ``backend``)
-    picks the family adapter's export forms; both run anywhere, each fastest on its own runtime.
+    opset actually written; where a target asks for less, ``ExportResult.warnings`` says so). ``backend`` (``"onnxruntime"`` or ``"tensorrt"``) picks the family
+    adapter's export forms; both run anywhere, each fastest on its own runtime.
     """
+    _check_arguments(input_shape, batch, opset, exporter, backend)
+    settings = _Settings(
+        **_shape_and_runtime(model, target, input_shape, batch, dynamic_batch, opset, backend),
+        exporter=exporter,
+        simplify=simplify,
+        verify=verify,
+        atol=atol,
+        rtol=rtol,
+        input_name=input_name,
+        output_name=output_name,
+    )
     path = Path(path)
-    _check_arguments(path, input_shape, batch, opset, exporter, backend, overwrite)
-    input_shape = tuple(int(d) for d in input_shape)
-    # torch.export specialises size-1 dims, and a batch-1 trace may bake the batch into Reshapes.
-    trace_batch = max(batch, 2) if dynamic_batch else batch
-    verify_batches = tuple(sorted({batch, 3})) if dynamic_batch else (batch,)
+    _prepare_path(path, overwrite)
     generator = torch.Generator().manual_seed(seed)
-    # Inputs follow the model's device (a model fine-tuned on a GPU exports as is); ORT compares on CPU.
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    example = torch.randn(trace_batch, *input_shape, generator=generator).to(device)
-
-    notes: list[str] = []
     state: dict[str, Any] = {}
-
-    def build(tmp: str) -> None:
-        with _eval_mode(model), torch.no_grad():
-            with _export_forms(model, backend):
-                output_names = _output_names(model(example), output_name)
-                started = time.perf_counter()
-                proto = _export_proto(
-                    model, example, tmp, exporter, opset, input_name, output_names, dynamic_batch
-                )
-                state["export_s"] = time.perf_counter() - started
-            if simplify:
-                proto, state["simplify_note"], state["simplified"] = _simplify(proto)
-            else:
-                state["simplify_note"], state["simplified"] = "not requested", False
-            _add_metadata(proto, model, exporter, dynamic_batch)
-            _save_proto(proto, tmp)
-            state["num_nodes"] = len(proto.graph.node)
-            state["opset"] = _default_domain_opset(proto)
-            state["output_names"] = output_names
-            if verify:
-                # Against the model's own forward (fused attention, no export forms): what the user runs.
-                state["max_abs_diff"], state["reference_max_abs"] = _verify(
-                    model, tmp, input_shape, verify_batches, atol, rtol, generator, notes
-                )
-
+    notes: list[str] = []
     try:
-        atomic_save(path, build)
+        atomic_save(path, functools.partial(_build, model, settings, generator, state, notes))
     except RmtdeployError:
         raise
     except OSError as exc:
         raise RmtdeployError(f"cannot write ONNX file {path}: {exc.strerror or exc}") from exc
-
-    batch_dim: int | str = "batch" if dynamic_batch else batch
-    return ExportResult(
-        path=path,
-        opset=state["opset"],
-        input_names=(input_name,),
-        output_names=tuple(state["output_names"]),
-        input_shape=(batch_dim, *input_shape),
-        exporter=exporter,
-        backend=backend,
-        simplified=state["simplified"],
-        simplify_note=state["simplify_note"],
-        num_nodes=state["num_nodes"],
-        file_bytes=path.stat().st_size,
-        export_s=round(state["export_s"], 3),
-        verified=verify,
-        max_abs_diff=state.get("max_abs_diff"),
-        reference_max_abs=state.get("reference_max_abs"),
-        verify_batches=verify_batches if verify else (),
-        atol=atol,
-        rtol=rtol,
-        warnings=tuple(notes),
-    )
+    return _result(path, settings, state, notes)
 
 
 # --------------------------------------------------------------------------------------------- internals
 
+_DEFAULTS = {"batch": 1, "dynamic_batch": True, "opset": MIN_OPSET, "backend": "onnxruntime"}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """Everything one export runs with, after the target and the model filled in what was left unset."""
+
+    input_shape: tuple[int, ...]
+    input_shape_from: str
+    batch: int
+    dynamic_batch: bool
+    opset: int
+    backend: str
+    target: str | None
+    exporter: str
+    simplify: bool
+    verify: bool
+    atol: float
+    rtol: float
+    input_name: str
+    output_name: str
+
+    @property
+    def trace_batch(self) -> int:
+        # torch.export specialises size-1 dims, and a batch-1 trace may bake the batch into Reshapes.
+        return max(self.batch, 2) if self.dynamic_batch else self.batch
+
+    @property
+    def verify_batches(self) -> tuple[int, ...]:
+        return tuple(sorted({self.batch, 3})) if self.dynamic_batch else (self.batch,)
+
+
+def _shape_and_runtime(
+    model: nn.Module,
+    target: TargetProfile | str | None,
+    input_shape: Sequence[int] | None,
+    batch: int | None,
+    dynamic_batch: bool | None,
+    opset: int | None,
+    backend: str | None,
+) -> dict[str, Any]:
+    """Input shape, batch, opset and backend: explicit arguments, then the target's, then the defaults."""
+    given = {"batch": batch, "dynamic_batch": dynamic_batch, "opset": opset, "backend": backend}
+    profile = None
+    if target is not None:
+        profile = target if isinstance(target, TargetProfile) else load_target(target)
+        chosen = _target_settings(profile, given)
+    else:
+        chosen = {key: _DEFAULTS[key] if value is None else value for key, value in given.items()}
+    if input_shape is not None:
+        shape, shape_from = tuple(int(d) for d in input_shape), "argument"
+    else:
+        shape, shape_from = _model_input_shape(model), "model"
+    chosen["batch"] = int(chosen["batch"])
+    return {
+        **chosen,
+        "input_shape": shape,
+        "input_shape_from": shape_from,
+        "target": None if profile is None else profile.name,
+    }
+
+
+def _target_settings(profile: TargetProfile, given: dict[str, Any]) -> dict[str, Any]:
+    """The target's batch, dynamic batch, opset and backend; an explicit argument must agree with it."""
+    dynamic = not profile.static_shapes
+    wanted = {
+        "batch": 1 if dynamic else profile.max_batch,
+        "dynamic_batch": dynamic,
+        "opset": profile.opset,
+        "backend": profile.backend,
+    }
+    why = {
+        "batch": f"a dynamic batch up to max_batch {profile.max_batch}"
+        if dynamic
+        else f"static_shapes with max_batch {profile.max_batch}: batch {profile.max_batch}",
+        "dynamic_batch": f"static_shapes: {str(profile.static_shapes).lower()}",
+        "opset": f"opset {profile.opset}",
+        "backend": f"backend {profile.backend}",
+    }
+    conflicts = [
+        f"{key}={value!r} conflicts with target '{profile.name}' ({why[key]})"
+        for key, value in given.items()
+        if value is not None
+        and value != wanted[key]
+        and not (key == "batch" and dynamic and value <= profile.max_batch)
+    ]
+    if conflicts:
+        raise RmtdeployError(
+            "; ".join(conflicts) + f" [{profile.source}]. Leave these arguments unset to take the "
+            "target's values, or export without a target"
+        )
+    return {key: wanted[key] if value is None else value for key, value in given.items()}
+
+
+def _model_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """(C, H, W) the model was built for: its adapter's example input, else timm's pretrained_cfg."""
+    from rmtdeploy.adapters import find_adapter
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if "input_size" not in cfg:
+        raise RmtdeployError(
+            f"cannot tell the input size of this {type(model).__name__} (no timm pretrained_cfg "
+            "'input_size'); pass input_shape=(C, H, W)"
+        )
+    adapter = find_adapter(model)
+    # The adapter knows sizes the config does not (a ViT created with img_size=32 keeps cfg's 224).
+    shape = adapter.example_inputs(model).shape[1:] if adapter is not None else cfg["input_size"]
+    return tuple(int(d) for d in shape)
+
 
 def _check_arguments(
-    path: Path,
-    input_shape: Sequence[int],
-    batch: int,
-    opset: int,
+    input_shape: Sequence[int] | None,
+    batch: int | None,
+    opset: int | None,
     exporter: str,
-    backend: str,
-    overwrite: bool,
+    backend: str | None,
 ) -> None:
+    """The caller's own values, before any target is read (``None`` = left to the target or default)."""
     if exporter not in EXPORTERS:
         raise RmtdeployError(f"exporter must be one of {', '.join(EXPORTERS)}, got '{exporter}'")
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise RmtdeployError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
-    if opset < MIN_OPSET:
+    if opset is not None and opset < MIN_OPSET:
         raise RmtdeployError(f"opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm exports as one op")
-    if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
+    if input_shape is not None and (len(input_shape) != 3 or any(int(d) < 1 for d in input_shape)):
         raise RmtdeployError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
-    if batch < 1:
+    if batch is not None and batch < 1:
         raise RmtdeployError(f"batch must be >= 1, got {batch}")
+
+
+def _prepare_path(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise RmtdeployError(f"ONNX output path {path} is a directory; give a file name such as model.onnx")
     if path.exists() and not overwrite:
@@ -214,6 +300,78 @@ def _check_arguments(
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RmtdeployError(f"cannot create the directory for {path}: {exc.strerror or exc}") from exc
+
+
+def _build(
+    model: nn.Module,
+    settings: _Settings,
+    generator: torch.Generator,
+    state: dict[str, Any],
+    notes: list[str],
+    tmp: str,
+) -> None:
+    """Export, simplify, save and verify into ``tmp``; what happened goes into ``state`` and ``notes``."""
+    # Inputs follow the model's device (a model fine-tuned on a GPU exports as is); ORT compares on CPU.
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    example = torch.randn(settings.trace_batch, *settings.input_shape, generator=generator).to(device)
+    with _eval_mode(model), torch.no_grad():
+        with _export_forms(model, settings.backend):
+            output_names = _output_names(model(example), settings.output_name)
+            started = time.perf_counter()
+            proto = _export_proto(model, example, tmp, settings, output_names)
+            state["export_s"] = time.perf_counter() - started
+        if settings.simplify:
+            proto, state["simplify_note"], state["simplified"] = _simplify(proto)
+        else:
+            state["simplify_note"], state["simplified"] = "not requested", False
+        _add_metadata(proto, model, settings)
+        _save_proto(proto, tmp)
+        state.update(num_nodes=len(proto.graph.node), opset=_default_domain_opset(proto))
+        state["output_names"] = output_names
+        if settings.target is not None and state["opset"] != settings.opset:
+            notes.append(
+                f"the {settings.exporter} exporter wrote opset {state['opset']}; "
+                f"target {settings.target} asks for {settings.opset}"
+            )
+        if settings.verify:
+            # Against the model's own forward (fused attention, no export forms): what the user runs.
+            state["max_abs_diff"], state["reference_max_abs"] = _verify(
+                model,
+                tmp,
+                settings.input_shape,
+                settings.verify_batches,
+                settings.atol,
+                settings.rtol,
+                generator,
+                notes,
+            )
+
+
+def _result(path: Path, settings: _Settings, state: dict[str, Any], notes: list[str]) -> ExportResult:
+    batch_dim: int | str = "batch" if settings.dynamic_batch else settings.batch
+    return ExportResult(
+        path=path,
+        opset=state["opset"],
+        input_names=(settings.input_name,),
+        output_names=tuple(state["output_names"]),
+        input_shape=(batch_dim, *settings.input_shape),
+        exporter=settings.exporter,
+        backend=settings.backend,
+        simplified=state["simplified"],
+        simplify_note=state["simplify_note"],
+        num_nodes=state["num_nodes"],
+        file_bytes=path.stat().st_size,
+        export_s=round(state["export_s"], 3),
+        verified=settings.verify,
+        max_abs_diff=state.get("max_abs_diff"),
+        reference_max_abs=state.get("reference_max_abs"),
+        verify_batches=settings.verify_batches if settings.verify else (),
+        atol=settings.atol,
+        rtol=settings.rtol,
+        target=settings.target,
+        input_shape_from=settings.input_shape_from,
+        warnings=tuple(notes),
+    )
 
 
 @contextlib.contextmanager
@@ -254,66 +412,69 @@ def _output_names(outputs: Any, output_name: str) -> list[str]:
 
 
 def _export_proto(
-    model: nn.Module,
-    example: torch.Tensor,
-    tmp: str,
-    exporter: str,
-    opset: int,
-    input_name: str,
-    output_names: list[str],
-    dynamic_batch: bool,
+    model: nn.Module, example: torch.Tensor, tmp: str, settings: _Settings, output_names: list[str]
 ):
-    import onnx
-
     try:
-        if exporter == "torchscript":
-            dynamic_axes = (
-                {name: {0: "batch"} for name in [input_name, *output_names]} if dynamic_batch else None
-            )
-            with warnings.catch_warnings():
-                # The TorchScript path warns that it is deprecated and about traced shape arithmetic.
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    tmp,
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=[input_name],
-                    output_names=output_names,
-                    dynamic_axes=dynamic_axes,
-                    do_constant_folding=True,
-                )
-            return onnx.load(tmp)
-        try:
-            import onnxscript  # noqa: F401  (the dynamo exporter imports it lazily; fail clearly here)
-        except ImportError as exc:
-            raise RmtdeployError(
-                "exporter='dynamo' needs the onnxscript package (pip install onnxscript); "
-                "the default exporter='torchscript' does not"
-            ) from exc
-        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-        # The dynamo exporter implements opset 18 and up; converting down to 17 fails for most of our
-        # families (Pad, ReduceMean axes), so ask for 18 and let the result report the real opset.
-        opset = max(opset, DYNAMO_MIN_OPSET)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                opset_version=opset,
-                input_names=[input_name],
-                output_names=output_names,
-                dynamic_shapes=dynamic_shapes,
-                verbose=False,
-            )
-        return program.model_proto
+        if settings.exporter == "torchscript":
+            return _export_torchscript(model, example, tmp, settings, output_names)
+        return _export_dynamo(model, example, settings, output_names)
     except RmtdeployError:
         raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-        raise RmtdeployError(f"ONNX export ({exporter}) of {type(model).__name__} failed: {first}") from exc
+        raise RmtdeployError(
+            f"ONNX export ({settings.exporter}) of {type(model).__name__} failed: {first}"
+        ) from exc
+
+
+def _export_torchscript(
+    model: nn.Module, example: torch.Tensor, tmp: str, settings: _Settings, output_names: list[str]
+):
+    import onnx
+
+    names = [settings.input_name, *output_names]
+    dynamic_axes = {name: {0: "batch"} for name in names} if settings.dynamic_batch else None
+    with warnings.catch_warnings():
+        # The TorchScript path warns that it is deprecated and about traced shape arithmetic.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            tmp,
+            dynamo=False,
+            opset_version=settings.opset,
+            input_names=[settings.input_name],
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+    return onnx.load(tmp)
+
+
+def _export_dynamo(model: nn.Module, example: torch.Tensor, settings: _Settings, output_names: list[str]):
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter imports it lazily; fail clearly here)
+    except ImportError as exc:
+        raise RmtdeployError(
+            "exporter='dynamo' needs the onnxscript package (pip install onnxscript); "
+            "the default exporter='torchscript' does not"
+        ) from exc
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if settings.dynamic_batch else None
+    with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            # The dynamo exporter implements opset 18 and up; converting down to 17 fails for most of
+            # our families (Pad, ReduceMean axes), so ask for 18 and let the result report the real opset.
+            opset_version=max(settings.opset, DYNAMO_MIN_OPSET),
+            input_names=[settings.input_name],
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            verbose=False,
+        )
+    return program.model_proto
 
 
 def _simplify(proto) -> tuple[Any, str, bool]:
@@ -335,14 +496,16 @@ def _simplify(proto) -> tuple[Any, str, bool]:
     return slim, f"onnxslim {getattr(onnxslim, '__version__', '?')}", True
 
 
-def _add_metadata(proto, model: nn.Module, exporter: str, dynamic_batch: bool) -> None:
+def _add_metadata(proto, model: nn.Module, settings: _Settings) -> None:
     # Say where the graph came from, so an engine built from it can be traced back.
     cfg = getattr(model, "pretrained_cfg", None) or {}
     entries = {
         "rmtdeploy.model_class": type(model).__name__,
         "rmtdeploy.architecture": str(cfg.get("architecture", "")),
-        "rmtdeploy.exporter": f"{exporter} (torch {torch.__version__})",
-        "rmtdeploy.dynamic_batch": str(dynamic_batch).lower(),
+        "rmtdeploy.exporter": f"{settings.exporter} (torch {torch.__version__})",
+        "rmtdeploy.dynamic_batch": str(settings.dynamic_batch).lower(),
+        "rmtdeploy.backend": settings.backend,
+        "rmtdeploy.target": settings.target or "",
     }
     existing = {p.key for p in proto.metadata_props}
     for key, value in entries.items():
@@ -381,19 +544,12 @@ def _verify(
     notes: list[str],
 ) -> tuple[float, float]:
     """Max |ORT - PyTorch| and the scale of PyTorch's outputs over random batches; raise if too far."""
-    import onnxruntime as ort
+    from rmtdeploy.benchmark.runners import cpu_session
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
-    opts = ort.SessionOptions()
-    # Verify the graph as it will run: with ORT's full graph optimisations (fusions included).
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        sess = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise RmtdeployError(
-            f"ONNX Runtime cannot load the export: {str(exc).splitlines()[0][:240]}"
-        ) from exc
+    # Verify the graph as it will run: the CPU session the benchmarks use, fusions included.
+    sess = cpu_session(onnx_path)
     input_name = sess.get_inputs()[0].name
     worst, scale = 0.0, 0.0
     for batch in batches:

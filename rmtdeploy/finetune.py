@@ -79,14 +79,7 @@ def distill(
     are noisy (one image at a 1×1 feature map is an error), worst in depthwise/BN nets; and in eval mode
     the loss the loop lowers is the one the deployed model has.
     """
-    if steps < 0:
-        raise RmtdeployError(f"distillation needs steps >= 0, got {steps}")
-    if not lr > 0:
-        raise RmtdeployError(f"distillation needs a learning rate > 0, got {lr}")
-    if not temperature > 0:
-        raise RmtdeployError(f"distillation needs a temperature > 0, got {temperature}")
-    if weight_decay < 0:
-        raise RmtdeployError(f"distillation needs weight_decay >= 0, got {weight_decay}")
+    _check_settings(steps, lr, temperature, weight_decay)
     inputs = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in batches]
     if not inputs:
         raise RmtdeployError("distillation needs at least one batch of images")
@@ -98,22 +91,9 @@ def distill(
     targets = [t.to(device) for t in teacher_logits]
     inputs = [x.to(device) for x in inputs]
     loss_before = _mean_kd_loss(student, inputs, targets, temperature)
-
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    if not trainable:
-        raise RmtdeployError("distillation needs a student with trainable parameters")
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
-    # Cosine decay to zero: the last steps move the weights least, so the run ends where it settled.
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
-    )
+    optimizer, schedule = _optimizer(student, steps, lr, weight_decay)
     advance = progress(steps) if progress is not None and steps else None
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         _train_except_batchnorm(student)
         try:
@@ -141,6 +121,34 @@ def distill(
         loss_before=loss_before,
         loss_after=loss_after,
     )
+
+
+def _check_settings(steps: int, lr: float, temperature: float, weight_decay: float) -> None:
+    if steps < 0:
+        raise RmtdeployError(f"distillation needs steps >= 0, got {steps}")
+    if not lr > 0:
+        raise RmtdeployError(f"distillation needs a learning rate > 0, got {lr}")
+    if not temperature > 0:
+        raise RmtdeployError(f"distillation needs a temperature > 0, got {temperature}")
+    if weight_decay < 0:
+        raise RmtdeployError(f"distillation needs weight_decay >= 0, got {weight_decay}")
+
+
+def _optimizer(student: nn.Module, steps: int, lr: float, weight_decay: float):
+    """AdamW without decay on biases and norms (timm's convention), and a cosine decay of its lr to zero."""
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    if not trainable:
+        raise RmtdeployError("distillation needs a student with trainable parameters")
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    # Cosine decay to zero: the last steps move the weights least, so the run ends where it settled.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+    )
+    return optimizer, schedule
 
 
 @torch.no_grad()

@@ -1,55 +1,281 @@
-"""Output handling shared by every stage: atomic writes and never clobbering without ``--force``."""
+"""Output handling shared by every stage: a stage's folder is written as one unit, under a lock.
+
+:class:`OutputFolder` is how a stage writes: it checks the destination before any work (not a file, not
+already holding this stage's outputs without ``force``, writable), holds a lock on it for the run, lets
+the stage write into a private sibling folder, and swaps the result in at the end with a
+``manifest.json`` written last (file name -> sha256). A reader (:func:`verify_output_folder`) refuses a
+folder without a manifest, a run that was interrupted, or a file changed after the run wrote it. Single
+files outside a stage folder (benchmark results) use the atomic writers below.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from rmtdeploy.errors import RmtdeployError
 
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "rmtdeploy-output"
+MANIFEST_VERSION = 1
+_STAGING_INFIX = ".partial-"
+
 
 def check_output_dir(out: str | os.PathLike, produces: Iterable[str], force: bool = False) -> Path:
-    """Refuse (before any work is done) when a file this stage writes already exists in ``out``."""
+    """Refuse (before any work is done) when ``out`` is a file or already holds a file this stage writes."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise RmtdeployError(f"--out {out} exists and is not a directory")
-    existing = [name for name in produces if (out / name).exists()]
+        raise RmtdeployError(f"{{param}} {out} exists and is not a directory", param="out")
+    existing = [name for name in (*produces, MANIFEST_FILE) if (out / name).exists()]
     if existing and not force:
         raise RmtdeployError(
-            f"{out} already holds {', '.join(existing[:3])}; pass --force to overwrite or choose another --out"
+            f"{out} already holds {', '.join(existing[:3])}; allow overwriting ({{param}}) or choose "
+            "another output folder",
+            param="force",
         )
     return out
 
 
 def prepare_output_dir(out: str | os.PathLike, produces: Iterable[str], force: bool = False) -> Path:
-    """:func:`check_output_dir`, then create ``out``."""
+    """:func:`check_output_dir`, then create ``out`` (for single files written atomically into it)."""
     out = check_output_dir(out, produces, force)
-    out.mkdir(parents=True, exist_ok=True)
+    _make_dirs(out)
     return out
+
+
+class OutputFolder:
+    """A stage's output folder, written as one unit. Use as a context manager around the whole run::
+
+        with OutputFolder(out, ("plan.json", ...), force=force, stage="prune") as folder:  # checked, locked
+            ...work...
+            folder.write_bytes("plan.json", data)   # into a private staging folder
+            folder.commit()                         # swapped in, manifest.json last
+
+    Leaving the block without ``commit`` (an error, Ctrl-C) discards the staging folder and leaves
+    whatever ``out`` held untouched. A second run into the same folder gets a clear error while the
+    first holds the lock.
+    """
+
+    def __init__(self, out: str | os.PathLike, produces: Iterable[str], *, force: bool, stage: str):
+        self.out = Path(out)
+        self.produces = tuple(produces)
+        self.force = force
+        self.stage = stage
+        self._lock: _FolderLock | None = None
+        self._staging: Path | None = None
+        self.committed = False
+
+    def __enter__(self) -> OutputFolder:
+        check_output_dir(self.out, self.produces, self.force)
+        _make_dirs(self.out.parent)
+        self._lock = _FolderLock(self.out)
+        self._lock.acquire()
+        # Staging folders of runs that died are ours to clear: nobody else can hold this folder's lock.
+        for stale in self.out.parent.glob(f".{self.out.name}{_STAGING_INFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if self._staging is not None and self._staging.exists():
+                shutil.rmtree(self._staging, ignore_errors=True)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    @property
+    def staging(self) -> Path:
+        """The private folder files are written into until :meth:`commit`."""
+        if self._staging is None:
+            self._staging = Path(
+                tempfile.mkdtemp(prefix=f".{self.out.name}{_STAGING_INFIX}", dir=self.out.parent)
+            )
+        return self._staging
+
+    def path(self, name: str) -> Path:
+        """Where to write ``name`` (for libraries that want a file name: safetensors, matplotlib)."""
+        return self.staging / name
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self.path(name).write_bytes(data)
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode("utf-8"))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_text(name, json_text(obj))
+
+    def commit(self) -> list[Path]:
+        """Swap the staged files into ``out``, manifest last; returns the files' final paths."""
+        staging = self.staging
+        names = sorted(p.name for p in staging.iterdir())
+        missing = [name for name in self.produces if name not in names]
+        if missing:
+            raise RuntimeError(f"stage {self.stage} did not write {', '.join(missing)}")
+        for path in staging.iterdir():
+            os.chmod(path, _umask_mode())
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "stage": self.stage,
+            "files": {name: file_sha256(staging / name) for name in names},
+        }
+        self.write_json(MANIFEST_FILE, manifest)
+        os.chmod(staging, 0o777 & ~_umask())
+        if not self.out.exists() or not any(self.out.iterdir()):
+            os.replace(staging, self.out)  # one rename: the folder appears whole
+        else:
+            self._replace_files(names)
+        self._staging = None
+        self.committed = True
+        return [self.out / name for name in names]
+
+    def _replace_files(self, names: list[str]) -> None:
+        # ``out`` holds other files (an earlier run, or the user's): replace ours one by one. The old
+        # manifest goes first, so a crash in between leaves a folder readers refuse, never a mix they trust.
+        previous = _manifest_files(self.out)
+        (self.out / MANIFEST_FILE).unlink(missing_ok=True)
+        for name in previous:
+            if name not in names:
+                (self.out / name).unlink(missing_ok=True)
+        for name in names:
+            os.replace(self.staging / name, self.out / name)
+        os.replace(self.staging / MANIFEST_FILE, self.out / MANIFEST_FILE)
+        self.staging.rmdir()
+
+
+def verify_output_folder(directory: str | os.PathLike, stage: str | tuple[str, ...]) -> dict[str, Any]:
+    """The folder's manifest, after checking that its run finished and no file changed since.
+
+    ``stage``: the stage (or stages) whose output the caller reads."""
+    directory = Path(directory)
+    stages = (stage,) if isinstance(stage, str) else tuple(stage)
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise RmtdeployError(
+            f"{directory} has no {MANIFEST_FILE}: the run that wrote it did not finish (or an older "
+            f"rmtdeploy wrote it); run the {stages[0]} stage again"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        written_by = manifest["stage"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RmtdeployError(f"{path} is not a readable rmtdeploy manifest ({type(exc).__name__})") from exc
+    if written_by not in stages:
+        raise RmtdeployError(
+            f"{directory} holds the output of the {written_by} stage, not of {' or '.join(stages)}"
+        )
+    for name, digest in files.items():
+        file = directory / name
+        if not file.is_file():
+            raise RmtdeployError(f"{file} is missing: {directory} is incomplete")
+        if file_sha256(file) != digest:
+            raise RmtdeployError(
+                f"{file} changed after its run wrote it (sha256 differs from {MANIFEST_FILE}); run the "
+                f"{stages[0]} stage again"
+            )
+    return manifest
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, allow_nan=False) + "\n"
+
+
+def _manifest_files(directory: Path) -> list[str]:
+    try:
+        files = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
+        return [name for name in files if "/" not in name and name != MANIFEST_FILE]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def _make_dirs(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RmtdeployError(
+            f"cannot create the output folder {path}: {exc.strerror or exc}", param="out"
+        ) from exc
+
+
+class _FolderLock:
+    """An exclusive ``flock`` on ``.<name>.lock`` beside the folder, released when the process ends."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.path = out.parent / f".{out.name}.lock"
+        self._handle = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        while True:
+            try:
+                handle = open(self.path, "a+")  # noqa: SIM115 (held open for the run)
+            except OSError as exc:
+                raise RmtdeployError(
+                    f"cannot write into {self.out.parent}: {exc.strerror or exc}", param="out"
+                ) from exc
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "?"
+                handle.close()
+                raise RmtdeployError(
+                    f"{self.out} is being written by another rmtdeploy run (pid {owner}); wait for it to "
+                    "finish or choose another output folder"
+                ) from None
+            # The previous holder may have unlinked the file between our open and our lock: retry then.
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self._handle.close()
+        self._handle = None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _umask_mode() -> int:
     # mkstemp creates 0600 files; a finished output should get the mode a plain open() would give it.
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+    return 0o666 & ~_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside ``path`` then rename: readers never see a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_save(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -57,7 +283,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def atomic_save(path: str | os.PathLike, save_fn) -> None:

@@ -7,6 +7,7 @@ Three weight sources, always explicit and always labelled in outputs:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import socket
 from dataclasses import dataclass
@@ -70,14 +71,15 @@ class LoadedModel:
 
 
 def resolve_model_name(name: str) -> str:
-    """Map an alias or full timm name to the timm name; unknown names fail with suggestions."""
+    """Map an alias or full timm name to the timm name; unknown names fail with the closest names."""
     full = MODEL_ALIASES.get(name, name)
     if timm.is_model(full):
         return full
-    close = sorted(set(timm.list_models(f"*{name.split('_')[0]}*")))[:8]
-    hint = f" Did you mean one of: {', '.join(close)}?" if close else ""
+    known = [*MODEL_ALIASES, *timm.list_models()]
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
     aliases = ", ".join(sorted(MODEL_ALIASES))
-    raise RmtdeployError(f"unknown model '{name}'. Aliases: {aliases}; or any timm model name.{hint}")
+    raise RmtdeployError(f"unknown model '{name}'.{hint} Aliases: {aliases}; or any timm model name.")
 
 
 def model_family(model: nn.Module) -> str:
@@ -89,25 +91,73 @@ def model_family(model: nn.Module) -> str:
     return "other"
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What to build and where its weights come from, checked before anything is built or read.
+
+    ``weights``: ``"pretrained"`` (timm's hub), ``"random"`` (seeded, labelled so everywhere) or
+    ``"checkpoint"``; left ``None`` it is ``checkpoint`` when a checkpoint is given, else ``pretrained``.
+    """
+
+    name: str
+    weights: str | None = None
+    checkpoint: str | os.PathLike | None = None
+    num_classes: int | None = None
+
+    def check(self) -> str:
+        """Raise on anything wrong that can be seen without building the model; returns the timm name."""
+        full = resolve_model_name(self.name)
+        if self.weights is not None and self.weights not in WEIGHT_SOURCES:
+            raise RmtdeployError(
+                f"{{param}} must be one of {', '.join(WEIGHT_SOURCES)}, got '{self.weights}'", param="weights"
+            )
+        if self.checkpoint is not None and self.weights not in (None, "checkpoint"):
+            raise RmtdeployError(
+                f"{{param}} '{self.weights}' conflicts with a checkpoint file: give one weight source",
+                param="weights",
+            )
+        if self.weights == "checkpoint" and self.checkpoint is None:
+            raise RmtdeployError("weights 'checkpoint' needs a checkpoint file ({param})", param="checkpoint")
+        if self.checkpoint is not None:
+            _check_checkpoint_file(Path(self.checkpoint))
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or self.num_classes < 1):
+            raise RmtdeployError(
+                f"{{param}} must be a positive integer (the classifier width), got {self.num_classes}",
+                param="num_classes",
+            )
+        return full
+
+    @property
+    def source(self) -> str:
+        if self.weights is not None:
+            return self.weights
+        return "checkpoint" if self.checkpoint is not None else "pretrained"
+
+    def load(self) -> LoadedModel:
+        return load_model(self.name, self.weights, self.checkpoint, self.num_classes)
+
+
+def _check_checkpoint_file(path: Path) -> None:
+    if not path.is_file():
+        raise RmtdeployError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise RmtdeployError(f"checkpoint {path} is empty")
+
+
 def load_model(
     name: str,
-    weights: str = "pretrained",
+    weights: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     num_classes: int | None = None,
 ) -> LoadedModel:
-    """Build ``name`` with timm and load weights from the chosen source, in eval mode."""
-    full = resolve_model_name(name)
-    if checkpoint is not None:
-        weights = "checkpoint"
-    if weights not in WEIGHT_SOURCES:
-        raise RmtdeployError(f"--weights must be one of {', '.join(WEIGHT_SOURCES)}, got '{weights}'")
+    """Build ``name`` with timm and load weights from the chosen source (see :class:`ModelSource`)."""
+    source = ModelSource(name, weights, checkpoint, num_classes)
+    full = source.check()
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if weights == "pretrained":
+    if source.source == "pretrained":
         model = _create_pretrained(full, kwargs)
         label = "pretrained"
-    elif weights == "checkpoint":
-        if checkpoint is None:
-            raise RmtdeployError("--weights checkpoint needs --checkpoint PATH")
+    elif source.source == "checkpoint":
         model = timm.create_model(full, pretrained=False, **kwargs)
         load_checkpoint_strict(model, checkpoint)
         label = f"checkpoint:{checkpoint}"
@@ -137,8 +187,9 @@ def _create_pretrained(full: str, kwargs: dict) -> nn.Module:
         )
         raise RmtdeployError(
             f"could not get pretrained weights for '{full}' ({reason}). "
-            "Without network access pass --checkpoint PATH (timm/torch state dict or .safetensors), "
-            "or --weights random for an explicitly untrained model."
+            "Without network access give a local checkpoint ({param}: timm/torch state dict or "
+            ".safetensors), or random weights for an explicitly untrained model.",
+            param="checkpoint",
         ) from exc
 
 

@@ -5,12 +5,11 @@ reads or checks them, and the rest of the code asks a :class:`TargetProfile` ins
 device facts (channel multiples, TensorRT versions, DLA limits).
 
 Where the recipes live
-    1. ``$RMTDEPLOY_RECIPES`` when set: a folder holding ``targets/`` (for installed copies of the
-       package, or a site's own profiles).
-    2. Otherwise ``recipes/`` at the root of the source checkout this module sits in (``rmtdeploy/..``),
-       which also covers ``pip install -e .``.
-    A regular (non-editable) install does not carry ``recipes/``; set ``RMTDEPLOY_RECIPES`` to a
-    checkout's ``recipes`` folder, or pass a YAML path to :func:`load_target` directly.
+    The repository keeps them in its top-level ``recipes/`` folder, which the packaging installs as the
+    package ``rmtdeploy.recipes``: wheels and editable installs alike carry the YAMLs, read through
+    ``importlib.resources``, so any install works from any working directory.
+    ``$RMTDEPLOY_RECIPES``, when set, replaces them: a folder holding ``targets/`` (a site's own
+    profiles). A single profile can also be loaded by its YAML path (:func:`load_target`).
 
 A target file holds exactly the fields of :class:`TargetProfile` (unknown keys are errors, so a typo
 cannot silently fall back to a default); ``aliases`` gives extra names (``jetson`` ->
@@ -20,6 +19,7 @@ the CPU it is loaded on (:func:`host_cpu_channel_multiple`), recorded in ``chann
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import platform
 import re
@@ -29,9 +29,16 @@ from typing import Any
 
 import yaml
 
+try:
+    from importlib.resources.abc import Traversable
+except ImportError:  # Python 3.10
+    from importlib.abc import Traversable
+
 from rmtdeploy.errors import RmtdeployError
 
 RECIPES_ENV = "RMTDEPLOY_RECIPES"
+RECIPES_PACKAGE = "rmtdeploy.recipes"  # the repository's recipes/ folder, installed (see pyproject.toml)
+_TARGET_SUFFIXES = (".yaml", ".yml")
 BACKENDS = ("tensorrt", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "int8")
 # Precisions each backend builds here: ORT's CPU provider runs fp32 (and int8 through quantised graphs).
@@ -41,27 +48,38 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 AUTO = "auto"
 # ONNX Runtime's CPU kernels (MLAS) block NCHWc convolutions by the SIMD width in floats: 16 with AVX-512,
 # 8 with AVX2. A conv whose channels are not a multiple of the block falls back to the plain kernel
-# behind Reorder nodes (resnet50 at 50% MACs ran 1.11-1.14x slower with 8 than 16 on an AVX-512 EPYC).
+# behind Reorder nodes, measurably slower (benchmarks/results/prune_speedup.md).
 _AVX512_MULTIPLE, _DEFAULT_CPU_MULTIPLE = 16, 8
 
 
 @dataclass(frozen=True)
 class TargetProfile:
-    """One deployment target. Field comments say what each stage uses it for."""
+    """One deployment target. Field comments say which stage reads each field.
+
+    Stages today: prune (``channel_multiple``) and export (``backend``, ``static_shapes``, ``max_batch``,
+    ``opset``; see :func:`rmtdeploy.export.export_onnx`). The engine stage (TensorRT build, coming)
+    reads ``precision``, ``dla``, ``workspace_mib``, ``tensorrt`` and ``jetpack``; the benchmark stage
+    reads ``threads`` once it takes a target (coming; today it takes ``threads=`` directly).
+    """
 
     name: str
     description: str
+    # export: the family adapter's export forms for this runtime; engine (coming): which builder runs.
     backend: str  # "tensorrt" or "onnxruntime"
+    # engine (coming): builder flags, or an fp16 / Q-DQ ONNX from TensorRT 11 (precision_in_onnx).
     precision: str  # "fp32", "fp16" or "int8": what the engine computes in
-    channel_multiple: int  # pruning rounds kept widths to this (torch-pruning's round_to)
-    dla: bool = False  # build for a Jetson DLA core (fp16/int8, static shapes, GPU fallback)
-    static_shapes: bool = True  # export and build for exactly one batch and resolution
-    max_batch: int = 1  # largest batch the engine / benchmark is built for
-    workspace_mib: int | None = None  # TensorRT builder memory pool (trtexec --memPoolSize=workspace:N)
-    opset: int = 17  # ONNX opset for the export (>= 17: LayerNorm is one op)
-    tensorrt: str | None = None  # accepted TensorRT versions, e.g. ">=10.3,<11"; None for other backends
-    jetpack: str | None = None  # JetPack release line the TensorRT expectation comes from
-    threads: int | None = None  # CPU threads for onnxruntime targets; None = runtime default
+    channel_multiple: int  # prune: kept widths are rounded to this (torch-pruning's round_to)
+    dla: bool = False  # engine (coming): build for a Jetson DLA core (fp16/int8, static, GPU fallback)
+    # export + engine: one input shape (batch max_batch, the model's H/W), else a dynamic batch dim.
+    static_shapes: bool = True
+    # export: the static batch, or the bound on an explicit batch; engine/benchmark (coming): largest batch.
+    max_batch: int = 1
+    workspace_mib: int | None = None  # engine (coming): builder memory pool (--memPoolSize=workspace:N)
+    opset: int = 17  # export: ONNX opset (>= 17: LayerNorm is one op)
+    # engine (coming): accepted TensorRT versions (accepts_tensorrt), e.g. ">=10.3,<11"; None otherwise.
+    tensorrt: str | None = None
+    jetpack: str | None = None  # engine/report (coming): JetPack line the TensorRT range comes from
+    threads: int | None = None  # benchmark (coming): CPU threads for onnxruntime; None = runtime default
     aliases: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     source: str = ""  # the YAML file it was read from
@@ -88,40 +106,45 @@ class TargetProfile:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def recipes_dir() -> Path:
-    """The recipes folder: ``$RMTDEPLOY_RECIPES`` if set, else ``recipes/`` of this source checkout."""
+def recipes_dir() -> Traversable:
+    """The recipes folder: ``$RMTDEPLOY_RECIPES`` if set, else the installed ``rmtdeploy.recipes``.
+
+    A :class:`~importlib.resources.abc.Traversable` (a :class:`~pathlib.Path` when it is on disk).
+    """
     env = os.environ.get(RECIPES_ENV)
     if env:
         path = Path(env).expanduser()
         if not (path / "targets").is_dir():
             raise RmtdeployError(f"${RECIPES_ENV}={env} has no targets/ folder")
         return path
-    path = Path(__file__).resolve().parent.parent / "recipes"
-    if not (path / "targets").is_dir():
+    try:
+        folder = importlib.resources.files(RECIPES_PACKAGE)
+    except ModuleNotFoundError as exc:
         raise RmtdeployError(
-            f"no recipes/targets folder next to the package ({path}); set ${RECIPES_ENV} to a recipes "
-            "folder (e.g. a source checkout's recipes/) or pass a target YAML path"
-        )
-    return path
+            f"the recipes package {RECIPES_PACKAGE} is not installed (a source tree on sys.path rather "
+            f"than `pip install`?); install the package, set ${RECIPES_ENV} to a recipes folder, or "
+            "pass a target YAML path"
+        ) from exc
+    if not folder.joinpath("targets").is_dir():
+        raise RmtdeployError(f"the installed {RECIPES_PACKAGE} has no targets/ folder ({folder})")
+    return folder
 
 
 def list_targets() -> list[str]:
     """Names of the shipped targets (file stems of ``recipes/targets/*.yaml``), sorted."""
-    return sorted(p.stem for p in _target_files())
+    return sorted(_target_files())
 
 
 def target_aliases() -> dict[str, str]:
     """Alias -> target name, from the ``aliases`` field of every shipped target."""
     aliases: dict[str, str] = {}
-    for path in _target_files():
-        data = _read_yaml(path)
+    for name, file in _target_files().items():
+        data = _read_yaml(file)
         for alias in data.get("aliases") or ():
             alias = str(alias)
-            if alias in aliases and aliases[alias] != path.stem:
-                raise RmtdeployError(
-                    f"target alias '{alias}' is claimed by both {aliases[alias]} and {path.stem}"
-                )
-            aliases[alias] = path.stem
+            if alias in aliases and aliases[alias] != name:
+                raise RmtdeployError(f"target alias '{alias}' is claimed by both {aliases[alias]} and {name}")
+            aliases[alias] = name
     return aliases
 
 
@@ -134,16 +157,17 @@ def load_target(name_or_path: str | os.PathLike) -> TargetProfile:
         if not path.is_file():
             raise RmtdeployError(f"target file not found: {path}")
         return _profile_from_file(path, expected_name=None)
-    names = list_targets()
-    name = target_aliases().get(text, text)
-    if name not in names:
-        aliases = ", ".join(f"{a} -> {t}" for a, t in sorted(target_aliases().items()))
+    files = _target_files()
+    aliases = target_aliases()
+    name = aliases.get(text, text)
+    if name not in files:
+        known = ", ".join(f"{a} -> {t}" for a, t in sorted(aliases.items()))
         raise RmtdeployError(
-            f"unknown target '{text}'. Known targets: {', '.join(names)}"
-            + (f" (aliases: {aliases})" if aliases else "")
+            f"unknown target '{text}'. Known targets: {', '.join(sorted(files))}"
+            + (f" (aliases: {known})" if known else "")
             + "; or pass a target YAML path"
         )
-    return _profile_from_file(recipes_dir() / "targets" / f"{name}.yaml", expected_name=name)
+    return _profile_from_file(files[name], expected_name=name)
 
 
 def host_cpu_channel_multiple(cpu_flags: set[str] | None = None) -> tuple[int, str]:
@@ -165,24 +189,27 @@ def host_cpu_channel_multiple(cpu_flags: set[str] | None = None) -> tuple[int, s
 
 
 def _host_cpu_flags() -> set[str]:
+    from rmtdeploy.benchmark.conditions import cpu_flags
+
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return set()
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+    return cpu_flags()
 
 
-def _target_files() -> list[Path]:
-    folder = recipes_dir() / "targets"
-    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+def _target_files() -> dict[str, Traversable]:
+    """Target name (file stem) -> its YAML file in the recipes folder's ``targets/``."""
+    files: dict[str, Traversable] = {}
+    for file in recipes_dir().joinpath("targets").iterdir():
+        stem, suffix = os.path.splitext(file.name)
+        if suffix not in _TARGET_SUFFIXES or not file.is_file():
+            continue
+        if stem in files:
+            raise RmtdeployError(f"target '{stem}' has two files: {files[stem].name} and {file.name}")
+        files[stem] = file
+    return files
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Path | Traversable) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -194,9 +221,41 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _profile_from_file(path: Path, expected_name: str | None) -> TargetProfile:
+def _profile_from_file(path: Path | Traversable, expected_name: str | None) -> TargetProfile:
     data = _read_yaml(path)
     where = f"target {path.name}"
+    _check_field_names(data, where)
+    name = _checked_name(data, where, expected_name)
+    backend, precision = _backend_and_precision(data, where)
+    multiple, multiple_from = _channel_multiple(data, backend, where)
+    dla, static_shapes = _dla_and_shapes(data, backend, precision, where)
+    opset = _typed(data, "opset", int, where, default=17)
+    if opset < 17:
+        raise RmtdeployError(f"{where}: opset must be >= 17 (LayerNorm as one op), got {opset}")
+    jetpack = data.get("jetpack")
+    return TargetProfile(
+        name=name,
+        description=_typed(data, "description", str, where),
+        backend=backend,
+        precision=precision,
+        channel_multiple=multiple,
+        channel_multiple_from=multiple_from,
+        dla=dla,
+        static_shapes=static_shapes,
+        max_batch=_positive(data, "max_batch", where, default=1),
+        workspace_mib=_positive(data, "workspace_mib", where, default=None),
+        opset=opset,
+        tensorrt=_tensorrt_range(data, backend, where),
+        jetpack=None if jetpack is None else str(jetpack),
+        threads=_positive(data, "threads", where, default=None),
+        aliases=_str_tuple(data, "aliases", where),
+        notes=_str_tuple(data, "notes", where),
+        source=str(path),
+    )
+
+
+def _check_field_names(data: dict[str, Any], where: str) -> None:
+    """Unknown keys are errors (a typo must not fall back to a default); required ones must be set."""
     known = {f.name for f in fields(TargetProfile)} - {"source", "channel_multiple_from"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -207,11 +266,17 @@ def _profile_from_file(path: Path, expected_name: str | None) -> TargetProfile:
         if data.get(required) is None:
             raise RmtdeployError(f"{where}: missing required field '{required}'")
 
+
+def _checked_name(data: dict[str, Any], where: str, expected_name: str | None) -> str:
     name = _typed(data, "name", str, where)
     if not _NAME.match(name):
         raise RmtdeployError(f"{where}: name '{name}' must be lower-case letters, digits, '-', '_' or '.'")
     if expected_name is not None and name != expected_name:
         raise RmtdeployError(f"{where}: name '{name}' differs from the file name '{expected_name}'")
+    return name
+
+
+def _backend_and_precision(data: dict[str, Any], where: str) -> tuple[str, str]:
     backend = _choice(data, "backend", BACKENDS, where)
     precision = _choice(data, "precision", PRECISIONS, where)
     if precision not in _BACKEND_PRECISIONS[backend]:
@@ -219,6 +284,11 @@ def _profile_from_file(path: Path, expected_name: str | None) -> TargetProfile:
             f"{where}: precision '{precision}' is not available with backend '{backend}' "
             f"(use {', '.join(_BACKEND_PRECISIONS[backend])})"
         )
+    return backend, precision
+
+
+def _channel_multiple(data: dict[str, Any], backend: str, where: str) -> tuple[int, str]:
+    """The multiple and where it came from: the profile's number, or ``auto`` resolved on this CPU."""
     multiple_from = "profile"
     if data["channel_multiple"] == AUTO:
         if backend != "onnxruntime":
@@ -233,7 +303,10 @@ def _profile_from_file(path: Path, expected_name: str | None) -> TargetProfile:
         raise RmtdeployError(
             f"{where}: channel_multiple must be a power of two from 1 to 128, got {multiple}"
         )
+    return multiple, multiple_from
 
+
+def _dla_and_shapes(data: dict[str, Any], backend: str, precision: str, where: str) -> tuple[bool, bool]:
     dla = _typed(data, "dla", bool, where, default=False)
     static_shapes = _typed(data, "static_shapes", bool, where, default=True)
     if dla:
@@ -242,47 +315,22 @@ def _profile_from_file(path: Path, expected_name: str | None) -> TargetProfile:
             raise RmtdeployError(f"{where}: dla needs backend tensorrt with precision fp16 or int8")
         if not static_shapes:
             raise RmtdeployError(f"{where}: dla supports static shapes only (set static_shapes: true)")
-    max_batch = _positive(data, "max_batch", where, default=1)
-    workspace = _positive(data, "workspace_mib", where, default=None)
-    opset = _typed(data, "opset", int, where, default=17)
-    if opset < 17:
-        raise RmtdeployError(f"{where}: opset must be >= 17 (LayerNorm as one op), got {opset}")
-    threads = _positive(data, "threads", where, default=None)
+    return dla, static_shapes
 
+
+def _tensorrt_range(data: dict[str, Any], backend: str, where: str) -> str | None:
     tensorrt = data.get("tensorrt")
-    if backend == "tensorrt":
-        if tensorrt is None:
-            raise RmtdeployError(
-                f"{where}: backend tensorrt needs a 'tensorrt' version range such as '>=10.3'"
-            )
-        tensorrt = str(tensorrt)
-        try:
-            _parse_spec(tensorrt)
-        except ValueError as exc:
-            raise RmtdeployError(f"{where}: tensorrt {exc}") from exc
-    elif tensorrt is not None:
-        raise RmtdeployError(f"{where}: 'tensorrt' only applies to backend tensorrt")
-
-    jetpack = data.get("jetpack")
-    return TargetProfile(
-        name=name,
-        description=_typed(data, "description", str, where),
-        backend=backend,
-        precision=precision,
-        channel_multiple=multiple,
-        channel_multiple_from=multiple_from,
-        dla=dla,
-        static_shapes=static_shapes,
-        max_batch=max_batch,
-        workspace_mib=workspace,
-        opset=opset,
-        tensorrt=tensorrt,
-        jetpack=None if jetpack is None else str(jetpack),
-        threads=threads,
-        aliases=_str_tuple(data, "aliases", where),
-        notes=_str_tuple(data, "notes", where),
-        source=str(path),
-    )
+    if backend != "tensorrt":
+        if tensorrt is not None:
+            raise RmtdeployError(f"{where}: 'tensorrt' only applies to backend tensorrt")
+        return None
+    if tensorrt is None:
+        raise RmtdeployError(f"{where}: backend tensorrt needs a 'tensorrt' version range such as '>=10.3'")
+    try:
+        _parse_spec(str(tensorrt))
+    except ValueError as exc:
+        raise RmtdeployError(f"{where}: tensorrt {exc}") from exc
+    return str(tensorrt)
 
 
 def _typed(data: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:

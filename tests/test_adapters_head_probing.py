@@ -20,7 +20,7 @@ from attention_adapter_checks import (
     prune_with_metapruner,
 )
 
-from rmtdeploy.adapters.base import get_adapter
+from rmtdeploy.adapters import get_adapter
 from rmtdeploy.adapters.hiera import HieraAdapter
 from rmtdeploy.adapters.swin import SwinAdapter
 from rmtdeploy.pruning import TARGET_TOLERANCE, load_pruned, prune_model, save_pruned
@@ -65,7 +65,14 @@ def dense(family):
     return timm.create_model(FAMILIES[family][0], pretrained=False).eval()
 
 
-@pytest.fixture(scope="module", params=[0.75, 0.5], ids=["keep_macs_0.75", "keep_macs_0.5"])
+# keep 0.75 runs in `make test-slow`; keep 0.5 (heads and channels both cut) in every run.
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(0.75, marks=pytest.mark.slow, id="keep_macs_0.75"),
+        pytest.param(0.5, id="keep_macs_0.5"),
+    ],
+)
 def pruned(request, dense):
     return request.param, prune_model(dense, keep_macs=request.param)
 

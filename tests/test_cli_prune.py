@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
-from cli_checks import assert_one_line_usage_error, run_rmtdeploy
 
 import rmtdeploy
-from rmtdeploy.cli import SHORT_DISTILL_STEPS, _finetune_steps, build_parser, main
+from rmtdeploy.cli import build_parser, main
+from rmtdeploy.pruning.stage import SHORT_DISTILL_STEPS, _finetune_steps
+from rmtdeploy.scores import get_strategy
 
 
 def test_prune_writes_a_model_that_load_pruned_rebuilds(tmp_path, capsys):
@@ -48,36 +49,8 @@ def test_prune_refuses_to_overwrite_and_knobs_reach_the_strategy(tmp_path, capsy
     assert json.loads(capsys.readouterr().out)["strategy"]["knobs"]["steps"] == 2
     before = (out / "plan.json").read_bytes()
     assert main([*args, "--out", str(out)]) == 2
-    assert "--force" in capsys.readouterr().err
+    assert "(--force)" in capsys.readouterr().err
     assert (out / "plan.json").read_bytes() == before
-
-
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--strategy", "lottery", "--keep-macs", "0.5"], "unknown strategy 'lottery'"),
-        (["--keep-macs", "0"], "must lie in (0, 1]"),
-        (["--keep-macs", "1.2"], "must lie in (0, 1]"),
-        (["--keep-params", "-1"], "must lie in (0, 1]"),
-        (["--keep-macs", "0.5", "--target", "mars"], "unknown target 'mars'"),
-        (["--keep-macs", "0.5", "--knob", "steps"], "KEY=VALUE"),
-        (["--keep-macs", "0.001"], "cannot reach keep_macs=0.001"),
-        (["--strategy", "dynamic", "--keep-macs", "0.5", "--finetune-steps", "-1"], "must be >= 0, got -1"),
-        (["--strategy", "dynamic", "--keep-macs", "0.5", "--finetune-steps", "2"], "needs --calibration DIR"),
-        (["--keep-macs", "0.5", "--finetune-steps", "2"], "applies to --strategy dynamic only"),
-        (["--keep-macs", "0.5", "--head-rounding", "round"], "invalid choice: 'round'"),
-        (
-            ["--strategy", "rmt", "--keep-macs", "0.5", "--knob", "allocation=greedy"],
-            "allocation must be one of",
-        ),
-        (["--strategy", "rmt", "--keep-macs", "0.5", "--knob", "score=energy"], "score must be one of"),
-    ],
-)
-def test_bad_prune_input_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, message):
-    out = tmp_path / "o"
-    result = run_rmtdeploy("prune", "--model", "resnet18", "--weights", "random", *extra, "--out", str(out))
-    assert_one_line_usage_error(result, message)
-    assert not out.exists()
 
 
 @pytest.fixture
@@ -121,16 +94,6 @@ def test_calibration_folder_recalibrates_batchnorm_statistics(tmp_path, image_fo
     assert not torch.allclose(calibrated.model.bn1.running_mean, plain.model.bn1.running_mean)
 
 
-def test_calibration_folder_that_is_not_an_image_folder_is_a_clear_error(tmp_path):
-    (tmp_path / "empty").mkdir()
-    result = run_rmtdeploy(
-        "prune", "--model", "resnet18", "--weights", "random", "--keep-macs", "0.6",
-        "--calibration", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
-    )  # fmt: skip
-    assert_one_line_usage_error(result, "is not an ImageFolder")
-    assert not (tmp_path / "o").exists()
-
-
 @pytest.mark.usefixtures("single_torch_thread")
 def test_dynamic_with_calibration_distils_between_steps_and_saves_the_distilled_model(
     tmp_path, image_folder, capsys
@@ -166,18 +129,19 @@ def test_dynamic_with_calibration_distils_between_steps_and_saves_the_distilled_
 
 
 @pytest.mark.parametrize(
-    "extra, expected",
+    "strategy, steps, have_images, expected",
     [
-        (["--strategy", "dynamic", "--calibration", "DIR"], SHORT_DISTILL_STEPS),
-        (["--strategy", "dynamic", "--calibration", "DIR", "--finetune-steps", "0"], 0),
-        (["--strategy", "dynamic"], 0),
-        (["--strategy", "rmt", "--calibration", "DIR"], 0),
-        (["--strategy", "rmt", "--finetune-steps", "0"], 0),
+        ("dynamic", None, True, SHORT_DISTILL_STEPS),
+        ("dynamic", 0, True, 0),
+        ("dynamic", None, False, 0),
+        ("rmt", None, True, 0),
+        ("rmt", 0, False, 0),
     ],
 )
-def test_dynamic_with_calibration_distils_by_default(extra, expected):
-    args = build_parser().parse_args(["prune", "--model", "m", "--keep-macs", "0.5", "--out", "o", *extra])
-    assert _finetune_steps(args, args.strategy) == expected
+def test_a_strategy_that_takes_a_finetune_hook_distils_by_default_with_images(
+    strategy, steps, have_images, expected
+):
+    assert _finetune_steps(steps, get_strategy(strategy), have_images) == expected
 
 
 def test_default_strategy_and_head_rounding_follow_the_accuracy_benchmark():

@@ -15,6 +15,7 @@ from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.export import export_onnx
+from rmtdeploy.targets import load_target
 
 SMALL = (3, 32, 32)
 
@@ -175,3 +176,78 @@ def test_result_is_json_ready(tmp_path):
     result = export_onnx(_tiny_cnn(), tmp_path / "m.onnx", input_shape=SMALL)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["path"] == str(tmp_path / "m.onnx") and data["opset"] == 17
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    return {prop.key: prop.value for prop in onnx.load(str(path)).metadata_props}
+
+
+def test_cpu_target_exports_a_dynamic_batch_at_the_targets_opset(tmp_path):
+    cpu = load_target("cpu-ort")
+    assert not cpu.static_shapes and cpu.backend == "onnxruntime" and cpu.max_batch >= 2
+    result = export_onnx(_tiny_cnn(), tmp_path / "m.onnx", target="cpu", input_shape=SMALL, batch=2)
+
+    assert result.target == "cpu-ort" and result.backend == "onnxruntime" and result.opset == cpu.opset
+    assert result.input_shape == ("batch", *SMALL) and result.verify_batches == (2, 3)
+    assert _session(result.path).get_inputs()[0].shape == ["batch", *SMALL]
+    assert _metadata(result.path)["rmtdeploy.target"] == "cpu-ort"
+
+
+def test_static_target_fixes_one_input_shape_in_the_tensorrt_form(tmp_path):
+    nano = load_target("jetson-orin-nano")
+    assert nano.static_shapes and nano.max_batch == 1 and nano.backend == "tensorrt"
+    # Arguments that agree with the target are accepted.
+    result = export_onnx(
+        _tiny_cnn(), tmp_path / "m.onnx", target=nano, input_shape=SMALL, batch=1, dynamic_batch=False
+    )
+
+    assert result.target == "jetson-orin-nano" and result.backend == "tensorrt"
+    assert result.opset == nano.opset and result.input_shape == (1, *SMALL) and result.verify_batches == (1,)
+    assert _session(result.path).get_inputs()[0].shape == [1, *SMALL]
+    assert _metadata(result.path)["rmtdeploy.backend"] == "tensorrt"
+
+
+@pytest.mark.parametrize(
+    ("target", "kwargs", "message"),
+    [
+        ("cpu-ort", {"opset": 18}, r"opset=18 conflicts with target 'cpu-ort' \(opset 17\)"),
+        ("cpu-ort", {"backend": "tensorrt"}, "backend='tensorrt' conflicts with target 'cpu-ort'"),
+        ("cpu-ort", {"batch": 65}, r"batch=65 .* \(a dynamic batch up to max_batch 64\)"),
+        ("jetson", {"dynamic_batch": True}, r"dynamic_batch=True .* \(static_shapes: true\)"),
+        ("jetson", {"batch": 4}, r"batch=4 conflicts with target 'jetson-orin-nano'"),
+        ("gpu-fp16", {"dynamic_batch": False, "opset": 19}, "dynamic_batch=False .*; opset=19"),
+    ],
+)
+def test_arguments_conflicting_with_the_target_name_both(tmp_path, target, kwargs, message):
+    with pytest.raises(RmtdeployError, match=message):
+        export_onnx(_tiny_cnn(), tmp_path / "m.onnx", target=target, input_shape=SMALL, **kwargs)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_unknown_target_is_a_user_error(tmp_path):
+    with pytest.raises(RmtdeployError, match="unknown target 'tpu'"):
+        export_onnx(_tiny_cnn(), tmp_path / "m.onnx", target="tpu", input_shape=SMALL)
+
+
+def test_input_size_comes_from_the_models_timm_config(tmp_path):
+    model = timm.create_model(
+        "resnet18", pretrained=False, num_classes=4, pretrained_cfg_overlay={"input_size": (3, 32, 32)}
+    )
+    result = export_onnx(model, tmp_path / "r18.onnx", verify=False)
+
+    assert result.input_shape == ("batch", 3, 32, 32) and result.input_shape_from == "model"
+    assert _session(result.path).get_inputs()[0].shape == ["batch", 3, 32, 32]
+
+
+def test_input_size_follows_a_patch_embedding_built_for_another_size(tmp_path):
+    # timm keeps pretrained_cfg's 224 for a ViT created with img_size=32; the patch embedding knows better.
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=4, depth=1, img_size=32)
+    assert model.pretrained_cfg["input_size"] == (3, 224, 224)
+    result = export_onnx(model, tmp_path / "vit.onnx", target="cpu-ort")
+
+    assert result.input_shape == ("batch", 3, 32, 32) and result.max_abs_diff < 1e-3
+
+
+def test_a_model_without_timm_config_needs_an_input_shape(tmp_path):
+    with pytest.raises(RmtdeployError, match=r"pass input_shape=\(C, H, W\)"):
+        export_onnx(_tiny_cnn(), tmp_path / "m.onnx")

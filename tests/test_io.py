@@ -41,6 +41,6 @@ def test_existing_outputs_need_force_and_checking_creates_nothing(tmp_path):
     check_output_dir(out, ["plan.json"])
     assert not out.exists()
     prepare_output_dir(out, ["plan.json"]).joinpath("plan.json").write_text("{}")
-    with pytest.raises(RmtdeployError, match="--force"):
+    with pytest.raises(RmtdeployError, match=r"allow overwriting \(force\)"):
         check_output_dir(out, ["plan.json"])
     assert prepare_output_dir(out, ["plan.json"], force=True) == out

@@ -92,7 +92,7 @@ def test_missing_or_unreadable_checkpoint_is_a_clear_error(tmp_path):
 def test_pretrained_without_a_reachable_hub_fails_fast_with_advice(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache
-    with pytest.raises(RmtdeployError, match="--checkpoint PATH"):
+    with pytest.raises(RmtdeployError, match="give a local checkpoint"):
         load_model("resnet18", weights="pretrained")
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.io import file_sha256
 from rmtdeploy.pruning import load_pruned, prune_model, save_pruned
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -23,9 +24,9 @@ def resnet():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"keep_macs": 0.0}, "keep_macs must be a fraction in"),
-        ({"keep_macs": -0.2}, "keep_macs must be a fraction in"),
-        ({"keep_params": 1.5}, "keep_params must be a fraction in"),
+        ({"keep_macs": 0.0}, "keep_macs must lie in"),
+        ({"keep_macs": -0.2}, "keep_macs must lie in"),
+        ({"keep_params": 1.5}, "keep_params must lie in"),
         ({"keep_macs": 0.5, "keep_params": 0.5}, "not both"),
         ({}, "give a budget"),
         ({"keep_macs": 0.5, "round_to": 0}, "round_to must be"),
@@ -76,6 +77,12 @@ def test_load_refuses_a_foreign_plan_and_mismatched_weights(tmp_path, resnet):
     plan = json.loads((tmp_path / "plan.json").read_text())
     plan["operations"] = []  # weights are pruned, the replayed architecture is not
     (tmp_path / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(RmtdeployError, match="plan.json changed after its run wrote it"):
+        load_pruned(tmp_path)
+    # Even with the manifest made to agree, the replayed architecture does not take the weights.
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["files"]["plan.json"] = file_sha256(tmp_path / "plan.json")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RmtdeployError, match="does not fit the architecture"):
         load_pruned(tmp_path)
     (tmp_path / "plan.json").write_text(json.dumps({"format": "something-else"}))

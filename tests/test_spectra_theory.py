@@ -20,7 +20,14 @@ from rmtdeploy.spectra.marchenko_pastur import (
     mp_support,
 )
 
-NOISE_SHAPES = [(64, 256), (384, 384), (768, 3072), (3072, 768), (96, 864)]
+# The wide ViT-base shape is covered in `make test-slow`: (64, 256) and (96, 864) are wide already.
+NOISE_SHAPES = [
+    (64, 256),
+    (384, 384),
+    pytest.param((768, 3072), marks=pytest.mark.slow),
+    (3072, 768),
+    (96, 864),
+]
 SIGMA = 0.02
 
 
@@ -111,9 +118,20 @@ def test_channel_signal_energy_finds_the_rows_carrying_the_signal():
     matrix[signal_rows] += 0.2 * direction / direction.norm() * math.sqrt(rows)
     spectrum = analyze_matrix(matrix)
     assert spectrum.spikes >= 1
-    energy = channel_signal_energy(matrix, spectrum.spikes)
+    energy, _ = channel_signal_energy(matrix, spectrum.spikes)
     top = set(torch.topk(energy, len(signal_rows)).indices.tolist())
     assert top == set(signal_rows.tolist())
+
+
+@pytest.mark.parametrize("shape", [(48, 96), (96, 48)])
+def test_channel_signal_energy_is_the_row_and_column_energy_of_the_top_svd_part(shape):
+    matrix = gaussian(shape, 5)
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    signal = (u[:, :3] * s[:3]) @ vh[:3]
+    rows, cols = channel_signal_energy(matrix, 3)
+    assert torch.allclose(rows.double(), signal.pow(2).sum(1), rtol=1e-4, atol=0)
+    assert torch.allclose(cols.double(), signal.pow(2).sum(0), rtol=1e-4, atol=0)
+    assert not any(t.any() for t in channel_signal_energy(matrix, 0))
 
 
 def test_power_law_alpha_recovers_a_pareto_tail():

@@ -81,9 +81,9 @@ def test_rmt_by_default_gives_every_mlp_the_same_width_and_lets_the_spectrum_pic
     assert surviving_planted(result) == len(PLANTED_ROWS)
 
 
-def test_rmt_rejects_an_unknown_allocation(planted_vit):
-    with pytest.raises(RmtdeployError, match="allocation must be one of uniform, global"):
-        get_strategy("rmt", allocation="greedy").prune(planted_vit, keep_macs=0.5)
+def test_rmt_rejects_an_unknown_allocation_before_any_model_is_seen():
+    with pytest.raises(RmtdeployError, match="allocation='greedy': expected one of uniform, global"):
+        get_strategy("rmt", allocation="greedy")
 
 
 def test_magnitude_strategy_is_torch_prunings_group_magnitude(planted_vit):
@@ -129,23 +129,41 @@ def test_dynamic_switches_scoring_by_depth_and_composes_one_replayable_plan(tmp_
         assert torch.equal(loaded.model(x), result.model.eval()(x))
 
 
-def test_dynamic_switches_when_the_evaluator_reports_a_drop():
+def falling_top1(*values: float):
+    """A fake evaluator: the dense model's top-1, then each step's, in call order (the model is ignored)."""
+    calls = iter(values)
+
+    def evaluate(model):
+        assert not model.training
+        return next(calls)
+
+    return evaluate
+
+
+@pytest.fixture(scope="module")
+def tiny_resnet():
+    """timm's test ResNet: a few ms per pruning step. Its layers are narrow, so the tests prune with
+    round_to=1 (multiples of 8 could not meet the small cuts of many geometric steps)."""
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", pretrained=False, pretrained_cfg_overlay=CNN_AT_128).eval()
-    probe = torch.randn(16, 3, 128, 128)
-    with torch.no_grad():
-        reference = model(probe).argmax(1)
+    return timm.create_model("test_resnet", pretrained=False).eval()
 
-    def agreement_top1(candidate):  # % of probe images where the model still predicts the dense class
-        with torch.no_grad():
-            return 100.0 * float((candidate.eval()(probe).argmax(1) == reference).float().mean())
 
-    result = get_strategy("dynamic", steps=2).prune(model, keep_macs=0.6, evaluate=agreement_top1)
+def test_dynamic_switches_to_then_on_the_step_after_the_drop_passes_the_threshold(tiny_resnet):
+    # Drops vs dense: 0.2, 0.5 (at the threshold: no switch), 0.9 (past it) -> steps 4 and 5 switch.
+    evaluate = falling_top1(80.0, 79.8, 79.5, 79.1, 75.0, 70.0)
+    strategy = get_strategy("dynamic", steps=5, drop_threshold=0.5, then="rmt")
+    result = strategy.prune(tiny_resnet, keep_macs=0.5, evaluate=evaluate, round_to=1)
     steps = result.plan["strategy"]["steps"]
-    assert result.plan["strategy"]["dense_top1"] == 100.0
-    assert steps[0]["scoring"] == "magnitude"
-    expected = "hybrid" if 100.0 - steps[0]["top1"] > 0.7 else "magnitude"
-    assert steps[1]["scoring"] == expected
+    assert [s["scoring"] for s in steps] == ["magnitude"] * 3 + ["rmt"] * 2
+    assert [s["top1"] for s in steps] == [79.8, 79.5, 79.1, 75.0, 70.0]
+    assert result.plan["strategy"]["dense_top1"] == 80.0
+
+
+def test_dynamic_keeps_start_while_accuracy_holds_even_past_the_switch_depth(tiny_resnet):
+    evaluate = falling_top1(80.0, 80.0, 79.9, 79.8, 79.7)
+    strategy = get_strategy("dynamic", steps=4, switch_depth=0.0)  # the depth rule alone would switch at once
+    result = strategy.prune(tiny_resnet, keep_macs=0.5, evaluate=evaluate, round_to=1)
+    assert [s["scoring"] for s in result.plan["strategy"]["steps"]] == ["magnitude"] * 4
 
 
 def test_dynamic_distils_after_recalibration_and_before_evaluation_and_records_each_step():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -19,6 +19,7 @@ from rmtdeploy.targets import (
     target_aliases,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 REQUIRED = {"jetson-orin-nano", "jetson-agx-orin", "gpu-fp16", "gpu-int8", "cpu-ort"}
 
 VALID = {
@@ -70,7 +71,8 @@ def test_precision_moves_into_the_onnx_from_tensorrt_11():
 
 def test_int8_and_dla_targets_use_wider_channel_multiples():
     assert load_target("gpu-int8").channel_multiple >= 16
-    dla = [load_target(n) for n in list_targets() if load_target(n).dla]
+    dla = [target for target in map(load_target, list_targets()) if target.dla]
+    assert [t.name for t in dla] == ["jetson-agx-orin-dla"]  # the check below must have something to check
     assert all(t.precision in ("fp16", "int8") and t.static_shapes and t.channel_multiple >= 16 for t in dla)
 
 
@@ -142,12 +144,24 @@ def test_non_mapping_and_broken_yaml_are_user_errors(tmp_path):
         load_target(tmp_path / "missing.yaml")
 
 
+def test_shipped_recipes_are_read_from_the_installed_package(monkeypatch):
+    monkeypatch.delenv("RMTDEPLOY_RECIPES", raising=False)
+    folder = recipes_dir()
+    assert {Path(f.name).stem for f in folder.joinpath("targets").iterdir()} >= REQUIRED
+    # The editable install maps the package onto the repository's top-level recipes/ (one copy only).
+    assert Path(str(folder)).resolve() == REPO / "recipes"
+
+
 def test_env_var_points_at_another_recipes_folder(tmp_path, monkeypatch):
     (tmp_path / "targets").mkdir()
-    shutil.copy(recipes_dir() / "targets" / "cpu-ort.yaml", tmp_path / "targets" / "cpu-ort.yaml")
+    shipped = recipes_dir().joinpath("targets", "cpu-ort.yaml").read_text(encoding="utf-8")
+    (tmp_path / "targets" / "cpu-ort.yml").write_text(shipped, encoding="utf-8")
     monkeypatch.setenv("RMTDEPLOY_RECIPES", str(tmp_path))
     assert list_targets() == ["cpu-ort"]
-    assert load_target("cpu").name == "cpu-ort"
+    assert load_target("cpu").name == "cpu-ort"  # a .yml file is found by name as well
+    (tmp_path / "targets" / "cpu-ort.yaml").write_text(shipped, encoding="utf-8")
+    with pytest.raises(RmtdeployError, match="two files"):
+        list_targets()
 
 
 def test_env_var_without_targets_folder_is_a_user_error(tmp_path, monkeypatch):

@@ -1,57 +1,15 @@
-"""The adapter contract and its registry."""
+"""The adapter contract: what a family's adapter may say about its models (the registry is ``registry.py``)."""
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.models import model_family
-
-ADAPTERS: dict[str, type[ArchitectureAdapter]] = {}
-
-# Adapter modules that register themselves on import.
-_BUILTIN_ADAPTER_MODULES = ("convnext", "hiera", "resnet", "swin", "vit")
-
-
-def register_adapter(*families: str):
-    """Class decorator: ``@register_adapter("vit", "deit")`` makes the adapter serve those families."""
-
-    def wrap(cls):
-        for family in families:
-            ADAPTERS[family] = cls
-        return cls
-
-    return wrap
-
-
-def get_adapter(model: nn.Module) -> ArchitectureAdapter:
-    family = model_family(model)
-    _import_builtin_adapters()
-    if family not in ADAPTERS:
-        known = ", ".join(sorted(ADAPTERS))
-        raise RmtdeployError(
-            f"no pruning adapter for {type(model).__name__} (family '{family}'); known: {known}"
-        )
-    return ADAPTERS[family]()
-
-
-def find_adapter(model: nn.Module) -> ArchitectureAdapter | None:
-    """The model's adapter, or None for a model no adapter serves (stages that work without one)."""
-    _import_builtin_adapters()
-    adapter = ADAPTERS.get(model_family(model))
-    return adapter() if adapter is not None else None
-
-
-def _import_builtin_adapters() -> None:
-    # Adapters register themselves on import; importing here keeps the registry complete.
-    for name in _BUILTIN_ADAPTER_MODULES:
-        importlib.import_module(f"rmtdeploy.adapters.{name}")
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
@@ -68,6 +26,29 @@ class ArchitectureAdapter:
     """
 
     family: str = "other"
+    # Layer types of some variants of the family that this adapter cannot prune -> why (for the user).
+    unsupported_layers: ClassVar[dict[type[nn.Module], str]] = {}
+
+    def check_supported(self, model: nn.Module) -> None:
+        """Raise RmtdeployError, with the reason, for a model of this family the adapter cannot prune.
+
+        Called by ``get_adapter`` before any work, so a variant built from blocks the dependency graph
+        cannot follow is refused in the first seconds rather than failing deep inside pruning. Default: the
+        first module for which :meth:`unsupported_reason` has a reason refuses the model."""
+        for module in model.modules():
+            reason = self.unsupported_reason(module)
+            if reason is not None:
+                cfg = getattr(model, "pretrained_cfg", None) or {}
+                name = cfg.get("architecture") or type(model).__name__
+                raise RmtdeployError(f"cannot prune {name} ({self.family} family): {reason}")
+
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        """Why this adapter cannot prune a model containing ``module``, or None. Default: the reason given
+        for its type in :attr:`unsupported_layers`."""
+        for layer_type, reason in self.unsupported_layers.items():
+            if isinstance(module, layer_type):
+                return reason
+        return None
 
     def example_inputs(self, model: nn.Module, batch: int = 1) -> torch.Tensor:
         """An input of the model's native resolution (timm's pretrained_cfg), for tracing the graph."""

@@ -13,7 +13,8 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 
 from rmtdeploy.adapters._model_attributes import sync_model_widths
-from rmtdeploy.adapters.base import ArchitectureAdapter, register_adapter
+from rmtdeploy.adapters.base import ArchitectureAdapter
+from rmtdeploy.adapters.registry import register_adapter
 
 
 @register_adapter("convnext")

@@ -20,7 +20,7 @@ from rmtdeploy.adapters._attention import (
     forwards_replaced,
 )
 from rmtdeploy.adapters._model_attributes import image_kwargs, layer_norm_width, sync_model_widths
-from rmtdeploy.adapters.base import register_adapter
+from rmtdeploy.adapters.registry import register_adapter
 
 
 @register_adapter("hiera")
@@ -68,9 +68,9 @@ class HieraAdapter(HeadProbingAdapter):
             yield
 
     def export_mode(self, model: nn.Module, backend: str):
-        # kᵀ as timm writes it costs ONNX Runtime 1-3 ms per call in blocks.1 of hiera_tiny on a 2-core EPYC
-        # (a tenth of the model); see attention_scores_for_onnx. TensorRT gets timm's form, which its
-        # attention fusion knows.
+        # kᵀ as timm writes it makes ONNX Runtime transpose k element by element in every attention call, a
+        # sizeable share of the model (see attention_scores_for_onnx; measurements: docs/adapters.md).
+        # TensorRT gets timm's form, which its attention fusion knows.
         if backend != "onnxruntime":
             return super().export_mode(model, backend)
         return forwards_replaced(self._attentions(model), mask_unit_attention_for_onnx)

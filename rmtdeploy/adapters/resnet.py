@@ -2,19 +2,44 @@
 
 The residual groups (every block of a stage shares the stage's stream width with the downsample branch) are
 found by torch-pruning's dependency graph on its own; what is left is the cached final width.
+
+timm builds many variants on the same ``ResNet`` class (``resnet.py``, ``sknet.py``). Those whose extra
+layers the graph cannot follow are refused up front (``check_supported``); the ResNet-D/-T stems,
+squeeze-excite blocks, ResNeXt groups, average-pool anti-aliasing and selective kernels over the whole
+input (``skresnext50_32x4d``) prune as they are.
 """
 
 from __future__ import annotations
 
+from timm.layers import BlurPool2d, CecaModule, EcaModule, SelectiveKernel
 from torch import nn
 
 from rmtdeploy.adapters._model_attributes import sync_model_widths
-from rmtdeploy.adapters.base import ArchitectureAdapter, register_adapter
+from rmtdeploy.adapters.base import ArchitectureAdapter
+from rmtdeploy.adapters.registry import register_adapter
 
 
 @register_adapter("resnet")
 class ResNetAdapter(ArchitectureAdapter):
     family = "resnet"
+    unsupported_layers = {
+        EcaModule: "efficient channel attention (ECA, the eca* variants) mixes neighbouring channels with "
+        "a 1-D convolution across them, which the dependency graph cannot follow",
+        CecaModule: "circular efficient channel attention mixes neighbouring channels with a 1-D "
+        "convolution across them, which the dependency graph cannot follow",
+        BlurPool2d: "blur-pool anti-aliasing (the resnetblur* variants) keeps a filter per channel outside "
+        "any layer the dependency graph prunes",
+        nn.GroupNorm: "GroupNorm (the *_gn variants) normalises channels in fixed groups; removing channels "
+        "would regroup the ones that stay",
+    }
+
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        if isinstance(module, SelectiveKernel) and module.split_input:
+            return (
+                "selective-kernel convolutions that split their input between paths (skresnet18/34/50, "
+                "split_input=True): the split is invisible to the dependency graph"
+            )
+        return super().unsupported_reason(module)
 
     def repair(self, model: nn.Module) -> None:
         # feature_info names the stem activation and the four stages; each one's width is the width of the

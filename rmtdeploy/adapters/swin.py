@@ -25,7 +25,7 @@ from rmtdeploy.adapters._attention import (
     parameters_hidden_from_autograd,
 )
 from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin, layer_norm_width, sync_model_widths
-from rmtdeploy.adapters.base import register_adapter
+from rmtdeploy.adapters.registry import register_adapter
 from rmtdeploy.errors import RmtdeployError
 
 _NEIGHBOURS = 4  # PatchMerging stacks the 2x2 neighbourhood of every output token along channels
@@ -100,8 +100,9 @@ class SwinAdapter(PatchEmbedSizeMixin, HeadProbingAdapter):
         return {**super().customized_pruners(model), PatchMerging: PatchMergingPruner()}
 
     def export_mode(self, model: nn.Module, backend: str):
-        # kᵀ as timm writes it: ~0.15 ms per stage-1 block in ONNX Runtime (see attention_scores_for_onnx).
-        # TensorRT gets timm's form, which its attention fusion knows.
+        # kᵀ as timm writes it makes ONNX Runtime transpose k element by element in every window attention
+        # (see attention_scores_for_onnx; measurements: docs/adapters.md). TensorRT gets timm's form, which
+        # its attention fusion knows.
         if backend != "onnxruntime":
             return super().export_mode(model, backend)
         attentions = [m for m in model.modules() if isinstance(m, WindowAttention)]

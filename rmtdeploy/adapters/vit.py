@@ -7,11 +7,13 @@ gammas); and timm's ``Attention`` caches ``num_heads``, ``head_dim``, ``attn_dim
 
 from __future__ import annotations
 
-from timm.layers import Attention, LayerScale
+from timm.layers import Attention, AttentionPoolLatent, HybridEmbed, LayerScale, RmsNorm
+from timm.models.vision_transformer import ParallelScalingBlock
 from torch import nn
 
 from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin, sync_model_widths
-from rmtdeploy.adapters.base import ArchitectureAdapter, register_adapter
+from rmtdeploy.adapters.base import ArchitectureAdapter
+from rmtdeploy.adapters.registry import register_adapter
 
 # Bare parameters of VisionTransformer(Distilled) shaped (1, tokens, embed_dim): the embedding width is dim 2.
 _TOKEN_PARAMETERS = ("pos_embed", "cls_token", "reg_token", "dist_token")
@@ -20,6 +22,16 @@ _TOKEN_PARAMETERS = ("pos_embed", "cls_token", "reg_token", "dist_token")
 @register_adapter("vit", "deit")
 class VisionTransformerAdapter(PatchEmbedSizeMixin, ArchitectureAdapter):
     family = "vit"
+    # Variants timm builds on the same VisionTransformer class whose layers the graph cannot follow.
+    unsupported_layers = {
+        HybridEmbed: "hybrid ViT: a CNN backbone (HybridEmbed) replaces the patch embedding, and the adapter "
+        "knows only the plain patch embedding",
+        AttentionPoolLatent: "attention pooling head (global_pool='map', e.g. SigLIP): its latent query "
+        "and per-head reshapes are not tracked",
+        ParallelScalingBlock: "parallel-scaling blocks (the *_xp variants) fuse qkv and the MLP into one "
+        "projection, whose heads the adapter cannot find",
+        RmsNorm: "RMSNorm layers keep their scale as a bare parameter the dependency graph does not prune",
+    }
 
     def attention_heads(self, model: nn.Module) -> dict[nn.Module, int]:
         return {m.qkv: m.num_heads for m in model.modules() if isinstance(m, Attention)}

@@ -224,7 +224,7 @@ def model_input_spec(model: nn.Module) -> dict:
     channels, mean and std (timm's data config)."""
     import timm.data
 
-    from rmtdeploy.adapters.base import find_adapter
+    from rmtdeploy.adapters import find_adapter
 
     config = timm.data.resolve_data_config({}, model=model)
     adapter = find_adapter(model)

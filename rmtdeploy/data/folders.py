@@ -34,7 +34,7 @@ def image_folder_loader(
     config = timm.data.resolve_data_config({}, model=model)
     transform = timm.data.create_transform(**config, is_training=train)
     try:
-        dataset = ImageFolder(str(root), transform=transform)
+        dataset = ImageFolder(str(root), transform=transform, loader=read_rgb_image)
     except (FileNotFoundError, RuntimeError) as exc:
         raise RmtdeployError(
             f"{root} is not an ImageFolder (root/<class>/<image>): {str(exc).splitlines()[0]}"
@@ -43,6 +43,19 @@ def image_folder_loader(
         step = len(dataset) / max_images
         dataset = torch.utils.data.Subset(dataset, [int(i * step) for i in range(max_images)])
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers)
+
+
+def read_rgb_image(path: str):
+    """An image file as RGB (greyscale and palette files are converted); an unreadable or truncated file
+    is a clear error that names it, not a crash inside the DataLoader."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")  # convert() decodes the whole file: truncation shows
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise RmtdeployError(f"cannot read image {path}: {reason}") from exc
 
 
 def input_batches(loader):

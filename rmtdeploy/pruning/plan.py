@@ -1,12 +1,17 @@
 """The pruning plan (plain JSON), and saving / rebuilding a pruned model from it.
 
-A pruned model is stored as ``plan.json`` + ``model.safetensors``: no pickles. ``load_pruned`` builds the dense
-architecture with timm (random init), replays the plan's operations through the dependency graph with the
-same adapter, repairs cached attributes, then loads the weights strictly.
+A pruned model is stored as ``plan.json`` + ``model.safetensors`` (+ the stage's ``report.json``) in one
+output folder (:class:`rmtdeploy.io.OutputFolder`): no pickles. The plan records the sha256 of its
+weights, so weights from another run with equal shapes are refused. ``load_pruned`` builds the dense
+architecture with timm (random init), replays the plan's operations through the dependency graph with
+the same adapter, repairs cached attributes, then loads the weights strictly.
+
+Every plan is made here: :func:`build_plan` for one pruning pass, :func:`compose_plans` for a sequence.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -16,30 +21,50 @@ from typing import Any
 import timm
 import torch
 import torch_pruning as tp
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from rmtdeploy.adapters.base import get_adapter
+from rmtdeploy.adapters import get_adapter
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.io import atomic_save, atomic_write_text, prepare_output_dir
+from rmtdeploy.io import OutputFolder, verify_output_folder
 from rmtdeploy.models import model_family, state_dict_mismatch
 from rmtdeploy.pruning.graph import apply_operations, build_dependency_graph
 from rmtdeploy.pruning.result import PruneResult
 
 PLAN_FORMAT = "rmtdeploy-pruning-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the plan holds its weights' sha256; folders carry a manifest
 PLAN_FILE = "plan.json"
 WEIGHTS_FILE = "model.safetensors"
+PRUNED_FILES = (WEIGHTS_FILE, PLAN_FILE)
+# Stages whose output folder holds a pruned model that ``load_pruned`` reads.
+PRUNED_MODEL_STAGES = ("prune", "finetune")
+_REQUIRED_FIELDS = (
+    "model", "family", "create_kwargs", "input_size", "operations", "widths", "heads", "macs", "params",
+    "weights_sha256",
+)  # fmt: skip
 
 
 def save_pruned(directory: str | os.PathLike, result: PruneResult, *, force: bool = False) -> Path:
-    """Write ``model.safetensors`` and ``plan.json`` into ``directory`` (each atomically); returns the dir."""
-    out = prepare_output_dir(directory, (WEIGHTS_FILE, PLAN_FILE), force=force)
+    """Write ``model.safetensors`` and ``plan.json`` into ``directory`` as one unit; returns the dir."""
+    with OutputFolder(directory, PRUNED_FILES, force=force, stage="prune") as folder:
+        write_pruned(folder, result)
+        folder.commit()
+    return Path(directory)
+
+
+def write_pruned(folder: OutputFolder, result: PruneResult) -> str:
+    """Stage the weights and the plan (tied by the weights' sha256) in ``folder``; returns the hash."""
+    import hashlib
+
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in result.model.state_dict().items()}
-    metadata = {"format": "pt", "plan_format": PLAN_FORMAT, "model": str(result.plan["model"])}
-    atomic_save(out / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=metadata))
-    atomic_write_text(out / PLAN_FILE, plan_to_json(result.plan))
-    return out
+    # One metadata key: safetensors writes its metadata map in hash order, so more keys would make two
+    # identical runs differ byte-wise. What the weights are is in the plan, tied by the hash.
+    weights = safetensors_bytes(state, metadata={"format": "pt"})
+    digest = hashlib.sha256(weights).hexdigest()
+    folder.write_bytes(WEIGHTS_FILE, weights)
+    folder.write_text(PLAN_FILE, plan_to_json({**result.plan, "weights_sha256": digest}))
+    return digest
 
 
 def plan_to_json(plan: dict[str, Any]) -> str:
@@ -52,6 +77,7 @@ _NUMBER_LIST = re.compile(r"\[\s+([-\d.,\s]+?)\s+\]")
 
 
 def read_plan(directory: str | os.PathLike) -> dict[str, Any]:
+    """The plan of a pruned-model folder, with its format, version and fields checked."""
     path = Path(directory) / PLAN_FILE
     if not path.is_file():
         raise RmtdeployError(f"no {PLAN_FILE} in {directory}: not a pruned-model directory")
@@ -65,17 +91,31 @@ def read_plan(directory: str | os.PathLike) -> dict[str, Any]:
         raise RmtdeployError(
             f"{path} has plan version {plan.get('version')}; this rmtdeploy reads {PLAN_VERSION}"
         )
+    missing = [key for key in _REQUIRED_FIELDS if key not in plan]
+    for key in ("macs", "params"):
+        if isinstance(plan.get(key), dict):
+            missing += [f"{key}.{side}" for side in ("dense", "pruned") if side not in plan[key]]
+    if missing:
+        raise RmtdeployError(f"{path} lacks the field(s) {', '.join(missing)}")
     return plan
 
 
 def load_pruned(directory: str | os.PathLike) -> PruneResult:
     """Rebuild the pruned model saved by ``save_pruned`` (eval mode) with its plan and costs."""
+    if not Path(directory).is_dir():
+        raise RmtdeployError(f"pruned-model directory not found: {directory}")
     plan = read_plan(directory)
+    manifest = verify_output_folder(directory, PRUNED_MODEL_STAGES)
     weights = Path(directory) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise RmtdeployError(f"no {WEIGHTS_FILE} in {directory}")
+    if manifest["files"].get(WEIGHTS_FILE) != plan["weights_sha256"]:
+        raise RmtdeployError(
+            f"{weights} is not the file {PLAN_FILE} was written with (sha256 differs): weights from another run"
+        )
     model = rebuild_pruned_architecture(plan)
-    state = load_file(str(weights))
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors' own error types
+        raise RmtdeployError(f"cannot read {weights}: {str(exc).splitlines()[0][:200]}") from exc
     problem = state_dict_mismatch(model, state)
     if problem:
         raise RmtdeployError(f"{weights} does not fit the architecture in its plan: {problem}")
@@ -126,7 +166,11 @@ def build_plan(
     pruned_heads: dict[str, int],
     macs: tuple[int, int],
     params: tuple[int, int],
+    strategy: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The plan of one pruning pass. ``strategy``: the strategy's record (name, knobs, steps);
+    ``provenance``: facts of the run the pruner does not know (weights source, target, calibration)."""
     return {
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
@@ -142,8 +186,25 @@ def build_plan(
         },
         "macs": {"dense": macs[0], "pruned": macs[1]},
         "params": {"dense": params[0], "pruned": params[1]},
+        "strategy": strategy,
+        **(provenance or {}),
         "versions": {"timm": timm.__version__, "torch_pruning": tp.__version__, "torch": torch.__version__},
     }
+
+
+def compose_plans(plans: list[dict[str, Any]], strategy: dict[str, Any]) -> dict[str, Any]:
+    """One plan equivalent to applying ``plans`` in order (a progressive strategy's steps): operations
+    concatenated, dense side from the first, pruned side from the last, ``strategy`` the whole run's."""
+    first, last = plans[0], plans[-1]
+    composed = copy.deepcopy(last)
+    composed["operations"] = [op for plan in plans for op in plan["operations"]]
+    composed["widths"]["dense"] = first["widths"]["dense"]
+    for name, heads in composed["heads"].items():
+        heads["dense"] = first["heads"][name]["dense"]
+    composed["macs"]["dense"] = first["macs"]["dense"]
+    composed["params"]["dense"] = first["params"]["dense"]
+    composed["strategy"] = strategy
+    return composed
 
 
 def layer_report(plan: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

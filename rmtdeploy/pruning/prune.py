@@ -6,12 +6,13 @@ import copy
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from rmtdeploy.adapters.base import ArchitectureAdapter, get_adapter
+from rmtdeploy.adapters import ArchitectureAdapter, get_adapter
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.models import model_family
 from rmtdeploy.pruning.allocate import WidthAllocator, WidthRules, Widths, search_widths
@@ -50,6 +51,8 @@ def prune_model(
     pruning_ratio_dict: Mapping[RatioKey, float] | None = None,
     example_inputs: torch.Tensor | None = None,
     model_name: str | None = None,
+    strategy: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> PruneResult:
     """Remove channels and whole attention heads from a copy of ``model`` (``model`` itself is untouched).
 
@@ -62,96 +65,127 @@ def prune_model(
     ``round_to`` and at least ``min_channels`` per layer; heads keep their head_dim (at least one head stays).
     ``head_rounding``: at a ratio r a unit of h heads loses floor(r·h) heads (default: a head goes only when
     r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
-    ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``.
+    ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``. ``strategy`` and ``provenance``
+    go into the plan as they are (see :func:`rmtdeploy.pruning.plan.build_plan`).
     """
-    _check_arguments(
-        keep_macs, keep_params, round_to, min_channels, head_rounding, global_pruning, pruning_ratio_dict
+    check_pruning_arguments(
+        keep_macs=keep_macs,
+        keep_params=keep_params,
+        round_to=round_to,
+        min_channels=min_channels,
+        head_rounding=head_rounding,
+        global_pruning=global_pruning,
+        pruning_ratio_dict=pruning_ratio_dict,
     )
     adapter = get_adapter(model)
     model_name = model_name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if not model_name:
         raise RmtdeployError("cannot tell the timm name of this model (no pretrained_cfg); pass model_name")
-    if importance is None:
-        importance = tp.importance.GroupMagnitudeImportance(p=2)
-    device = next(model.parameters()).device
-    if example_inputs is None:
-        example_inputs = adapter.example_inputs(model)
-    example_inputs = example_inputs.to(device)
+    importance = importance or tp.importance.GroupMagnitudeImportance(p=2)
+    example_inputs = adapter.example_inputs(model) if example_inputs is None else example_inputs
+    example_inputs = example_inputs.to(next(model.parameters()).device)
+    dense, units, scoring_s = _scored_units(model, adapter, importance, example_inputs, model_name)
+    dense_cost = count_macs_params(dense, example_inputs)
+    rules = WidthRules(
+        round_to=round_to,
+        min_channels=min_channels,
+        prune_heads=prune_heads,
+        head_rounding=head_rounding,
+        global_pruning=global_pruning,
+    )
+    allocator = WidthAllocator(units, rules, _base_ratios(model, units, pruning_ratio_dict))
+    builder = _TrialBuilder(dense, adapter, units, example_inputs)
+    candidate, factor = _meet_budget(builder, allocator, keep_macs, keep_params, dense_cost)
+    candidate.model.train(model.training)
+    settings = {
+        **_rule_settings(rules),
+        "importance": type(importance).__name__,
+        "budget": _budget_json(keep_macs, keep_params),
+        "factor": round(float(factor), 6),
+    }
+    plan = _plan(
+        model_name, dense, candidate, adapter, example_inputs, dense_cost, settings, strategy, provenance
+    )
+    result = PruneResult(candidate.model, plan, *_pairs(dense_cost, candidate))
+    result.timings["scores_s"] = scoring_s
+    return result
 
+
+def _pairs(dense_cost: tuple[int, int], candidate: _Trial) -> tuple[int, int, int, int]:
+    """(dense MACs, pruned MACs, dense params, pruned params), PruneResult's order."""
+    return dense_cost[0], candidate.macs, dense_cost[1], candidate.params
+
+
+def _rule_settings(rules: WidthRules) -> dict[str, Any]:
+    keys = ("round_to", "min_channels", "prune_heads", "head_rounding", "global_pruning")
+    return {key: getattr(rules, key) for key in keys}
+
+
+def _plan(
+    model_name, dense, candidate, adapter, example_inputs, dense_cost, settings, strategy, provenance
+) -> dict[str, Any]:
+    return build_plan(
+        model_name=model_name,
+        family=model_family(dense),
+        create_kwargs=adapter.create_kwargs(dense),
+        input_size=list(example_inputs.shape[1:]),
+        settings=settings,
+        operations=candidate.operations,
+        dense_widths=layer_widths(dense),
+        pruned_widths=layer_widths(candidate.model),
+        dense_heads=attention_heads_by_block(dense, adapter),
+        pruned_heads=attention_heads_by_block(candidate.model, adapter),
+        macs=(dense_cost[0], candidate.macs),
+        params=(dense_cost[1], candidate.params),
+        strategy=strategy,
+        provenance=provenance,
+    )
+
+
+def _scored_units(model, adapter, importance, example_inputs, model_name):
+    """A dense copy of ``model``, its prunable units scored by ``importance``, and the scoring time."""
+    dense = _dense_copy(model)
+    graph = build_dependency_graph(dense, adapter, example_inputs)
+    started = time.perf_counter()
+    units = discover_units(graph, dense, adapter, importance)
+    if not units:
+        raise RmtdeployError(
+            f"found no prunable channels in {model_name} (the dependency graph has no groups)"
+        )
+    return dense, units, time.perf_counter() - started
+
+
+def _dense_copy(model: nn.Module) -> nn.Module:
     dense = copy.deepcopy(model).eval()
     # Gradient importances (TP's Taylor, Hessian) read ``.grad``, which deepcopy drops: carry it over.
     for source, target in zip(model.parameters(), dense.parameters(), strict=True):
         if source.grad is not None:
             target.grad = source.grad.detach().clone()
-    graph = build_dependency_graph(dense, adapter, example_inputs)
-    started = time.perf_counter()
-    units = discover_units(graph, dense, adapter, importance)
-    scoring_s = time.perf_counter() - started
-    if not units:
-        raise RmtdeployError(
-            f"found no prunable channels in {model_name} (the dependency graph has no groups)"
-        )
-    dense_macs, dense_params = count_macs_params(dense, example_inputs)
-    base_ratios = _base_ratios(model, units, pruning_ratio_dict)
-    allocator = WidthAllocator(
-        units,
-        WidthRules(
-            round_to=round_to,
-            min_channels=min_channels,
-            prune_heads=prune_heads,
-            head_rounding=head_rounding,
-            global_pruning=global_pruning,
-        ),
-        base_ratios,
-    )
-    builder = _TrialBuilder(dense, adapter, units, example_inputs)
+    return dense
 
+
+def _meet_budget(
+    builder: _TrialBuilder,
+    allocator: WidthAllocator,
+    keep_macs: float | None,
+    keep_params: float | None,
+    dense_cost: tuple[int, int],
+) -> tuple[_Trial, float]:
+    """The trial whose MACs (or params) meet the budget, and its factor; no budget: the ratios as given."""
     if keep_macs is None and keep_params is None:
-        candidate = builder.build(allocator.widths(1.0))
-        factor = 1.0
-    else:
-        metric, keep = ("MACs", keep_macs) if keep_macs is not None else ("params", keep_params)
-        dense_value = dense_macs if metric == "MACs" else dense_params
-        found = search_widths(
-            allocator,
-            lambda widths: builder.measure(widths, metric, dense_value * keep),
-            dense_value=dense_value,
-            target=dense_value * keep,
-            aim=_TARGET_AIM,
-            tolerance=TARGET_TOLERANCE,
-            metric_name=metric,
-        )
-        candidate = builder.build(found.widths)
-        factor = found.factor
-
-    pruned = candidate.model.train(model.training)
-    settings = {
-        "round_to": round_to,
-        "min_channels": min_channels,
-        "prune_heads": prune_heads,
-        "head_rounding": head_rounding,
-        "global_pruning": global_pruning,
-        "importance": type(importance).__name__,
-        "budget": _budget_json(keep_macs, keep_params),
-        "factor": round(float(factor), 6),
-    }
-    plan = build_plan(
-        model_name=model_name,
-        family=model_family(model),
-        create_kwargs=adapter.create_kwargs(model),
-        input_size=list(example_inputs.shape[1:]),
-        settings=settings,
-        operations=candidate.operations,
-        dense_widths=layer_widths(dense),
-        pruned_widths=layer_widths(pruned),
-        dense_heads=attention_heads_by_block(dense, adapter),
-        pruned_heads=attention_heads_by_block(pruned, adapter),
-        macs=(dense_macs, candidate.macs),
-        params=(dense_params, candidate.params),
+        return builder.build(allocator.widths(1.0)), 1.0
+    metric, keep = ("MACs", keep_macs) if keep_macs is not None else ("params", keep_params)
+    dense_value = dense_cost[0] if metric == "MACs" else dense_cost[1]
+    found = search_widths(
+        allocator,
+        lambda widths: builder.measure(widths, metric, dense_value * keep),
+        dense_value=dense_value,
+        target=dense_value * keep,
+        aim=_TARGET_AIM,
+        tolerance=TARGET_TOLERANCE,
+        metric_name=metric,
     )
-    result = PruneResult(pruned, plan, dense_macs, candidate.macs, dense_params, candidate.params)
-    result.timings["scores_s"] = scoring_s
-    return result
+    return builder.build(found.widths), found.factor
 
 
 @dataclass
@@ -201,25 +235,33 @@ class _TrialBuilder:
         return value
 
 
-def _check_arguments(
-    keep_macs, keep_params, round_to, min_channels, head_rounding, global_pruning, pruning_ratio_dict
+def check_pruning_arguments(
+    *,
+    keep_macs: float | None = None,
+    keep_params: float | None = None,
+    round_to: int = 8,
+    min_channels: int = 8,
+    head_rounding: str = "floor",
+    global_pruning: bool = False,
+    pruning_ratio_dict: Mapping | None = None,
 ) -> None:
+    """The rules of :func:`prune_model`'s arguments, callable before any model is built."""
     if keep_macs is not None and keep_params is not None:
         raise RmtdeployError("give keep_macs or keep_params, not both")
     if keep_macs is None and keep_params is None and not pruning_ratio_dict:
         raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
     for name, keep in (("keep_macs", keep_macs), ("keep_params", keep_params)):
-        if keep is not None and not 0 < keep <= 1:
-            raise RmtdeployError(f"{name} must be a fraction in (0, 1], got {keep}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise RmtdeployError(f"round_to must be a positive integer, got {round_to}")
-    if not isinstance(min_channels, int) or min_channels < 1:
-        raise RmtdeployError(
-            f"min_channels must be a positive integer (a layer is never emptied), got {min_channels}"
-        )
+        if keep is not None and (
+            not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0 < keep <= 1
+        ):
+            raise RmtdeployError(f"{{param}} must lie in (0, 1], got {keep!r}", param=name)
+    for name, value in (("round_to", round_to), ("min_channels", min_channels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RmtdeployError(f"{{param}} must be a positive integer, got {value!r}", param=name)
     if head_rounding not in HEAD_ROUNDINGS:
         raise RmtdeployError(
-            f"head_rounding must be one of {', '.join(HEAD_ROUNDINGS)}, got '{head_rounding}'"
+            f"{{param}} must be one of {', '.join(HEAD_ROUNDINGS)}, got '{head_rounding}'",
+            param="head_rounding",
         )
     if global_pruning and pruning_ratio_dict:
         raise RmtdeployError(

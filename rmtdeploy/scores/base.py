@@ -1,14 +1,16 @@
-"""Strategies: importance plug-ins behind a registry keyed by their CLI name.
+"""Strategies: importance plug-ins, keyed by their CLI name in ``rmtdeploy.scores.registry``.
 
 A strategy turns a model and a budget into what the shared pruner needs — an importance (scores per
 channel group, torch-pruning's ``Importance`` protocol), optionally per-layer ratios and global ranking —
-and runs the pruner. Adding a strategy is one new module with one ``@register_strategy`` line.
+and runs the pruner. Adding a strategy is one new module with one ``@register_strategy`` line, imported by
+``rmtdeploy/scores/__init__.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -19,36 +21,7 @@ from torch_pruning.pruner import function
 
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.scores.channel_spectra import ChannelSpectra
-
-STRATEGIES: dict[str, type[Strategy]] = {}
-
-
-def register_strategy(name: str):
-    def wrap(cls):
-        cls.name = name
-        STRATEGIES[name] = cls
-        return cls
-
-    return wrap
-
-
-def get_strategy(name: str, **knobs: Any) -> Strategy:
-    """Build a registered strategy; unknown names and knobs are user errors with the valid choices."""
-    _import_builtin_strategies()
-    if name not in STRATEGIES:
-        raise RmtdeployError(f"unknown strategy '{name}'; choose one of: {', '.join(sorted(STRATEGIES))}")
-    cls = STRATEGIES[name]
-    valid = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(knobs) - valid)
-    if unknown:
-        raise RmtdeployError(
-            f"strategy '{name}' has no knob {', '.join(unknown)}; knobs: {', '.join(sorted(valid)) or 'none'}"
-        )
-    return cls(**knobs)
-
-
-def _import_builtin_strategies() -> None:
-    from rmtdeploy.scores import dynamic, edge_budget, hybrid, magnitude, rmt  # noqa: F401
+from rmtdeploy.scores.knobs import coerce_knob
 
 
 @dataclass
@@ -62,15 +35,49 @@ class PrunerSettings:
 
 @dataclass
 class Strategy:
-    """Base: one pruning pass with the settings from :meth:`settings`. Knobs are dataclass fields."""
+    """Base: one pruning pass with the settings from :meth:`settings`.
+
+    Knobs are the dataclass fields a caller may set (``init`` fields; internal state is ``init=False``).
+    Their annotations are their types: values are converted to them when the strategy is built, then
+    :meth:`check_knobs` checks their ranges, so a bad knob fails before any model is loaded.
+
+    What a strategy supports is declared here, so callers never switch on its name:
+    ``takes_finetune_hook`` — ``prune`` runs between pruning steps and accepts ``finetune=`` (a callable
+    that fine-tunes the model after each step) and ``evaluate=`` (a callable giving top-1 in %);
+    ``steps`` — how many pruning passes ``prune`` makes (1 for a one-shot strategy).
+    """
 
     name: ClassVar[str] = "base"
+    takes_finetune_hook: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for knob in self.knob_names():
+            setattr(self, knob, coerce_knob(self.name, knob, getattr(self, knob), hints[knob]))
+        self.check_knobs()
+
+    def check_knobs(self) -> None:
+        """Range checks of the (already typed) knob values; raise through :meth:`require`."""
+
+    def require(self, holds: bool, knob: str, expected: str) -> None:
+        """A knob check: when ``holds`` is false, a user error naming the strategy, the knob and its value."""
+        if not holds:
+            raise RmtdeployError(f"strategy '{self.name}' knob {knob}={getattr(self, knob)!r}: {expected}")
+
+    @classmethod
+    def knob_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @property
+    def steps(self) -> int:
+        """Pruning passes :meth:`prune` makes: 1 for a one-shot strategy (progressive ones override it)."""
+        return 1
 
     def settings(self, model: nn.Module, keep: float) -> PrunerSettings:
         raise NotImplementedError
 
     def knobs(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {knob: getattr(self, knob) for knob in self.knob_names()}
 
     def prune(
         self,
@@ -95,12 +102,12 @@ class Strategy:
             keep_params=keep_params,
             global_pruning=settings.global_pruning,
             pruning_ratio_dict=settings.pruning_ratio_dict,
+            strategy={"name": self.name, "knobs": self.knobs()},
             **pruner_options,
         )
         result.timings["spectra_s"] = spectra_s
         if calibration_batches is not None:
             recalibrate_batchnorm(result.model, calibration_batches)
-        result.plan["strategy"] = {"name": self.name, "knobs": self.knobs()}
         return result
 
 

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rmtdeploy.spectra import SpectralFitConfig, analyze_model, weight_matrices
+from rmtdeploy.adapters import get_adapter
+from rmtdeploy.scores.norm_scales import norm_channel_scales
+from rmtdeploy.spectra import (
+    LayerSpectrum,
+    SpectralFitConfig,
+    WeightMatrix,
+    analyze_model,
+    channel_signal_energy,
+    weight_matrices,
+)
 from rmtdeploy.spectra.analysis import STATUS_OK
 
 # Asymptotic one-sample Kolmogorov–Smirnov critical value at the 99% level: D·√n above it rejects.
@@ -62,31 +71,6 @@ def _scaled(signal: torch.Tensor, energy: torch.Tensor, scale: torch.Tensor | No
     return signal * scale.pow(2), energy * scale.pow(2)
 
 
-def signal_energies(matrix: torch.Tensor, spikes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, column) squared norms of the rank-``spikes`` signal part of ``matrix``.
-
-    Uses the eigenvectors of the smaller Gram matrix (float64): exact for the top directions, and far
-    cheaper than a full SVD of a 3072×768 matrix.
-    """
-    rows, cols = matrix.shape
-    if spikes <= 0:
-        return torch.zeros(rows), torch.zeros(cols)
-    w = matrix.double()
-    if cols <= rows:
-        eigenvalues, vectors = torch.linalg.eigh(w.T @ w)
-        v_top = vectors[:, -spikes:]  # right singular vectors, ascending order is fine for energies
-        s2_top = eigenvalues[-spikes:].clamp_min(0)
-        row_signal = (w @ v_top).pow(2).sum(1)
-        col_signal = (v_top.pow(2) * s2_top).sum(1)
-    else:
-        eigenvalues, vectors = torch.linalg.eigh(w @ w.T)
-        u_top = vectors[:, -spikes:]
-        s2_top = eigenvalues[-spikes:].clamp_min(0)
-        row_signal = (u_top.pow(2) * s2_top).sum(1)
-        col_signal = (u_top.T @ w).pow(2).sum(0)
-    return row_signal.float(), col_signal.float()
-
-
 def channel_spectra_by_module(
     model: nn.Module, config: SpectralFitConfig | None = None, *, norm_scales: bool = False
 ) -> dict[str, ChannelSpectra]:
@@ -96,63 +80,62 @@ def channel_spectra_by_module(
     ``norm_scales``: also record how norm layers rescale each module's channels (one forward pass).
     """
     scales = _norm_scales(model) if norm_scales else {}
-    matrices = weight_matrices(model)
-    spectra = analyze_model(model, config)
     modules = dict(model.named_modules())
-    parts: dict[str, list] = {}
-    for item, spectrum in zip(matrices, spectra, strict=True):
+    parts: dict[str, list[tuple[WeightMatrix, LayerSpectrum]]] = {}
+    for item, spectrum in zip(weight_matrices(model), analyze_model(model, config), strict=True):
         parts.setdefault(item.module_name, []).append((item, spectrum))
+    return {
+        name: _module_channel_spectra(modules[name].weight.detach().float(), blocks, scales.get(name, {}))
+        for name, blocks in parts.items()
+    }
 
-    out = {}
-    for name, blocks in parts.items():
-        weight = modules[name].weight.detach().float()
-        in_channels = weight.shape[1]
-        taps = weight[0].numel() // in_channels  # kernel positions per input channel (1 for Linear)
-        row_signal, row_energy = [], []
-        col_signal = torch.zeros(in_channels)
-        col_energy = weight.reshape(weight.shape[0], in_channels, taps).pow(2).sum((0, 2))
-        energy_above = total = 0.0
-        spikes = directions = 0
-        alphas = []
-        fitted = False
-        bulk_is_mp = True
-        for item, spectrum in blocks:
-            ok = spectrum.status == STATUS_OK
-            fitted |= ok
-            k = spectrum.spikes if ok else 0
-            rows_signal, cols_signal = signal_energies(item.matrix, k)
-            row_signal.append(rows_signal)
-            row_energy.append(item.matrix.pow(2).sum(1))
-            col_signal += cols_signal.reshape(in_channels, taps).sum(1)
-            block_energy = float(item.matrix.double().pow(2).sum())
-            total += block_energy
-            energy_above += (spectrum.ser or 0.0) * block_energy
-            spikes += k
-            directions += min(item.matrix.shape)
-            if spectrum.alpha is not None:
-                alphas.append(spectrum.alpha)
-            if ok:
-                bulk_is_mp &= spectrum.ks <= KS_CRITICAL_99 / math.sqrt(min(item.matrix.shape) - k)
-        out[name] = ChannelSpectra(
-            fitted=fitted,
-            row_signal=torch.cat(row_signal),
-            row_energy=torch.cat(row_energy),
-            col_signal=col_signal,
-            col_energy=col_energy,
-            ser=energy_above / total if total > 0 else 0.0,
-            spikes=spikes,
-            signal_fraction=spikes / directions if directions else 0.0,
-            alpha=sum(alphas) / len(alphas) if alphas else None,
-            bulk_is_mp=bulk_is_mp,
-            row_scale=scales.get(name, {}).get("rows"),
-            col_scale=scales.get(name, {}).get("cols"),
-        )
-    return out
+
+def _module_channel_spectra(
+    weight: torch.Tensor, blocks: list[tuple[WeightMatrix, LayerSpectrum]], scales: dict[str, torch.Tensor]
+) -> ChannelSpectra:
+    """One module's channel view from the spectra of its blocks (one, or q/k/v of a fused projection)."""
+    in_channels = weight.shape[1]
+    taps = weight[0].numel() // in_channels  # kernel positions per input channel (1 for Linear)
+    row_signal, row_energy = [], []
+    col_signal = torch.zeros(in_channels)
+    energy_above = total = 0.0
+    spikes = directions = 0
+    alphas = []
+    fitted = False
+    bulk_is_mp = True
+    for item, spectrum in blocks:
+        ok = spectrum.status == STATUS_OK
+        fitted |= ok
+        k = spectrum.spikes if ok else 0
+        rows_signal, cols_signal = channel_signal_energy(item.matrix, k)
+        row_signal.append(rows_signal)
+        row_energy.append(item.matrix.pow(2).sum(1))
+        col_signal += cols_signal.reshape(in_channels, taps).sum(1)
+        block_energy = float(item.matrix.double().pow(2).sum())
+        total += block_energy
+        energy_above += (spectrum.ser or 0.0) * block_energy
+        spikes += k
+        directions += min(item.matrix.shape)
+        if spectrum.alpha is not None:
+            alphas.append(spectrum.alpha)
+        if ok:
+            bulk_is_mp &= spectrum.ks <= KS_CRITICAL_99 / math.sqrt(min(item.matrix.shape) - k)
+    return ChannelSpectra(
+        fitted=fitted,
+        row_signal=torch.cat(row_signal),
+        row_energy=torch.cat(row_energy),
+        col_signal=col_signal,
+        col_energy=weight.reshape(weight.shape[0], in_channels, taps).pow(2).sum((0, 2)),
+        ser=energy_above / total if total > 0 else 0.0,
+        spikes=spikes,
+        signal_fraction=spikes / directions if directions else 0.0,
+        alpha=sum(alphas) / len(alphas) if alphas else None,
+        bulk_is_mp=bulk_is_mp,
+        row_scale=scales.get("rows"),
+        col_scale=scales.get("cols"),
+    )
 
 
 def _norm_scales(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    from rmtdeploy.adapters.base import get_adapter
-    from rmtdeploy.scores.norm_scales import norm_channel_scales
-
     device = next(model.parameters()).device
     return norm_channel_scales(model, get_adapter(model).example_inputs(model).to(device))

@@ -18,30 +18,43 @@ plan's ``strategy.steps``. Pick it when data is at hand and the target is aggres
 
 from __future__ import annotations
 
-import copy
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.scores.base import Strategy, get_strategy, register_strategy
+from rmtdeploy.pruning.plan import compose_plans
+from rmtdeploy.scores.base import Strategy
+from rmtdeploy.scores.registry import STRATEGIES, get_strategy, register_strategy
 
 
 @register_strategy("dynamic")
 @dataclass
 class DynamicThresholdStrategy(Strategy):
+    takes_finetune_hook: ClassVar[bool] = True
+
     steps: int = 4
     start: str = "magnitude"
     then: str = "hybrid"
     drop_threshold: float = 0.7  # top-1 points lost (vs dense) that trigger the switch
     switch_depth: float = 0.2  # without an evaluator: switch once 1 − keep exceeds this
-    history: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
+    # The last run's per-step record (what the plan's ``strategy.steps`` holds): state, not a knob.
+    history: list[dict[str, Any]] = field(default_factory=list, init=False, repr=False, compare=False)
 
-    def knobs(self) -> dict[str, Any]:
-        return {k: v for k, v in super().knobs().items() if k != "history"}
+    def check_knobs(self) -> None:
+        self.require(self.steps >= 1, "steps", "must be >= 1")
+        # Each step is one pass of a one-shot strategy; a progressive one (like this) cannot be a step.
+        one_shot = sorted(name for name, cls in STRATEGIES.items() if not cls.takes_finetune_hook)
+        for knob in ("start", "then"):
+            self.require(
+                getattr(self, knob) in one_shot, knob, f"must name a one-shot strategy: {', '.join(one_shot)}"
+            )
+        self.require(0 <= self.drop_threshold <= 100, "drop_threshold", "top-1 points, must lie in [0, 100]")
+        self.require(0 <= self.switch_depth < 1, "switch_depth", "a pruning depth in [0, 1)")
 
     def prune(
         self,
@@ -54,23 +67,10 @@ class DynamicThresholdStrategy(Strategy):
         evaluate: Callable[[nn.Module], float] | None = None,
         **pruner_options: Any,
     ):
-        if self.steps < 1:
-            raise RmtdeployError(f"dynamic strategy needs steps >= 1, got {self.steps}")
-        if self.start == "dynamic" or self.then == "dynamic":
-            raise RmtdeployError("dynamic strategy cannot nest itself")
-        metric = "macs" if keep_params is None else "params"
-        keep = keep_macs if keep_params is None else keep_params
-        if keep is None:
-            raise RmtdeployError("dynamic strategy needs a budget: keep_macs or keep_params")
+        metric, keep = _budget(keep_macs, keep_params)
         scorers = {"start": get_strategy(self.start), "then": get_strategy(self.then)}
-
-        # Costs in the budget's unit, read off a PruneResult.
-        def dense_of(result) -> int:
-            return result.dense_macs if metric == "macs" else result.dense_params
-
-        def pruned_of(result) -> int:
-            return result.pruned_macs if metric == "macs" else result.pruned_params
-
+        dense_of = functools.partial(_cost, metric=metric, dense=True)
+        pruned_of = functools.partial(_cost, metric=metric, dense=False)
         dense_top1 = evaluate(model) if evaluate else None
         self.history = []
         switched = False
@@ -79,17 +79,15 @@ class DynamicThresholdStrategy(Strategy):
             goal = keep ** (step / self.steps)
             # Each step's budget is relative to the model it starts from, which is already pruned.
             relative = goal * dense_of(results[0]) / pruned_of(results[-1]) if results else goal
-            if not switched and evaluate is None and 1 - goal > self.switch_depth:
-                switched = True
+            switched = switched or (evaluate is None and 1 - goal > self.switch_depth)
             scorer = scorers["then" if switched else "start"]
-            budget = {"keep_macs": relative} if metric == "macs" else {"keep_params": relative}
+            budget = {f"keep_{metric}": relative}
             result = scorer.prune(
                 current, calibration_batches=calibration_batches, **budget, **pruner_options
             )
             record = finetune(result.model) if finetune is not None else None
             top1 = evaluate(result.model) if evaluate else None
-            if top1 is not None and dense_top1 - top1 > self.drop_threshold:
-                switched = True
+            switched = switched or (top1 is not None and dense_top1 - top1 > self.drop_threshold)
             results.append(result)
             kept = pruned_of(result) / dense_of(results[0])
             entry = {
@@ -107,15 +105,33 @@ class DynamicThresholdStrategy(Strategy):
         final.timings = {
             key: sum(r.timings.get(key, 0.0) for r in results) for key in ("spectra_s", "scores_s")
         }
-        final.plan = compose_plans([r.plan for r in results])
+        final.plan = compose_plans(
+            [r.plan for r in results],
+            strategy={
+                "name": self.name,
+                "knobs": self.knobs(),
+                "steps": self.history,
+                "dense_top1": dense_top1,
+            },
+        )
         final.dense_macs, final.dense_params = results[0].dense_macs, results[0].dense_params
-        final.plan["strategy"] = {
-            "name": self.name,
-            "knobs": self.knobs(),
-            "steps": self.history,
-            "dense_top1": dense_top1,
-        }
         return final
+
+
+def _budget(keep_macs: float | None, keep_params: float | None) -> tuple[str, float]:
+    """The budget's unit (``"macs"`` or ``"params"``) and the fraction of it to keep."""
+    metric = "macs" if keep_params is None else "params"
+    keep = keep_macs if keep_params is None else keep_params
+    if keep is None:
+        raise RmtdeployError("dynamic strategy needs a budget: keep_macs or keep_params")
+    return metric, keep
+
+
+def _cost(result, metric: str, *, dense: bool) -> int:
+    """A PruneResult's dense or pruned cost in the budget's unit."""
+    if metric == "macs":
+        return result.dense_macs if dense else result.pruned_macs
+    return result.dense_params if dense else result.pruned_params
 
 
 def _plain_record(record: Any) -> dict[str, Any]:
@@ -125,17 +141,3 @@ def _plain_record(record: Any) -> dict[str, Any]:
     if isinstance(record, dict):
         return dict(record)
     raise TypeError(f"a finetune hook returns None, a dataclass or a dict, not {type(record).__name__}")
-
-
-def compose_plans(plans: list[dict[str, Any]]) -> dict[str, Any]:
-    """One plan equivalent to applying ``plans`` in order: operations concatenated, dense side from the
-    first, pruned side from the last."""
-    first, last = plans[0], plans[-1]
-    composed = copy.deepcopy(last)
-    composed["operations"] = [op for plan in plans for op in plan["operations"]]
-    composed["widths"]["dense"] = first["widths"]["dense"]
-    for name, heads in composed["heads"].items():
-        heads["dense"] = first["heads"][name]["dense"]
-    composed["macs"]["dense"] = first["macs"]["dense"]
-    composed["params"]["dense"] = first["params"]["dense"]
-    return composed

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch_pruning as tp
 from torch import nn
 
-from rmtdeploy.scores.base import PrunerSettings, Strategy, register_strategy
+from rmtdeploy.scores.base import PrunerSettings, Strategy
 from rmtdeploy.scores.channel_spectra import ChannelSpectra, channel_spectra_by_module
+from rmtdeploy.scores.registry import register_strategy
 
 # A floor on every ratio: even a layer made of pure signal can lose a little, which keeps the search's
 # single factor able to reach deep targets. Base ratios are relative weights the pruner scales; the
@@ -51,6 +52,11 @@ class EdgeBudgetStrategy(Strategy):
     alpha_trained: float = 2.0  # α at or below which a layer counts as fully trained (WeightWatcher)
     alpha_span: float = 4.0  # α_trained + span (= 6) and above: no heavy tail, random-like
     tail_weight: float = 0.5  # how much the α term modulates the budget
+
+    def check_knobs(self) -> None:
+        self.require(self.alpha_trained > 0, "alpha_trained", "a power-law exponent, must be > 0")
+        self.require(self.alpha_span > 0, "alpha_span", "must be > 0")
+        self.require(0 <= self.tail_weight <= 1, "tail_weight", "a weight in [0, 1]")
 
     def base_ratios(self, model: nn.Module) -> dict[str, float]:
         spectra = channel_spectra_by_module(model)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rmtdeploy.scores.base import PrunerSettings, SpectralGroupImportance, Strategy, register_strategy
+from rmtdeploy.scores.base import PrunerSettings, SpectralGroupImportance, Strategy
 from rmtdeploy.scores.channel_spectra import ChannelSpectra, channel_spectra_by_module
+from rmtdeploy.scores.registry import register_strategy
 
 
 class MagnitudeTimesSerImportance(SpectralGroupImportance):
@@ -43,6 +44,15 @@ class HybridStrategy(Strategy):
     magnitude_until: float = 0.2  # pruning depth up to which the score is pure magnitude
     spectral_from: float = 0.5  # depth from which the SER term has full weight
     epsilon: float = 0.05  # keeps magnitude ordering among channels with no above-edge energy
+
+    def check_knobs(self) -> None:
+        self.require(0 <= self.magnitude_until < 1, "magnitude_until", "a pruning depth in [0, 1)")
+        self.require(
+            self.magnitude_until <= self.spectral_from <= 1,
+            "spectral_from",
+            f"a pruning depth in [magnitude_until={self.magnitude_until}, 1]",
+        )
+        self.require(self.epsilon >= 0, "epsilon", "must be >= 0")
 
     def spectral_weight(self, keep: float) -> float:
         depth = 1.0 - keep

@@ -12,13 +12,17 @@ from dataclasses import dataclass
 import torch_pruning as tp
 from torch import nn
 
-from rmtdeploy.scores.base import PrunerSettings, Strategy, register_strategy
+from rmtdeploy.scores.base import PrunerSettings, Strategy
+from rmtdeploy.scores.registry import register_strategy
 
 
 @register_strategy("magnitude")
 @dataclass
 class MagnitudeStrategy(Strategy):
     p: int = 2  # 2: group L2 magnitude (TP default); 1: L1
+
+    def check_knobs(self) -> None:
+        self.require(self.p >= 1, "p", "the norm's power must be an integer >= 1 (1: L1, 2: L2)")
 
     def settings(self, model: nn.Module, keep: float) -> PrunerSettings:
         # The very class torch-pruning ships, so comparisons against the baseline are fair.

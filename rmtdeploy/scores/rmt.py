@@ -15,17 +15,18 @@ bulk, yet everything downstream reads them (docs/strategies.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.scores.base import PrunerSettings, SpectralGroupImportance, Strategy, register_strategy
+from rmtdeploy.scores.base import PrunerSettings, SpectralGroupImportance, Strategy
 from rmtdeploy.scores.channel_spectra import ChannelSpectra, channel_spectra_by_module
+from rmtdeploy.scores.registry import register_strategy
 from rmtdeploy.spectra import SpectralFitConfig
 
-ALLOCATIONS = ("uniform", "global")
-SCORES = ("signal", "flow")
+Allocation = Literal["uniform", "global"]
+Score = Literal["signal", "flow"]
 
 
 class SignalEnergyImportance(SpectralGroupImportance):
@@ -77,19 +78,18 @@ class SignalFlowImportance(SignalEnergyImportance):
 class RmtStrategy(Strategy):
     tie_break: float = 1e-3  # weight of magnitude among channels with equal (e.g. zero) signal
     tracy_widom_level: float = 0.99
-    allocation: str = "uniform"  # "uniform": same keep per layer; "global": one ranking across layers
+    allocation: Allocation = "uniform"  # "uniform": same keep per layer; "global": one ranking across layers
     norm_scales: bool = True  # weight channels by the norm scales the network applies to them
     # "signal": the channel's own above-edge energy; "flow": producer power × consumer signal
-    score: str = "signal"
+    score: Score = "signal"
 
-    def __post_init__(self):
-        # Checked when the strategy is built, before a model is loaded or a spectrum fitted.
-        if self.allocation not in ALLOCATIONS:
-            raise RmtdeployError(
-                f"rmt allocation must be one of {', '.join(ALLOCATIONS)}, got '{self.allocation}'"
-            )
-        if self.score not in SCORES:
-            raise RmtdeployError(f"rmt score must be one of {', '.join(SCORES)}, got '{self.score}'")
+    def check_knobs(self) -> None:
+        self.require(self.tie_break >= 0, "tie_break", "must be >= 0")
+        self.require(
+            0 < self.tracy_widom_level < 1,
+            "tracy_widom_level",
+            "a quantile, must lie strictly between 0 and 1",
+        )
 
     def settings(self, model: nn.Module, keep: float) -> PrunerSettings:
         spectra = channel_spectra_by_module(

@@ -7,7 +7,6 @@ from rmtdeploy.spectra.analysis import (
     analyze_matrix,
     analyze_model,
     channel_signal_energy,
-    channel_spectral_energy_ratio,
     weight_matrices,
 )
 
@@ -18,6 +17,5 @@ __all__ = [
     "analyze_matrix",
     "analyze_model",
     "channel_signal_energy",
-    "channel_spectral_energy_ratio",
     "weight_matrices",
 ]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.spectra.heavy_tail import entropy_effective_rank, power_law_alpha, stable_rank
 from rmtdeploy.spectra.marchenko_pastur import (
     fit_sigma2_bema,
@@ -36,6 +37,8 @@ STATUS_ZERO = "zero"
 STATUS_NON_FINITE = "non_finite"
 STATUS_RANK_DEFICIENT = "rank_deficient"
 
+SIGMA_METHODS = ("bema", "median")
+
 
 @dataclass(frozen=True)
 class SpectralFitConfig:
@@ -44,6 +47,18 @@ class SpectralFitConfig:
     method: str = "bema"  # "bema" (quantile matching) or "median" (Gavish–Donoho)
     window: float = 0.25  # BEMA matches the central [window, 1 − window] of the spectrum
     tracy_widom_level: float = 0.99  # edge correction quantile: P(noise spike) ≈ 1 − level
+
+    def __post_init__(self) -> None:
+        if self.method not in SIGMA_METHODS:
+            raise RmtdeployError(
+                f"{{param}} must be one of {', '.join(SIGMA_METHODS)}, got {self.method!r}", param="method"
+            )
+        if not 0 < self.window < 0.5:
+            raise RmtdeployError(f"{{param}} must lie in (0, 0.5), got {self.window}", param="window")
+        if not 0 < self.tracy_widom_level < 1:
+            raise RmtdeployError(
+                f"{{param}} is a quantile in (0, 1), got {self.tracy_widom_level}", param="tracy_widom_level"
+            )
 
 
 @dataclass
@@ -153,18 +168,12 @@ def analyze_matrix(
     if singular_values is None:
         # The same Gram-matrix path as analyze_model, so a single matrix is judged exactly as in a model.
         singular_values = batched_singular_values([matrix])[0]
-    if singular_values is None or np.asarray(singular_values).size == 0 or np.max(singular_values) == 0:
-        return LayerSpectrum(**base, status=STATUS_ZERO, message="all weights are zero")
-    s = np.sort(np.asarray(singular_values, dtype=np.float64))[::-1]
-    if s[0] == 0:
+    s = _descending(singular_values)
+    if s is None:
         return LayerSpectrum(**base, status=STATUS_ZERO, message="all weights are zero")
 
     p, n = min(rows, cols), max(rows, cols)
-    numerical_rank = _numerical_rank(s, n)
-    if p - numerical_rank > config.window * p:
-        # Gram-based values blur exact zeros into ~1% of the top; decide rank deficiency exactly.
-        s = np.sort(torch.linalg.svdvals(matrix.float()).double().numpy())[::-1]
-        numerical_rank = _numerical_rank(s, n)
+    s, numerical_rank = _with_exact_rank(matrix, s, config.window)
     summary = LayerSpectrum(
         **base,
         status=STATUS_OK,
@@ -177,13 +186,38 @@ def analyze_matrix(
     if p < MIN_RMT_DIM:
         summary.status = STATUS_TOO_SMALL
         summary.message = f"min dimension {p} < {MIN_RMT_DIM}: too small for RMT"
-        return summary
-    if p - numerical_rank > config.window * p:
+    elif p - numerical_rank > config.window * p:
         # Exact zeros reach into the matched window: a noise level fitted there would be meaningless.
         summary.status = STATUS_RANK_DEFICIENT
         summary.message = f"numerical rank {numerical_rank} of {p}: bulk is degenerate"
-        return summary
+    else:
+        _fit_bulk(summary, s, config)
+    return summary
 
+
+def _descending(singular_values: np.ndarray | None) -> np.ndarray | None:
+    """Singular values sorted largest first (float64), or None when there are none or all are zero."""
+    if singular_values is None or np.asarray(singular_values).size == 0:
+        return None
+    s = np.sort(np.asarray(singular_values, dtype=np.float64))[::-1]
+    return None if s[0] == 0 else s
+
+
+def _with_exact_rank(matrix: torch.Tensor, s: np.ndarray, window: float) -> tuple[np.ndarray, int]:
+    """(singular values, numerical rank), recomputed by an exact SVD when the rank looks deficient:
+    Gram-based values blur exact zeros into ~1% of the top, so rank deficiency is decided exactly."""
+    p, n = min(matrix.shape), max(matrix.shape)
+    numerical_rank = _numerical_rank(s, n)
+    if p - numerical_rank > window * p:
+        s = np.sort(torch.linalg.svdvals(matrix.float()).double().numpy())[::-1]
+        numerical_rank = _numerical_rank(s, n)
+    return s, numerical_rank
+
+
+def _fit_bulk(summary: LayerSpectrum, s: np.ndarray, config: SpectralFitConfig) -> None:
+    """Fill ``summary`` with the MP fit of the bulk of ``s`` and what lies above its edge."""
+    rows, cols = summary.shape
+    p, n = min(rows, cols), max(rows, cols)
     gamma = p / n
     eigenvalues = s**2 / n
     sigma2_bema = fit_sigma2_bema(eigenvalues, gamma, config.window)
@@ -196,8 +230,6 @@ def analyze_matrix(
     spike_threshold = math.sqrt(n * threshold_lambda)
     spikes = int((s > spike_threshold).sum())
     energy = s**2
-    alpha, alpha_xmin = power_law_alpha(eigenvalues)
-
     summary.sigma2 = sigma2
     summary.sigma2_median = sigma2_median
     summary.lambda_plus = lambda_plus
@@ -205,10 +237,8 @@ def analyze_matrix(
     summary.spike_threshold = spike_threshold
     summary.spikes = spikes
     summary.ser = float(energy[:spikes].sum() / energy.sum())
-    summary.alpha = alpha
-    summary.alpha_xmin = alpha_xmin
+    summary.alpha, summary.alpha_xmin = power_law_alpha(eigenvalues)
     summary.ks = ks_distance_to_mp(eigenvalues[spikes:], gamma, sigma2)
-    return summary
 
 
 def _numerical_rank(singular_values: np.ndarray, n: int) -> int:
@@ -245,10 +275,10 @@ def analyze_model(
 def batched_singular_values(matrices: Iterable[torch.Tensor]) -> list[np.ndarray | None]:
     """Singular values of many matrices, batched over matrices of equal shape.
 
-    Computed as √eig(WWᵀ) of the p×p Gram matrix (float32 product, float64 symmetric eigensolver):
-    on this kind of CPU that is 10–70× faster than a batched ``svdvals`` and agrees with it to ~1e-5
-    relative on every singular value above ~1% of the largest — the bulk edge and the spikes are far
-    above that. Matrices with NaN/Inf or all zeros are left as None for analyze_matrix to classify.
+    Computed as √eig(WWᵀ) of the p×p Gram matrix (float32 product, float64 symmetric eigensolver): many
+    times faster than a batched ``svdvals`` and equal to it to ~1e-5 relative on every singular value
+    above ~1% of the largest — the bulk edge and the spikes are far above that (measurements:
+    docs/spectra.md, "Speed"). Matrices with NaN/Inf or all zeros are left as None for analyze_matrix.
     """
     matrices = list(matrices)
     out: list[np.ndarray | None] = [None] * len(matrices)
@@ -267,20 +297,27 @@ def batched_singular_values(matrices: Iterable[torch.Tensor]) -> list[np.ndarray
     return out
 
 
-def channel_signal_energy(matrix: torch.Tensor, spikes: int) -> torch.Tensor:
-    """Per output channel (row): squared norm of the rank-k signal part U_k Σ_k V_kᵀ of the matrix.
+def channel_signal_energy(matrix: torch.Tensor, spikes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per row, per column) squared norms of the rank-``spikes`` signal part S = U_k Σ_k V_kᵀ of ``matrix``.
 
-    Rows that live in the noise bulk score ~0; rows that carry the learned directions score high.
+    Rows are output channels: a row in the noise bulk scores ~0, a row carrying the learned directions
+    scores high. Uses the eigenvectors of the smaller Gram matrix (float64): exact for the top directions,
+    and far cheaper than a full SVD of a wide layer.
     """
-    rows = matrix.shape[0]
+    rows, cols = matrix.shape
     if spikes <= 0:
-        return torch.zeros(rows, dtype=torch.float32)
-    u, s, _ = torch.linalg.svd(matrix.float(), full_matrices=False)
-    k = min(spikes, s.numel())
-    return ((u[:, :k] * s[:k]) ** 2).sum(dim=1)
-
-
-def channel_spectral_energy_ratio(matrix: torch.Tensor, spikes: int) -> torch.Tensor:
-    """Per output channel: signal energy above the MP edge over the channel's total energy (SER)."""
-    total = (matrix.float() ** 2).sum(dim=1)
-    return channel_signal_energy(matrix, spikes) / total.clamp_min(torch.finfo(torch.float32).tiny)
+        return torch.zeros(rows), torch.zeros(cols)
+    w = matrix.double()
+    if cols <= rows:
+        eigenvalues, vectors = torch.linalg.eigh(w.T @ w)
+        v_top = vectors[:, -spikes:]  # right singular vectors, ascending order is fine for energies
+        s2_top = eigenvalues[-spikes:].clamp_min(0)
+        row_signal = (w @ v_top).pow(2).sum(1)
+        col_signal = (v_top.pow(2) * s2_top).sum(1)
+    else:
+        eigenvalues, vectors = torch.linalg.eigh(w @ w.T)
+        u_top = vectors[:, -spikes:]
+        s2_top = eigenvalues[-spikes:].clamp_min(0)
+        row_signal = (u_top.pow(2) * s2_top).sum(1)
+        col_signal = (u_top.T @ w).pow(2).sum(0)
+    return row_signal.float(), col_signal.float()

@@ -1,17 +1,25 @@
-"""What ``rmtdeploy analyze`` leaves behind: spectra.json, spectra.csv, pictures, and a console table."""
+"""The analyze stage as one library call: ``analyze(model, out) -> Analysis``.
+
+It writes spectra.json, spectra.csv and pictures into ``out`` as one unit (see
+:class:`rmtdeploy.io.OutputFolder`); ``rmtdeploy analyze`` is a thin shell over it and prints
+:func:`spectra_table`.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
 
-from rmtdeploy.io import atomic_write_json, atomic_write_text, prepare_output_dir
-from rmtdeploy.models import LoadedModel
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.io import OutputFolder
+from rmtdeploy.models import LoadedModel, ModelSource
 from rmtdeploy.spectra.analysis import (
+    SIGMA_METHODS,
     STATUS_OK,
     LayerSpectrum,
     SpectralFitConfig,
@@ -28,10 +36,23 @@ CSV_COLUMNS = (
 
 
 @dataclass
-class AnalysisResult:
+class Analysis:
+    """A finished analyze stage: per-layer spectra and the files written. ``to_dict()`` is the summary
+    a caller prints or stores (spectra.json holds the per-layer records)."""
+
+    model_name: str
+    weights: str
     spectra: list[LayerSpectrum]
     records: list[dict]
     files: list[Path]
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_name,
+            "weights": self.weights,
+            **self.summary(),
+            "files": [str(f) for f in self.files],
+        }
 
     def summary(self) -> dict:
         """Counts a person reads first: how many layers fitted, how spiky, how much signal."""
@@ -62,33 +83,43 @@ def records_to_csv(records: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def run_analysis(
-    loaded: LoadedModel,
-    out_dir: str | Path,
+def analyze(
+    model: str | ModelSource | LoadedModel,
+    out: str | os.PathLike,
     *,
     force: bool = False,
-    config: SpectralFitConfig | None = None,
+    sigma_method: str = "bema",
     plots: bool = True,
     progress=None,
-) -> AnalysisResult:
-    """Analyse ``loaded.model`` and write spectra.json, spectra.csv and the pictures into ``out_dir``.
+) -> Analysis:
+    """Fit every prunable weight matrix of ``model`` (a name, a :class:`ModelSource` or a loaded model)
+    and write spectra.json, spectra.csv and (with ``plots``) the pictures into ``out`` as one unit.
 
-    ``progress(total)`` may return a callable advanced once per analysed matrix (a progress bar).
+    ``sigma_method``: the noise-level estimator, ``"bema"`` or ``"median"``. ``progress(total)`` may
+    return a callable advanced once per analysed matrix (a progress bar).
     """
-    out = prepare_output_dir(out_dir, ANALYSIS_FILES, force=force)
-    advance = progress(len(weight_matrices(loaded.model))) if progress else None
-    spectra = analyze_model(loaded.model, config, advance)
-    records = spectra_records(spectra, loaded)
-    files = [out / "spectra.json", out / "spectra.csv"]
-    atomic_write_json(files[0], records)
-    atomic_write_text(files[1], records_to_csv(records))
-    if plots:
-        from rmtdeploy.spectra.plots import plot_spectral_densities, plot_summary
+    if sigma_method not in SIGMA_METHODS:
+        raise RmtdeployError(
+            f"{{param}} must be one of {', '.join(SIGMA_METHODS)}, got '{sigma_method}'", param="sigma_method"
+        )
+    source = model if isinstance(model, (ModelSource, LoadedModel)) else ModelSource(model)
+    if isinstance(source, ModelSource):
+        source.check()
+    with OutputFolder(out, ANALYSIS_FILES[:2], force=force, stage="analyze") as folder:
+        loaded = source.load() if isinstance(source, ModelSource) else source
+        advance = progress(len(weight_matrices(loaded.model))) if progress else None
+        spectra = analyze_model(loaded.model, SpectralFitConfig(method=sigma_method), advance)
+        records = spectra_records(spectra, loaded)
+        folder.write_json("spectra.json", records)
+        folder.write_text("spectra.csv", records_to_csv(records))
+        if plots:
+            from rmtdeploy.spectra.plots import plot_spectral_densities, plot_summary
 
-        title = f"{loaded.name} ({loaded.weights} weights)"
-        files.append(plot_summary(spectra, out / "summary.png", title))
-        files.extend(plot_spectral_densities(spectra, out, title))
-    return AnalysisResult(spectra=spectra, records=records, files=files)
+            title = f"{loaded.name} ({loaded.weights} weights)"
+            plot_summary(spectra, folder.path("summary.png"), title)
+            plot_spectral_densities(spectra, folder.staging, title)
+        files = [f for f in folder.commit() if f.name != "manifest.json"]
+    return Analysis(loaded.name, loaded.weights, spectra, records, files)
 
 
 def spectra_table(spectra: list[LayerSpectrum], title: str) -> Table:

@@ -1,0 +1,6 @@
+"""Recipe data: deployment target profiles under ``targets/`` (YAML), no code.
+
+This folder stays at the top of the repository; the packaging (pyproject.toml) installs it as
+``rmtdeploy.recipes``, so wheels and editable installs alike carry the YAMLs, which
+:mod:`rmtdeploy.targets` reads with ``importlib.resources``.
+"""

@@ -1,0 +1,105 @@
+"""Latency entry points: one per runner, each checks its request, times and returns a report."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from rmtdeploy.benchmark.protocol import check_counts, check_pairs, measure, protocol_conditions, run_rounds
+from rmtdeploy.benchmark.runners.base import DEFAULT_INPUT_SHAPE
+from rmtdeploy.benchmark.runners.onnxruntime_cpu import OrtCpuRunner, check_onnx_models, time_onnx
+from rmtdeploy.benchmark.runners.torch_cpu import TorchCpuRunner
+from rmtdeploy.benchmark.stats import LatencyReport
+
+
+def measure_onnx_latency(
+    models: Mapping[str, str | os.PathLike | Any],
+    *,
+    batch: int = 1,
+    threads: int = 2,
+    warmup: int = 10,
+    runs: int = 50,
+    interleave: bool = True,
+    input_shape: Sequence[int] | None = None,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    thread_pool: str = "shared",
+    allow_spinning: bool = False,
+    seed: int = 0,
+) -> LatencyReport:
+    """Time ONNX models with ONNX Runtime's CPU provider, one ``session.run`` per sample.
+
+    ``models`` maps a label to an ``.onnx`` path or a ready ``onnxruntime.InferenceSession`` (timed in
+    this process with its own settings). ``pairs`` lists ``(baseline, candidate)`` labels to report
+    speedups for; by default the first model is the baseline for every other one. ``input_shape``
+    (C, H, W) fills the non-batch dims the graph leaves dynamic; static dims come from the graph.
+
+    ``thread_pool="shared"`` (paths only) times all models on one ORT process-wide pool of ``threads``
+    workers with ORT's default spinning, in a spawned child process: ORT sizes that pool once per
+    process and then refuses every session with its own threads, so it must not leak into the caller.
+    ``"per-session"`` gives each session its own pool in this process, with spinning off unless
+    ``allow_spinning`` (spinning sessions disturb each other when interleaved). docs/benchmarks.md
+    explains the protocol and why the shared pool is the default.
+    """
+    check_counts(models, batch, threads, warmup, runs)
+    thread_pool = check_onnx_models(models, thread_pool)
+    labels = list(models)
+    check_pairs(labels, pairs)
+    conditions = protocol_conditions(
+        OrtCpuRunner, batch=batch, threads=threads, warmup=warmup, runs=runs, interleave=interleave
+    )
+
+    def time_models() -> dict[str, np.ndarray]:
+        timed = time_onnx(
+            models,
+            thread_pool=thread_pool,
+            threads=threads,
+            batch=batch,
+            input_shape=input_shape,
+            warmup=warmup,
+            runs=runs,
+            interleave=interleave,
+            seed=seed,
+            allow_spinning=allow_spinning,
+        )
+        conditions.update(timed["conditions"])
+        return {label: np.asarray(timed["samples_ms"][label]) for label in labels}
+
+    return measure(labels, time_models, pairs=pairs, interleave=interleave, conditions=conditions)
+
+
+def measure_torch_latency(
+    models: Mapping[str, Any],
+    *,
+    batch: int = 1,
+    threads: int = 2,
+    warmup: int = 5,
+    runs: int = 30,
+    interleave: bool = True,
+    input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    seed: int = 0,
+) -> LatencyReport:
+    """Time in-memory PyTorch modules on the CPU (eval mode, ``inference_mode``), same protocol as ONNX.
+
+    Useful as a sanity check before export; deployment numbers come from the exported graph.
+    ``torch.set_num_threads`` is process-wide, so it is restored afterwards, as is each module's mode.
+    """
+    check_counts(models, batch, threads, warmup, runs)
+    labels = list(models)
+    check_pairs(labels, pairs)
+    runner = TorchCpuRunner(threads=threads, batch=batch, input_shape=input_shape, seed=seed)
+    conditions = protocol_conditions(
+        TorchCpuRunner, batch=batch, threads=threads, warmup=warmup, runs=runs, interleave=interleave
+    )
+
+    def time_models() -> dict[str, np.ndarray]:
+        samples, runner_conditions = run_rounds(
+            runner, models, warmup=warmup, runs=runs, interleave=interleave
+        )
+        conditions.update(runner_conditions)
+        return samples
+
+    return measure(labels, time_models, pairs=pairs, interleave=interleave, conditions=conditions)

@@ -1,0 +1,107 @@
+"""What every command shares: argument groups, one-line errors, progress, console tables."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from rmtdeploy.errors import RmtdeployError
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints the whole usage block before its error; users get the one line that says what
+    is wrong (``--help`` still shows the usage). Sub-command parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def flag(param: str) -> str:
+    """The CLI flag of a library argument: ``keep_macs`` -> ``--keep-macs``."""
+    return "--" + param.replace("_", "-")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    from rmtdeploy.models import WEIGHT_SOURCES
+
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        required=True,
+        help="alias (swin_t, vit_s, deit_s, convnext_t, hiera_t, resnet50, ...) or any timm name",
+    )
+    group.add_argument(
+        "--weights",
+        choices=WEIGHT_SOURCES,
+        help="pretrained: timm's hub (needs network); random: untrained (seeded: the same model every run), "
+        "labelled so in every output; checkpoint: a local file given with --checkpoint "
+        "(default: checkpoint when --checkpoint is given, else pretrained)",
+    )
+    group.add_argument("--checkpoint", metavar="PATH", help="timm/torch state dict or .safetensors to load")
+    group.add_argument(
+        "--num-classes", type=int, help="classifier width when the checkpoint has its own head"
+    )
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
+    parser.add_argument(
+        "--json", action="store_true", help="print a machine-readable summary instead of tables"
+    )
+
+
+def model_source(args):
+    from rmtdeploy.models import ModelSource
+
+    return ModelSource(args.model, args.weights, args.checkpoint, args.num_classes)
+
+
+def parse_knobs(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` pairs; the strategy converts and checks each value against its knob's type."""
+    knobs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RmtdeployError(f"{{param}} expects KEY=VALUE, got '{pair}'", param="knob")
+        knobs[key.replace("-", "_")] = value
+    return knobs
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, enabled: bool):
+    """Yields ``start(total) -> advance(n)``; a rich bar on stderr, or None when disabled."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(description), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    ) as bar:
+
+        def start(total: int):
+            task = bar.add_task(description, total=total)
+            return lambda n=1: bar.advance(task, n)
+
+        yield start
+
+
+@contextlib.contextmanager
+def spinner(description: str, enabled: bool):
+    """Yields ``status(text)`` that shows ``description: text`` beside a spinner on stderr, or None."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(description) as status:
+        yield lambda text: status.update(f"{description}: {text}")
+
+
+def console():
+    from rich.console import Console
+
+    # Piped output (logs, CI) gets a wide table instead of rich's 80-column default with truncated cells.
+    return Console() if sys.stdout.isatty() else Console(width=200)

@@ -1,0 +1,292 @@
+"""The prune stage as one library call: ``prune(model, out, keep_macs=0.5) -> PruneRun``.
+
+Everything a run needs is checked before the model is loaded (budget, strategy and knobs, target,
+calibration folder, weight source, output folder), the output folder is locked for the run, and
+``model.safetensors``, ``plan.json`` and ``report.json`` land together as one unit (see
+:class:`rmtdeploy.io.OutputFolder`). ``rmtdeploy prune`` is a thin shell over this function, and
+``compose`` will call it as its prune step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.io import OutputFolder
+from rmtdeploy.models import LoadedModel, ModelSource
+from rmtdeploy.pruning.plan import PRUNED_FILES, layer_report, write_pruned
+from rmtdeploy.pruning.prune import check_pruning_arguments
+from rmtdeploy.pruning.result import PruneResult
+
+REPORT_FILE = "report.json"
+PRUNE_FILES = (*PRUNED_FILES, REPORT_FILE)
+DEFAULT_STRATEGY = "hybrid"  # the best of the five in the accuracy benchmark (docs/strategies.md)
+DEFAULT_TARGET = "jetson"
+DEFAULT_CALIBRATION_IMAGES = 512
+# A strategy that fine-tunes between its pruning steps distils this many AdamW steps after each step when
+# calibration images are given and no count is: two passes over 512 images in batches of 32. Short: it
+# repairs, it does not train (that is the fine-tune stage's work).
+SHORT_DISTILL_STEPS = 32
+
+Status = Callable[[str], None]
+
+
+@dataclass
+class PruneRun:
+    """A finished prune stage: the pruned model, its plan and the folder that holds them.
+
+    ``to_dict()`` is ``report.json``, whose schema this class alone owns."""
+
+    directory: Path
+    result: PruneResult
+    model_name: str
+    weights: str
+    target: str
+    round_to: int
+    round_to_from: str
+    head_rounding: str
+    finetune_steps: int
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def plan(self) -> dict[str, Any]:
+        return self.result.plan
+
+    def to_dict(self) -> dict[str, Any]:
+        result = self.result
+        return {
+            "model": self.model_name,
+            "weights": self.weights,
+            "strategy": result.plan["strategy"],
+            "target": self.target,
+            "round_to": self.round_to,
+            "round_to_from": self.round_to_from,
+            "head_rounding": self.head_rounding,
+            "finetune_steps": self.finetune_steps,
+            "macs": {
+                "dense": result.dense_macs,
+                "pruned": result.pruned_macs,
+                "kept": round(result.macs_kept, 4),
+            },
+            "params": {
+                "dense": result.dense_params,
+                "pruned": result.pruned_params,
+                "kept": round(result.params_kept, 4),
+            },
+            "counted_by": "torch_pruning.utils.count_ops_and_params, batch 1, input "
+            + "x".join(map(str, result.plan["input_size"])),
+            **layer_report(result.plan),
+        }
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The prune arguments after checking, before any work."""
+
+    strategy: Any
+    target: Any
+    round_to: int
+    round_to_from: str
+    finetune_steps: int
+
+
+def prune(
+    model: str | ModelSource | LoadedModel,
+    out: str | os.PathLike,
+    *,
+    keep_macs: float | None = None,
+    keep_params: float | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+    knobs: dict[str, Any] | None = None,
+    target: str = DEFAULT_TARGET,
+    round_to: int | None = None,
+    min_channels: int = 8,
+    head_rounding: str = "floor",
+    calibration: str | os.PathLike | None = None,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    finetune_steps: int | None = None,
+    force: bool = False,
+    status: Status | None = None,
+) -> PruneRun:
+    """Prune ``model`` (a name, a :class:`ModelSource` or a loaded model) and write it to ``out``.
+
+    The budget is ``keep_macs`` or ``keep_params`` (a fraction in (0, 1]). ``strategy`` with its ``knobs``
+    scores the channels (``rmtdeploy.scores``); ``target`` (a profile name, alias or YAML path) sets the
+    channel multiple unless ``round_to`` does. ``calibration``: an ImageFolder whose first
+    ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
+    between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
+    steps per pruning step; default :data:`SHORT_DISTILL_STEPS` with calibration images, else none).
+    An existing output is replaced only with ``force``. ``status(text)`` receives progress lines.
+    """
+    settings = _check(
+        keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
+        calibration, calibration_images, finetune_steps,
+    )  # fmt: skip
+    source = model if isinstance(model, (ModelSource, LoadedModel)) else ModelSource(model)
+    if isinstance(source, ModelSource):
+        source.check()
+    with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
+        loaded = source.load() if isinstance(source, ModelSource) else source
+        _check_supported(loaded)
+        batches = _calibration_batches(calibration, loaded, calibration_images)
+        result = _run_strategy(
+            settings, loaded, batches, status, keep_macs=keep_macs, keep_params=keep_params,
+            min_channels=min_channels, head_rounding=head_rounding,
+        )  # fmt: skip
+        run = PruneRun(
+            directory=Path(out),
+            result=result,
+            model_name=loaded.name,
+            weights=loaded.weights,
+            target=settings.target.name,
+            round_to=settings.round_to,
+            round_to_from=settings.round_to_from,
+            head_rounding=head_rounding,
+            finetune_steps=settings.finetune_steps,
+        )
+        write_pruned(folder, result)
+        folder.write_json(REPORT_FILE, run.to_dict())
+        run.files = folder.commit()
+    return run
+
+
+def _run_strategy(settings: _Settings, loaded: LoadedModel, batches, status, **pruner_options) -> PruneResult:
+    _say(status, f"pruning {loaded.name} with {settings.strategy.name}")
+    return settings.strategy.prune(
+        loaded.model,
+        round_to=settings.round_to,
+        calibration_batches=batches,
+        model_name=loaded.name,
+        provenance={
+            "weights": loaded.weights,
+            "target": settings.target.name,
+            "calibrated": batches is not None,
+            "finetune_steps": settings.finetune_steps,
+        },
+        **_hooks(settings, loaded, batches, status),
+        **pruner_options,
+    )
+
+
+def _check(
+    keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
+    calibration, calibration_images, finetune_steps,
+) -> _Settings:  # fmt: skip
+    """Every argument rule, before the model is loaded: a bad value costs the user no waiting."""
+    from rmtdeploy.scores import get_strategy
+    from rmtdeploy.targets import load_target
+
+    if keep_macs is None and keep_params is None:
+        raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
+    chosen = get_strategy(strategy, **(knobs or {}))
+    profile = load_target(target)
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise RmtdeployError(f"{{param}} must be a positive integer, got {round_to}", param="round_to")
+    check_pruning_arguments(
+        keep_macs=keep_macs,
+        keep_params=keep_params,
+        round_to=round_to or profile.channel_multiple,
+        min_channels=min_channels,
+        head_rounding=head_rounding,
+    )
+    if calibration is not None:
+        _check_calibration(Path(calibration), calibration_images)
+    return _Settings(
+        strategy=chosen,
+        target=profile,
+        round_to=round_to or profile.channel_multiple,
+        round_to_from="round_to argument" if round_to else f"target: {profile.channel_multiple_from}",
+        finetune_steps=_finetune_steps(finetune_steps, chosen, calibration is not None),
+    )
+
+
+def _check_calibration(root: Path, images: int) -> None:
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise RmtdeployError(
+            f"{{param}} must be a positive integer, got {images}", param="calibration_images"
+        )
+    if not root.is_dir():
+        raise RmtdeployError(f"calibration folder not found: {root}")
+
+
+def _finetune_steps(steps: int | None, strategy, have_images: bool) -> int:
+    """Distillation steps per pruning step; unset: a short one where the strategy takes it and images exist."""
+    takes_finetune = strategy.takes_finetune_hook
+    if steps is None:
+        return SHORT_DISTILL_STEPS if takes_finetune and have_images else 0
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise RmtdeployError(f"{{param}} must be an integer >= 0, got {steps}", param="finetune_steps")
+    if steps and not takes_finetune:
+        raise RmtdeployError(
+            f"{{param}} applies to strategies that fine-tune between pruning steps (not '{strategy.name}'); "
+            "the fine-tune stage for the others comes later",
+            param="finetune_steps",
+        )
+    if steps and not have_images:
+        raise RmtdeployError(
+            "{param} needs calibration images: the images to distil on", param="finetune_steps"
+        )
+    return steps
+
+
+def _check_supported(loaded: LoadedModel) -> None:
+    """The family's adapter refuses in seconds what it cannot prune (before spectra are fitted)."""
+    from rmtdeploy.adapters import get_adapter
+
+    get_adapter(loaded.model)
+
+
+def _calibration_batches(root, loaded: LoadedModel, images: int):
+    if root is None:
+        return None
+    from rmtdeploy.data import image_folder_loader, input_batches
+
+    return list(input_batches(image_folder_loader(root, loaded.model, max_images=images)))
+
+
+def _hooks(settings: _Settings, loaded: LoadedModel, batches, status: Status | None) -> dict[str, Any]:
+    """The strategy's between-steps fine-tune: a short distillation from the dense model, counted in
+    ``status``. The teacher is the loaded model itself: pruning works on copies and leaves it dense."""
+    if not settings.finetune_steps:
+        return {}
+    from rmtdeploy.finetune import distill
+
+    rounds = itertools.count(1)
+    total = settings.strategy.steps
+
+    def finetune(student):
+        label = f"distilling after pruning step {next(rounds)}/{total},"
+        return distill(
+            student, loaded.model, batches, steps=settings.finetune_steps, progress=_counter(status, label)
+        )
+
+    return {"finetune": finetune}
+
+
+def _counter(status: Status | None, label: str):
+    """``start(total) -> advance(n)`` that reports ``label step i/total`` through ``status``."""
+    if status is None:
+        return None
+
+    def start(total: int):
+        done = 0
+        status(f"{label} step 0/{total}")
+
+        def advance(n: int = 1):
+            nonlocal done
+            done += n
+            status(f"{label} step {done}/{total}")
+
+        return advance
+
+    return start
+
+
+def _say(status: Status | None, text: str) -> None:
+    if status is not None:
+        status(text)

@@ -1,0 +1,276 @@
+"""Bad and edge inputs through the real CLI: exit 2, one clear line, nothing written, nothing lost.
+
+Every stage's command joins this matrix. A case is (command line, a phrase the one line must hold); each
+runs in-process through ``rmtdeploy.cli.main`` (the subprocess path is pinned once, below), with
+``--out`` pointing at a folder that must not appear and a neighbouring earlier result that must stay
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from cli_checks import assert_one_line_usage_error, run_rmtdeploy
+
+import rmtdeploy
+from rmtdeploy.cli import main
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+RANDOM_RESNET = ["--model", "resnet18", "--weights", "random"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Inputs the cases refer to by name: checkpoints, image folders, a plain file."""
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "empty.pth").write_bytes(b"")
+    (root / "text.pth").write_text("not a checkpoint")
+    torch.save({"epoch": 3}, root / "no_tensors.pth")
+    (root / "a_file").write_text("x")
+    (root / "empty_folder").mkdir()
+    (root / "no_images" / "cat").mkdir(parents=True)
+    broken = root / "broken_images" / "cat"
+    broken.mkdir(parents=True)
+    _png(broken / "good.png")
+    (broken / "zz_not_an_image.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    truncated = root / "truncated_images" / "cat"
+    truncated.mkdir(parents=True)
+    _png(truncated / "whole.png")
+    data = _png(truncated / "zz_cut.png").read_bytes()
+    (truncated / "zz_cut.png").write_bytes(data[: len(data) // 2])
+    return root
+
+
+def _png(path: Path) -> Path:
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(40, 40, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+ANALYZE_CASES = [
+    (["--model", "nosuchnet", "--weights", "random"], "unknown model 'nosuchnet'"),
+    (["--model", "swin_tt", "--weights", "random"], "Did you mean swin_t"),
+    (["--model", "resnt18", "--weights", "random"], "Did you mean resnet18"),
+    (["--model", "resnet_18", "--weights", "random"], "resnet18"),
+    (["--model", "resnet18", "--checkpoint", "{inputs}/missing.pth"], "checkpoint not found"),
+    (["--model", "resnet18", "--checkpoint", "{inputs}/empty.pth"], "is empty"),
+    (["--model", "resnet18", "--checkpoint", "{inputs}/text.pth"], "cannot read checkpoint"),
+    (["--model", "resnet18", "--checkpoint", "{inputs}/no_tensors.pth"], "does not hold a state dict"),
+    (["--model", "resnet18", "--checkpoint", "{inputs}/a_file"], "cannot read checkpoint"),
+    ([*RANDOM_RESNET, "--checkpoint", "{inputs}/text.pth"], "--weights 'random' conflicts with a checkpoint"),
+    (["--model", "resnet18", "--weights", "checkpoint"], "needs a checkpoint file (--checkpoint)"),
+    ([*RANDOM_RESNET, "--num-classes", "-3"], "--num-classes must be a positive integer"),
+    ([*RANDOM_RESNET, "--num-classes", "0"], "--num-classes must be a positive integer"),
+    ([*RANDOM_RESNET, "--num-classes", "x"], "invalid int value"),
+    ([*RANDOM_RESNET, "--sigma-method", "mean"], "invalid choice: 'mean'"),
+    (["--weights", "random"], "the following arguments are required: --model"),
+]
+
+PRUNE_CASES = [
+    ([*RANDOM_RESNET], "one of the arguments --keep-macs --keep-params is required"),
+    ([*RANDOM_RESNET, "--keep-macs", "0"], "--keep-macs must lie in (0, 1]"),
+    ([*RANDOM_RESNET, "--keep-macs", "1.2"], "--keep-macs must lie in (0, 1]"),
+    ([*RANDOM_RESNET, "--keep-params", "-1"], "--keep-params must lie in (0, 1]"),
+    ([*RANDOM_RESNET, "--keep-macs", "nan"], "--keep-macs must lie in (0, 1]"),
+    ([*RANDOM_RESNET, "--keep-macs", "half"], "invalid float value"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--keep-params", "0.5"], "not allowed with"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "lottery"], "unknown strategy 'lottery'"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--target", "mars"], "unknown target 'mars'"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--target", "{inputs}/no.yaml"], "target file not found"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--knob", "steps"], "--knob expects KEY=VALUE"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "dynamic", "--knob", "steps=abc"], "steps"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "dynamic", "--knob", "steps=0"], "steps"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "dynamic", "--knob", "history=1"], "no knob history"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "dynamic", "--knob", "then=dynamic"], "then"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "magnitude", "--knob", "p=abc"], "p"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "rmt", "--knob", "tracy_widom_level=2"], "tracy_widom_level"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "rmt", "--knob", "allocation=greedy"], "allocation"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "hybrid", "--knob", "colour=red"], "no knob colour"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--round-to", "0"], "--round-to must be a positive integer"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--round-to", "-8"], "--round-to must be a positive integer"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--min-channels", "0"], "--min-channels must be a positive integer"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--head-rounding", "round"], "invalid choice: 'round'"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--finetune-steps", "2"], "--finetune-steps applies to strategies"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "dynamic", "--finetune-steps", "-1"], "must be an integer >= 0"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "dynamic", "--finetune-steps", "2"], "needs calibration images"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--calibration", "{inputs}/missing"], "calibration folder not found"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--calibration", "{inputs}/a_file"], "calibration folder not found"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--calibration", "{inputs}/empty_folder"], "is not an ImageFolder"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--calibration", "{inputs}/no_images"], "is not an ImageFolder"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--calibration", "{inputs}/broken_images"], "zz_not_an_image.png"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--calibration", "{inputs}/truncated_images"], "zz_cut.png"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--calibration", "{inputs}/broken_images", "--calibration-images", "0"], "--calibration-images must be a positive integer"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.001"], "cannot reach keep_macs=0.001"),
+    (["--model", "skresnet18", "--weights", "random", "--keep-macs", "0.5"], "skresnet18"),
+    (["--model", "vit_small_r26_s32_224", "--weights", "random", "--keep-macs", "0.5"], "hybrid"),
+]  # fmt: skip
+
+OUT_CASES = [
+    ("{inputs}/a_file", "exists and is not a directory"),
+    ("{inputs}/a_file/sub", "cannot create the output folder"),
+    ("/proc/rmtdeploy-test/out", "cannot create the output folder"),
+]
+
+
+def _expand(args: list[str], inputs: Path) -> list[str]:
+    return [arg.replace("{inputs}", str(inputs)) for arg in args]
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def earlier_result(tmp_path):
+    """A folder holding an earlier run's output, beside where each case writes: it must stay as it was."""
+    folder = tmp_path / "earlier"
+    folder.mkdir()
+    (folder / "report.json").write_text('{"kept": true}\n')
+    return folder
+
+
+def _assert_refused(capsys, code: int, phrase: str, out: Path, earlier: Path, before: dict) -> None:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and phrase in lines[0], err
+    assert "internal error" not in err and "Traceback" not in err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]  # no staging, no lock
+    assert _snapshot(earlier) == before
+
+
+@pytest.mark.parametrize(("args", "phrase"), ANALYZE_CASES)
+def test_bad_analyze_input(tmp_path, files, earlier_result, capsys, args, phrase):
+    out, before = tmp_path / "out", _snapshot(earlier_result)
+    code = main(["analyze", *_expand(args, files), "--no-plots", "--out", str(out)])
+    _assert_refused(capsys, code, phrase, out, earlier_result, before)
+
+
+@pytest.mark.parametrize(("args", "phrase"), PRUNE_CASES)
+def test_bad_prune_input(tmp_path, files, earlier_result, capsys, args, phrase):
+    out, before = tmp_path / "out", _snapshot(earlier_result)
+    code = main(["prune", *_expand(args, files), "--out", str(out)])
+    _assert_refused(capsys, code, phrase, out, earlier_result, before)
+
+
+@pytest.mark.parametrize(("out", "phrase"), OUT_CASES)
+def test_unusable_output_folder_is_found_before_the_model_loads(files, capsys, monkeypatch, out, phrase):
+    import rmtdeploy.models
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(rmtdeploy.models, "load_model", never)
+    code = main(["prune", *RANDOM_RESNET, "--keep-macs", "0.5", "--out", _expand([out], files)[0]])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and phrase in err, err
+
+
+def test_a_bad_run_with_force_leaves_the_earlier_result_whole(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert (
+        main(["prune", *RANDOM_RESNET, "--strategy", "magnitude", "--keep-macs", "0.7", "--out", str(out)])
+        == 0
+    )
+    before = _snapshot(out)
+    args = ["prune", *RANDOM_RESNET, "--keep-macs", "0.001", "--force", "--out", str(out)]
+    assert main(args) == 2  # fails after the model loaded: the budget cannot be met
+    assert _snapshot(out) == before
+    assert "cannot reach" in capsys.readouterr().err
+    rmtdeploy.load_pruned(out)
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, capsys):
+    from rmtdeploy.io import OutputFolder
+
+    out = tmp_path / "busy"
+    with OutputFolder(out, ("plan.json",), force=False, stage="prune"):
+        code = main(["prune", *RANDOM_RESNET, "--keep-macs", "0.5", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is being written by another rmtdeploy run" in err, err
+    assert not out.exists()
+
+
+def test_existing_outputs_need_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["prune", *RANDOM_RESNET, "--strategy", "magnitude", "--keep-macs", "0.7", "--out", str(out)]
+    assert main(args) == 0
+    before = _snapshot(out)
+    assert main(args) == 2
+    assert "allow overwriting (--force)" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+def test_the_installed_entry_point_prints_one_line_too(tmp_path):
+    result = run_rmtdeploy("prune", *RANDOM_RESNET, "--keep-macs", "2", "--out", str(tmp_path / "o"))
+    assert_one_line_usage_error(result, "--keep-macs must lie in (0, 1]")
+
+
+LOAD_CASES = [
+    ("missing", "pruned-model directory not found"),
+    ("no_plan", "no plan.json"),
+    ("plan_without_key", "lacks the field(s) operations"),
+    ("truncated_weights", "model.safetensors changed after its run wrote it"),
+    ("weights_of_another_run", "weights from another run"),
+    ("interrupted", "did not finish"),
+]
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    args = ["prune", *RANDOM_RESNET, "--strategy", "magnitude", "--keep-macs", "0.7", "--out", str(out)]
+    assert main(args) == 0
+    return out
+
+
+def _break(kind: str, run: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    if kind == "no_plan":
+        (run / "plan.json").unlink()
+    elif kind == "plan_without_key":
+        plan = json.loads((run / "plan.json").read_text())
+        del plan["operations"]
+        (run / "plan.json").write_text(json.dumps(plan))
+    elif kind == "truncated_weights":
+        data = (run / "model.safetensors").read_bytes()
+        (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif kind == "weights_of_another_run":
+        # Equal shapes, other values: what a copy from another run of the same plan looks like.
+        state = load_file(str(run / "model.safetensors"))
+        state["fc.bias"] = state["fc.bias"] + 1
+        save_file(state, str(run / "model.safetensors"))
+        manifest = json.loads((run / "manifest.json").read_text())  # even with the manifest made to agree
+        manifest["files"]["model.safetensors"] = hashlib.sha256(
+            (run / "model.safetensors").read_bytes()
+        ).hexdigest()
+        (run / "manifest.json").write_text(json.dumps(manifest))
+    elif kind == "interrupted":
+        (run / "manifest.json").unlink()
+    elif kind == "missing":
+        shutil.rmtree(run)
+
+
+@pytest.mark.parametrize(("kind", "phrase"), LOAD_CASES)
+def test_load_pruned_names_what_is_wrong(tmp_path, pruned_run, kind, phrase):
+    import shutil
+
+    from rmtdeploy.errors import RmtdeployError
+
+    run = tmp_path / "run"
+    shutil.copytree(pruned_run, run)
+    _break(kind, run)
+    with pytest.raises(RmtdeployError, match=phrase.replace("(", r"\(").replace(")", r"\)")):
+        rmtdeploy.load_pruned(run)
