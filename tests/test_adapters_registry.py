@@ -71,3 +71,15 @@ def test_selective_kernels_over_the_whole_input_prune_and_reload(tmp_path):
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(load_pruned(tmp_path / "pruned").model(images), result.model.eval()(images))
+
+
+def test_a_strategy_refuses_an_unsupported_variant_before_fitting_any_spectrum(monkeypatch):
+    from rmtdeploy.scores import get_strategy
+    from rmtdeploy.scores.rmt import RmtStrategy
+
+    def never(self, model, keep):
+        raise AssertionError("spectra were fitted before the adapter refused the model")
+
+    monkeypatch.setattr(RmtStrategy, "settings", never)
+    with pytest.raises(RmtdeployError, match="selective-kernel"):
+        get_strategy("rmt").prune(timm.create_model("skresnet18", pretrained=False), keep_macs=0.5)

@@ -89,7 +89,10 @@ class Strategy:
         **pruner_options: Any,
     ):
         """Prune a copy of ``model`` to the budget; BatchNorm is recalibrated when batches are given."""
+        from rmtdeploy.adapters import get_adapter
         from rmtdeploy.pruning import prune_model, recalibrate_batchnorm
+
+        get_adapter(model)  # a model its family's adapter cannot prune is refused before any spectrum fit
 
         keep = keep_macs if keep_macs is not None else keep_params
         started = time.perf_counter()
