@@ -43,13 +43,6 @@ def check_output_dir(out: str | os.PathLike, produces: Iterable[str], force: boo
     return out
 
 
-def prepare_output_dir(out: str | os.PathLike, produces: Iterable[str], force: bool = False) -> Path:
-    """:func:`check_output_dir`, then create ``out`` (for single files written atomically into it)."""
-    out = check_output_dir(out, produces, force)
-    _make_dirs(out)
-    return out
-
-
 class OutputFolder:
     """A stage's output folder, written as one unit. Use as a context manager around the whole run::
 

@@ -69,6 +69,13 @@ class LoadedModel:
     def is_random(self) -> bool:
         return self.weights == "random"
 
+    def check(self) -> str:
+        """Already built: nothing to check (the :class:`ModelSource` protocol); returns the timm name."""
+        return self.name
+
+    def load(self) -> LoadedModel:
+        return self
+
 
 def resolve_model_name(name: str) -> str:
     """Map an alias or full timm name to the timm name; unknown names fail with the closest names."""
@@ -135,6 +142,12 @@ class ModelSource:
 
     def load(self) -> LoadedModel:
         return load_model(self.name, self.weights, self.checkpoint, self.num_classes)
+
+
+def model_source(model: str | ModelSource | LoadedModel) -> ModelSource | LoadedModel:
+    """What a stage takes as its model, as something with ``check()`` (before the work) and ``load()``:
+    a name becomes a :class:`ModelSource` with its default weight source."""
+    return model if isinstance(model, (ModelSource, LoadedModel)) else ModelSource(model)
 
 
 def _check_checkpoint_file(path: Path) -> None:
@@ -223,8 +236,7 @@ def _hub_offline(offline: bool):
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors or a torch file, unwrapping common training wrappers."""
     path = Path(path)
-    if not path.is_file():
-        raise RmtdeployError(f"checkpoint not found: {path}")
+    _check_checkpoint_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

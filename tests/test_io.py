@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.io import atomic_save, atomic_write_text, check_output_dir, prepare_output_dir
+from rmtdeploy.io import OutputFolder, atomic_save, atomic_write_text, check_output_dir
 
 
 def test_atomic_writes_leave_no_temporary_files_and_use_the_umask_mode(tmp_path):
@@ -40,7 +40,9 @@ def test_existing_outputs_need_force_and_checking_creates_nothing(tmp_path):
     out = tmp_path / "run"
     check_output_dir(out, ["plan.json"])
     assert not out.exists()
-    prepare_output_dir(out, ["plan.json"]).joinpath("plan.json").write_text("{}")
+    with OutputFolder(out, ["plan.json"], force=False, stage="prune") as folder:
+        folder.write_text("plan.json", "{}")
+        folder.commit()
     with pytest.raises(RmtdeployError, match=r"allow overwriting \(force\)"):
         check_output_dir(out, ["plan.json"])
-    assert prepare_output_dir(out, ["plan.json"], force=True) == out
+    assert check_output_dir(out, ["plan.json"], force=True) == out

@@ -12,6 +12,7 @@ Every plan is made here: :func:`build_plan` for one pruning pass, :func:`compose
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -55,8 +56,6 @@ def save_pruned(directory: str | os.PathLike, result: PruneResult, *, force: boo
 
 def write_pruned(folder: OutputFolder, result: PruneResult) -> str:
     """Stage the weights and the plan (tied by the weights' sha256) in ``folder``; returns the hash."""
-    import hashlib
-
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in result.model.state_dict().items()}
     # One metadata key: safetensors writes its metadata map in hash order, so more keys would make two
     # identical runs differ byte-wise. What the weights are is in the plan, tied by the hash.

@@ -18,7 +18,7 @@ from typing import Any
 
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import OutputFolder
-from rmtdeploy.models import LoadedModel, ModelSource
+from rmtdeploy.models import LoadedModel, ModelSource, model_source
 from rmtdeploy.pruning.plan import PRUNED_FILES, layer_report, write_pruned
 from rmtdeploy.pruning.prune import check_pruning_arguments
 from rmtdeploy.pruning.result import PruneResult
@@ -127,11 +127,10 @@ def prune(
         keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
         calibration, calibration_images, finetune_steps,
     )  # fmt: skip
-    source = model if isinstance(model, (ModelSource, LoadedModel)) else ModelSource(model)
-    if isinstance(source, ModelSource):
-        source.check()
+    source = model_source(model)
+    source.check()
     with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
-        loaded = source.load() if isinstance(source, ModelSource) else source
+        loaded = source.load()
         _check_supported(loaded)
         batches = _calibration_batches(calibration, loaded, calibration_images)
         result = _run_strategy(
@@ -185,12 +184,11 @@ def _check(
         raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
     chosen = get_strategy(strategy, **(knobs or {}))
     profile = load_target(target)
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-        raise RmtdeployError(f"{{param}} must be a positive integer, got {round_to}", param="round_to")
+    multiple = profile.channel_multiple if round_to is None else round_to
     check_pruning_arguments(
         keep_macs=keep_macs,
         keep_params=keep_params,
-        round_to=round_to or profile.channel_multiple,
+        round_to=multiple,
         min_channels=min_channels,
         head_rounding=head_rounding,
     )
@@ -199,8 +197,10 @@ def _check(
     return _Settings(
         strategy=chosen,
         target=profile,
-        round_to=round_to or profile.channel_multiple,
-        round_to_from="round_to argument" if round_to else f"target: {profile.channel_multiple_from}",
+        round_to=multiple,
+        round_to_from="round_to argument"
+        if round_to is not None
+        else f"target: {profile.channel_multiple_from}",
         finetune_steps=_finetune_steps(finetune_steps, chosen, calibration is not None),
     )
 

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import OutputFolder
-from rmtdeploy.models import LoadedModel, ModelSource
+from rmtdeploy.models import LoadedModel, ModelSource, model_source
 from rmtdeploy.spectra.analysis import (
     SIGMA_METHODS,
     STATUS_OK,
@@ -102,11 +102,10 @@ def analyze(
         raise RmtdeployError(
             f"{{param}} must be one of {', '.join(SIGMA_METHODS)}, got '{sigma_method}'", param="sigma_method"
         )
-    source = model if isinstance(model, (ModelSource, LoadedModel)) else ModelSource(model)
-    if isinstance(source, ModelSource):
-        source.check()
+    source = model_source(model)
+    source.check()
     with OutputFolder(out, ANALYSIS_FILES[:2], force=force, stage="analyze") as folder:
-        loaded = source.load() if isinstance(source, ModelSource) else source
+        loaded = source.load()
         advance = progress(len(weight_matrices(loaded.model))) if progress else None
         spectra = analyze_model(loaded.model, SpectralFitConfig(method=sigma_method), advance)
         records = spectra_records(spectra, loaded)
@@ -118,7 +117,7 @@ def analyze(
             title = f"{loaded.name} ({loaded.weights} weights)"
             plot_summary(spectra, folder.path("summary.png"), title)
             plot_spectral_densities(spectra, folder.staging, title)
-        files = [f for f in folder.commit() if f.name != "manifest.json"]
+        files = folder.commit()
     return Analysis(loaded.name, loaded.weights, spectra, records, files)
 
 
