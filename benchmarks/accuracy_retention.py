@@ -10,7 +10,7 @@ keep-macs 0.75 / 0.5 / 0.3 by every criterion through the same pruner, adapters 
   random. Group L2 is the ``magnitude`` strategy itself (the very TP class).
 
 Per point: top-1 right after pruning (BatchNorm recalibrated on the seed's calibration draw for CNNs),
-top-1 after a fixed short label-free distillation from the dense model (``rmtdeploy.finetune.distill``, the
+top-1 after a fixed short label-free distillation from the dense model (``rmtdeploy.finetuning.distill``, the
 same budget for every criterion), and the scoring time. Writes ``results/accuracy_retention.{json,md,png}``.
 
     python benchmarks/accuracy_retention.py                # the full run (make bench-accuracy)
@@ -134,7 +134,7 @@ def train_dense(family: str, seed: int, settings: Settings, cache: Path, log) ->
     from safetensors.torch import load_file, save_file
 
     from rmtdeploy.data import get_dataset
-    from rmtdeploy.finetune import evaluate_top1
+    from rmtdeploy.finetuning import evaluate_top1
     from rmtdeploy.io import atomic_write_json
 
     recipe = FAMILIES[family]
@@ -272,7 +272,7 @@ def prune_with(criterion: str, model, keep: float, calibration: list, settings: 
 def run_family_seed(family: str, seed: int, settings: Settings, cache: Path, events=None) -> dict:
     """Train (or load) one dense model and score every criterion at every keep on it."""
     torch.set_num_threads(1)
-    from rmtdeploy.finetune import distill, evaluate_top1, teacher_outputs
+    from rmtdeploy.finetuning import distill, evaluate_top1, teacher_outputs
 
     parent = os.getppid()
 

@@ -8,6 +8,7 @@ Each stage is one library call with a typed result (``to_dict()``), imported laz
 * ``rmtdeploy.analyze(model, out) -> Analysis`` (:mod:`rmtdeploy.spectra.outputs`)
 * ``rmtdeploy.prune(model, out, keep_macs=0.5) -> PruneRun`` (:mod:`rmtdeploy.pruning.stage`)
 * ``rmtdeploy.load_pruned(directory) -> PruneResult`` (:mod:`rmtdeploy.pruning.plan`)
+* ``rmtdeploy.finetune(pruned_dir, data, out, epochs=3) -> FinetuneRun`` (:mod:`rmtdeploy.finetuning.stage`)
 
 See docs/architecture.md.
 """
@@ -22,6 +23,7 @@ _STAGES = {
     "analyze": "rmtdeploy.spectra.outputs",
     "prune": "rmtdeploy.pruning.stage",
     "load_pruned": "rmtdeploy.pruning.plan",
+    "finetune": "rmtdeploy.finetuning.stage",
 }
 
 __all__ = ["__version__", *_STAGES]

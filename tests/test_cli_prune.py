@@ -99,7 +99,7 @@ def test_dynamic_with_calibration_distils_between_steps_and_saves_the_distilled_
     tmp_path, image_folder, capsys
 ):
     from rmtdeploy.data import image_folder_loader, input_batches
-    from rmtdeploy.finetune import kd_loss
+    from rmtdeploy.finetuning import kd_loss
     from rmtdeploy.models import load_model
 
     out = tmp_path / "distilled"

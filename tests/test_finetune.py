@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.finetune import distill, kd_loss
+from rmtdeploy.finetuning import distill, kd_loss
 from rmtdeploy.scores import get_strategy
 
 CNN_AT_128 = {"input_size": (3, 128, 128)}  # small inputs keep the suite fast

@@ -8,7 +8,7 @@ import torch
 import torch_pruning as tp
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.finetune import distill
+from rmtdeploy.finetuning import distill
 from rmtdeploy.pruning import load_pruned, prune_model, save_pruned
 from rmtdeploy.pruning.plan import plan_to_json
 from rmtdeploy.scores import get_strategy, strategy_names

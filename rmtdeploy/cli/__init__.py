@@ -18,7 +18,7 @@ from rmtdeploy.errors import RmtdeployError
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
-COMMANDS = ("analyze", "prune")
+COMMANDS = ("analyze", "prune", "finetune")
 
 
 def build_parser() -> OneLineErrorParser:
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except RmtdeployError as exc:
         print(f"rmtdeploy: error: {exc.render(flag)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("rmtdeploy: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a stage that checkpoints says where its checkpoint is
+        print(f"rmtdeploy: interrupted; {exc or 'nothing was written'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line by default, the traceback on request
         if os.environ.get("RMTDEPLOY_DEBUG"):

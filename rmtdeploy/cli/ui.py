@@ -22,14 +22,14 @@ def flag(param: str) -> str:
     return "--" + param.replace("_", "-")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = True, note: str = "") -> None:
     from rmtdeploy.models import WEIGHT_SOURCES
 
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
-        required=True,
-        help="alias (swin_t, vit_s, deit_s, convnext_t, hiera_t, resnet50, ...) or any timm name",
+        required=required,
+        help="alias (swin_t, vit_s, deit_s, convnext_t, hiera_t, resnet50, ...) or any timm name" + note,
     )
     group.add_argument(
         "--weights",
@@ -105,3 +105,54 @@ def console():
 
     # Piped output (logs, CI) gets a wide table instead of rich's 80-column default with truncated cells.
     return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+@contextlib.contextmanager
+def training_progress(enabled: bool):
+    """Yields a :class:`rmtdeploy.finetuning.trainer.Reporter` that draws a bar per epoch (loss, accuracy)
+    and status lines on stderr; a silent one when disabled."""
+    from rmtdeploy.finetuning.trainer import Reporter
+
+    if not enabled:
+        yield Reporter()
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f} train top-1 {task.fields[top1]:.1f}%"),
+               TimeElapsedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        yield _BarReporter(bar)
+
+
+class _BarReporter:
+    def __init__(self, bar):
+        self.bar, self.task = bar, None
+
+    def status(self, text: str) -> None:
+        self.bar.console.log(text)
+
+    def epoch_started(self, epoch: int, epochs: int, batches: int, done: int) -> None:
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+        self.task = self.bar.add_task(
+            f"epoch {epoch}/{epochs}", total=batches, completed=done, loss=0.0, top1=0.0
+        )
+
+    def step(self, loss: float, top1: float) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, advance=1, loss=loss, top1=top1)
+
+    def epoch_ended(self, record: dict) -> None:
+        self.bar.console.log(
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val top-1 {record['val_top1']:.2f}, "
+            f"top-5 {record['val_top5']:.2f}"
+        )

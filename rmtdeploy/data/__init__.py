@@ -16,16 +16,21 @@ from rmtdeploy.data.builtin import (
     register_dataset,
 )
 from rmtdeploy.data.folders import image_folder_loader, input_batches
+from rmtdeploy.data.sampling import epoch_loader
+from rmtdeploy.data.source import DataSource, open_data
 
 __all__ = [
     "BUILTIN_DATASETS",
     "BuiltinDataset",
+    "DataSource",
     "ImageArrayDataset",
     "builtin_dataset",
     "builtin_loader",
     "dataset_names",
+    "epoch_loader",
     "get_dataset",
     "image_folder_loader",
     "input_batches",
+    "open_data",
     "register_dataset",
 ]

@@ -138,6 +138,8 @@ def rebuild_pruned_architecture(plan: dict[str, Any]) -> nn.Module:
             f"cannot build '{plan['model']}' with timm: {str(exc).splitlines()[0][:200]}"
         ) from exc
     model.eval()
+    # The size it was pruned at is the size its data loaders and exports use (timm's default otherwise).
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "input_size": tuple(plan["input_size"])}
     if model_family(model) != plan["family"]:
         raise RmtdeployError(
             f"plan is for family '{plan['family']}' but timm built a '{model_family(model)}' model"

@@ -93,6 +93,7 @@ class _Settings:
     round_to: int
     round_to_from: str
     finetune_steps: int
+    calibration: Any = None  # the opened DataSource
 
 
 def prune(
@@ -132,7 +133,7 @@ def prune(
     with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
         loaded = source.load()
         _check_supported(loaded)
-        batches = _calibration_batches(calibration, loaded, calibration_images)
+        batches = _calibration_batches(settings.calibration, loaded, calibration_images)
         result = _run_strategy(
             settings, loaded, batches, status, keep_macs=keep_macs, keep_params=keep_params,
             min_channels=min_channels, head_rounding=head_rounding,
@@ -192,8 +193,7 @@ def _check(
         min_channels=min_channels,
         head_rounding=head_rounding,
     )
-    if calibration is not None:
-        _check_calibration(Path(calibration), calibration_images)
+    data = _check_calibration(calibration, calibration_images) if calibration is not None else None
     return _Settings(
         strategy=chosen,
         target=profile,
@@ -202,16 +202,19 @@ def _check(
         if round_to is not None
         else f"target: {profile.channel_multiple_from}",
         finetune_steps=_finetune_steps(finetune_steps, chosen, calibration is not None),
+        calibration=data,
     )
 
 
-def _check_calibration(root: Path, images: int) -> None:
+def _check_calibration(root, images: int):
+    """The calibration data (a built-in dataset's name or an ImageFolder), opened and its files checked."""
     if isinstance(images, bool) or not isinstance(images, int) or images < 1:
         raise RmtdeployError(
             f"{{param}} must be a positive integer, got {images}", param="calibration_images"
         )
-    if not root.is_dir():
-        raise RmtdeployError(f"calibration folder not found: {root}")
+    from rmtdeploy.data import open_data
+
+    return open_data(root, split=False)
 
 
 def _finetune_steps(steps: int | None, strategy, have_images: bool) -> int:
@@ -241,12 +244,13 @@ def _check_supported(loaded: LoadedModel) -> None:
     get_adapter(loaded.model)
 
 
-def _calibration_batches(root, loaded: LoadedModel, images: int):
-    if root is None:
+def _calibration_batches(data, loaded: LoadedModel, images: int):
+    """``images`` training images of the calibration data, streamed anew on every pass."""
+    if data is None:
         return None
-    from rmtdeploy.data import image_folder_loader, input_batches
+    from rmtdeploy.data.source import calibration_batches
 
-    return list(input_batches(image_folder_loader(root, loaded.model, max_images=images)))
+    return calibration_batches(data, loaded.model, images)
 
 
 def _hooks(settings: _Settings, loaded: LoadedModel, batches, status: Status | None) -> dict[str, Any]:
@@ -254,7 +258,7 @@ def _hooks(settings: _Settings, loaded: LoadedModel, batches, status: Status | N
     ``status``. The teacher is the loaded model itself: pruning works on copies and leaves it dense."""
     if not settings.finetune_steps:
         return {}
-    from rmtdeploy.finetune import distill
+    from rmtdeploy.finetuning import distill
 
     rounds = itertools.count(1)
     total = settings.strategy.steps

@@ -10,7 +10,7 @@ and switches to ``then`` (hybrid magnitude × SER) once the model degrades:
 
 Between steps, in this order: the step prunes, BatchNorm is recalibrated on ``calibration_batches``,
 ``finetune(model)`` runs when given, then ``evaluate(model)``. The fine-tune stage's hook is a short
-label-free distillation from the dense model (``rmtdeploy.finetune.distill``; ``rmtdeploy prune`` runs
+label-free distillation from the dense model (``rmtdeploy.finetuning.distill``; ``rmtdeploy prune`` runs
 it on the ``--calibration`` images, ``--finetune-steps``); a hook that returns a record (a dataclass
 such as ``DistillRecord``, or a dict) has it kept per step under ``history[i]["finetune"]`` and the
 plan's ``strategy.steps``. Pick it when data is at hand and the target is aggressive.

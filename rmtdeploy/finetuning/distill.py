@@ -66,7 +66,9 @@ def distill(
     rate decaying from ``lr`` to zero along a cosine.
 
     ``batches`` are input tensors, or (inputs, labels) pairs whose labels are ignored; the loop cycles over
-    them in order until ``steps`` optimizer steps are done. The teacher runs once per batch, in eval mode
+    them in order until ``steps`` optimizer steps are done. A re-iterable (a list, a loader,
+    :class:`rmtdeploy.data.source.ImageBatches`) is streamed anew on every pass, only the teacher's logits
+    are kept; a one-shot iterator is read into memory first. The teacher runs once per batch, in eval mode
     under no_grad (its logits are reused every cycle). Weight decay applies to weight matrices and conv
     kernels only, not to biases and norm parameters (timm's convention). ``seed`` seeds dropout / drop-path
     in a forked RNG, so the global one is left as it was. ``progress(steps)`` may return a callable advanced
@@ -80,26 +82,22 @@ def distill(
     the loss the loop lowers is the one the deployed model has.
     """
     _check_settings(steps, lr, temperature, weight_decay)
-    inputs = [batch[0] if isinstance(batch, (tuple, list)) else batch for batch in batches]
-    if not inputs:
-        raise RmtdeployError("distillation needs at least one batch of images")
+    batches = _Inputs(batches)
     device = next(student.parameters()).device
     if teacher_logits is None:
-        teacher_logits = teacher_outputs(teacher, inputs)
-    if len(teacher_logits) != len(inputs):
-        raise RmtdeployError(f"{len(teacher_logits)} batches of teacher logits for {len(inputs)} batches")
+        teacher_logits = teacher_outputs(teacher, batches)
+    if not teacher_logits:
+        raise RmtdeployError("distillation needs at least one batch of images")
     targets = [t.to(device) for t in teacher_logits]
-    inputs = [x.to(device) for x in inputs]
-    loss_before = _mean_kd_loss(student, inputs, targets, temperature)
+    loss_before = _mean_kd_loss(student, batches, targets, temperature)
     optimizer, schedule = _optimizer(student, steps, lr, weight_decay)
     advance = progress(steps) if progress is not None and steps else None
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         _train_except_batchnorm(student)
         try:
-            for step in range(steps):
-                index = step % len(inputs)
-                loss = kd_loss(student(inputs[index]), targets[index], temperature)
+            for _step, (index, inputs) in zip(range(steps), _cycle(batches), strict=False):
+                loss = kd_loss(student(inputs.to(device)), targets[index], temperature)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -108,7 +106,7 @@ def distill(
                     advance(1)
         finally:
             student.eval()
-    loss_after = _mean_kd_loss(student, inputs, targets, temperature) if steps else loss_before
+    loss_after = _mean_kd_loss(student, batches, targets, temperature) if steps else loss_before
     if not math.isfinite(loss_after):
         raise RmtdeployError(f"distillation diverged (KD loss {loss_after}); try a lower learning rate")
     return DistillRecord(
@@ -116,8 +114,8 @@ def distill(
         lr=lr,
         temperature=temperature,
         weight_decay=weight_decay,
-        batches=len(inputs),
-        images=sum(len(x) for x in inputs),
+        batches=len(targets),
+        images=sum(len(t) for t in targets),
         loss_before=loss_before,
         loss_after=loss_after,
     )
@@ -182,16 +180,36 @@ def _train_except_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
+class _Inputs:
+    """The input tensors of ``batches``, re-iterable (a one-shot iterator is read into a list)."""
+
+    def __init__(self, batches: Iterable):
+        self.batches = list(batches) if iter(batches) is batches else batches
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def _cycle(batches: _Inputs):
+    """(batch index, inputs) over the batches in order, again and again."""
+    while True:
+        yield from enumerate(batches)
+
+
 @torch.no_grad()
-def _mean_kd_loss(student: nn.Module, inputs: list, targets: list, temperature: float) -> float:
+def _mean_kd_loss(student: nn.Module, batches: _Inputs, targets: list, temperature: float) -> float:
     """Mean KD loss per image of ``student`` in eval mode over all batches."""
     student.eval()
+    device = targets[0].device
     total = 0.0
-    for x, target in zip(inputs, targets, strict=True):
-        logits = student(x)
+    count = 0
+    for x, target in zip(batches, targets, strict=True):
+        logits = student(x.to(device))
         if logits.shape != target.shape:
             raise RmtdeployError(
                 f"student and teacher disagree on the output: {tuple(logits.shape)} vs {tuple(target.shape)}"
             )
         total += kd_loss(logits, target, temperature).item() * len(x)
-    return total / sum(len(x) for x in inputs)
+        count += len(x)
+    return total / count
