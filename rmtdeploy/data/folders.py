@@ -25,14 +25,14 @@ def image_folder_loader(
 
     ``max_images`` keeps a fixed, evenly spread subset (calibration needs a few hundred images, not all).
     """
-    import timm.data
     from torchvision.datasets import ImageFolder
+
+    from rmtdeploy.data.source import folder_transform
 
     root = Path(root)
     if not root.is_dir():
         raise RmtdeployError(f"data directory not found: {root}")
-    config = timm.data.resolve_data_config({}, model=model)
-    transform = timm.data.create_transform(**config, is_training=train)
+    transform = folder_transform(model, train=train)
     try:
         dataset = ImageFolder(str(root), transform=transform, loader=read_rgb_image)
     except (FileNotFoundError, RuntimeError) as exc:

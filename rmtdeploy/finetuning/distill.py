@@ -134,19 +134,25 @@ def _check_settings(steps: int, lr: float, temperature: float, weight_decay: flo
 
 def _optimizer(student: nn.Module, steps: int, lr: float, weight_decay: float):
     """AdamW without decay on biases and norms (timm's convention), and a cosine decay of its lr to zero."""
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    if not trainable:
-        raise RmtdeployError("distillation needs a student with trainable parameters")
-    groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    optimizer = torch.optim.AdamW(adamw_param_groups(student, weight_decay), lr=lr)
     # Cosine decay to zero: the last steps move the weights least, so the run ends where it settled.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
     )
     return optimizer, schedule
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """The trainable parameters in AdamW groups: decay on weight matrices and kernels, none on biases and
+    norms (timm's convention)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise RmtdeployError("training needs a model with trainable parameters")
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ during training: see :mod:`rmtdeploy.finetuning.progressive`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -118,12 +119,12 @@ def finetune(
     check_output_dir(out, FINETUNE_FILES, force=force)
     target_device = resolve_device(device)
     Checkpoints(out, writer=False).check_start(resume=resume, force=force)
-    inputs = _check(pruned, data, out, epochs, recipe, teacher, new_head, keep, val_fraction, convert_grey,
+    inputs = _check(pruned, data, epochs, recipe, teacher, new_head, keep, val_fraction, convert_grey,
                     check_files, progressive, workers, reporter)  # fmt: skip
     dist = setup_distributed(target_device)
     checkpoints = Checkpoints(out, writer=dist.is_main)
     folder = OutputFolder(out, FINETUNE_FILES, force=force, stage="finetune") if dist.is_main else None
-    with folder if folder is not None else _nothing():
+    with folder if folder is not None else contextlib.nullcontext():
         started = time.perf_counter()
         if not resume:
             checkpoints.remove()  # a fresh start (force): the old run's state and live log go
@@ -155,12 +156,13 @@ def _train(trainer: Trainer, inputs: _Inputs, plan, loaded, resume, checkpoints)
     try:
         if resume:
             state = checkpoints.load(trainer.fingerprint)
-            if "plan" in json.loads(state["extra_json"]):  # a progressively pruned student: rebuild it
+            extra = json.loads(state["extra_json"])
+            if "plan" in extra:  # a progressively pruned student: rebuild it
                 from rmtdeploy.pruning.plan import rebuild_pruned_architecture
 
-                plan = json.loads(state["extra_json"])["plan"]
+                plan = extra["plan"]
                 trainer.set_student(rebuild_pruned_architecture(plan))
-                trainer.extra_state["plan"] = plan
+                trainer.extra_state = extra  # the plan and the per-step widths finetune.json reports
             trainer.load_state_dict(state)
             trainer.reporter.status(f"resumed at epoch {trainer.epoch + 1}, step {trainer.step}")
         elif inputs.progressive is not None:
@@ -180,12 +182,11 @@ def _train(trainer: Trainer, inputs: _Inputs, plan, loaded, resume, checkpoints)
     )  # fmt: skip
 
 
-def _check(pruned, data, out, epochs, recipe, teacher, new_head, keep, val_fraction, convert_grey, check_files,
+def _check(pruned, data, epochs, recipe, teacher, new_head, keep, val_fraction, convert_grey, check_files,
            progressive, workers, reporter) -> _Inputs:  # fmt: skip
     """Every argument rule, before any model is loaded."""
     from rmtdeploy.data import open_data
     from rmtdeploy.data.source import DEFAULT_VAL_FRACTION
-    from rmtdeploy.io import check_output_dir
     from rmtdeploy.pruning.plan import read_plan
 
     recipe = (recipe or FinetuneRecipe()).check()
@@ -197,7 +198,6 @@ def _check(pruned, data, out, epochs, recipe, teacher, new_head, keep, val_fract
         )
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise RmtdeployError(f"{{param}} must be an integer >= 0, got {workers}", param="workers")
-    check_output_dir(out, FINETUNE_FILES, force=True)  # a file in the way; existing outputs: OutputFolder
     plan = None
     if progressive is not None:
         progressive = progressive.check(pruned)
@@ -399,11 +399,3 @@ def _final_result(trainer: Trainer, result: PruneResult, record: dict[str, Any],
     plan = {**result.plan, "finetune": [*result.plan.get("finetune", []), entry]}
     result.model, result.plan = trainer.student, plan
     return result
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -14,6 +14,7 @@ is kept: the output is never worse on validation than where the run started.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from torch import nn
 from rmtdeploy.data.sampling import epoch_loader
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.finetuning.checkpoint import Checkpoints, rng_state, set_rng_state
-from rmtdeploy.finetuning.distill import kd_loss
+from rmtdeploy.finetuning.distill import adamw_param_groups, kd_loss
 from rmtdeploy.finetuning.distributed import Distributed
 from rmtdeploy.finetuning.recipe import FinetuneRecipe
 
@@ -105,10 +106,8 @@ class Trainer:
         if self.dist.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.module = nn.parallel.DistributedDataParallel(self.student, device_ids=ids)
-        params = [p for p in self.student.parameters() if p.requires_grad]
-        decay = {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.recipe.weight_decay}
-        no_decay = {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}
-        self.optimizer = torch.optim.AdamW([g for g in (decay, no_decay) if g["params"]], lr=self.recipe.lr)
+        groups = adamw_param_groups(self.student, self.recipe.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=self.recipe.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
     def _make_teacher_cache(self):
@@ -292,8 +291,8 @@ class Trainer:
             "fingerprint": self.fingerprint, "student": self.student.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
             "position": {"step": self.step, "epoch": self.epoch, "batch": self.batch},
-            "running": dict(self._running), "rng": rng_state(), "metrics_json": _json(self.metrics),
-            "skipped": list(self.skipped), "best": self.best, "extra_json": _json(self.extra_state),
+            "running": dict(self._running), "rng": rng_state(), "metrics_json": json.dumps(self.metrics),
+            "skipped": list(self.skipped), "best": self.best, "extra_json": json.dumps(self.extra_state),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -303,7 +302,7 @@ class Trainer:
         self.step, self.epoch, self.batch = (state["position"][k] for k in ("step", "epoch", "batch"))
         self._running = dict(state["running"])
         set_rng_state(state["rng"])
-        self.metrics = _unjson(state["metrics_json"])
+        self.metrics = json.loads(state["metrics_json"])
         self.skipped, self.best = list(state["skipped"]), state["best"]
         if self.checkpoints is not None:
             self.checkpoints.rewrite_metrics(self.metrics)
@@ -378,18 +377,6 @@ def _num_outputs(model: nn.Module) -> int:
 
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj)
-
-
-def _unjson(text: str):
-    import json
-
-    return json.loads(text)
 
 
 def train_in_memory(student: nn.Module, teacher: nn.Module | None, data, *, recipe: FinetuneRecipe,
