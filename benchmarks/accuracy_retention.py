@@ -12,8 +12,13 @@ keep-macs 0.75 / 0.5 / 0.3 by every criterion through the same pruner, adapters 
 Per point: top-1 right after pruning (BatchNorm recalibrated on the seed's calibration draw for CNNs),
 top-1 after a fixed short label-free distillation from the dense model (``rmtdeploy.finetuning.distill``, the
 same budget for every criterion), and the scoring time. Writes ``results/accuracy_retention.{json,md,png}``.
+With ``--finetune default`` the second column is the fine-tune stage's default recipe instead
+(``FinetuneRecipe()``: KD from the dense model over the whole training split, augmented, its default
+epochs), written to ``results/accuracy_retention_finetuned.*``.
 
     python benchmarks/accuracy_retention.py                # the full run (make bench-accuracy)
+    python benchmarks/accuracy_retention.py --finetune default --criteria magnitude rmt hybrid edge-budget dynamic \
+        --keeps 0.5 0.3                                    # after the default fine-tune recipe (~1.5 h)
     python benchmarks/accuracy_retention.py --quick --out /tmp/acc   # a CI-sized smoke run
 """
 
@@ -110,6 +115,16 @@ class Settings:
     val_images: int | None = None  # None: the whole validation split
     round_to: int = 8
     epochs_scale: float = 1.0  # quick mode trains for a fraction of the recipe's epochs
+    finetune: str = "distill"  # after pruning: the short distillation above, or "default" (FinetuneRecipe())
+    finetune_epochs: int | None = None  # None: the default recipe's epochs
+
+    @property
+    def after_key(self) -> str:
+        return "top1_distilled" if self.finetune == "distill" else "top1_finetuned"
+
+    @property
+    def after_name(self) -> str:
+        return "distillation" if self.finetune == "distill" else "fine-tuning"
 
 
 def build_model(recipe: ModelRecipe, image_size: int, num_classes: int) -> torch.nn.Module:
@@ -300,21 +315,42 @@ def run_family_seed(family: str, seed: int, settings: Settings, cache: Path, eve
             result, scoring_s = prune_with(criterion, dense, keep, calibration, settings, seed)
             prune_s = time.perf_counter() - started
             pruned_top1 = evaluate_top1(result.model, val)
-            fine = distill(result.model, dense, distill_set, steps=settings.distill_steps,
-                           lr=settings.distill_lr, seed=seed, teacher_logits=teacher_logits)  # fmt: skip
-            points.append({
+            point = {
                 "family": family, "seed": seed, "keep": keep, "criterion": criterion,
                 "macs_kept": round(result.macs_kept, 4), "params_kept": round(result.params_kept, 4),
-                "top1_pruned": round(pruned_top1, 2), "top1_distilled": round(evaluate_top1(result.model, val), 2),
-                "kd_loss_before": round(fine.loss_before, 4), "kd_loss_after": round(fine.loss_after, 4),
-                "scoring_s": round(scoring_s, 3), "prune_s": round(prune_s, 2),
+                "top1_pruned": round(pruned_top1, 2), "scoring_s": round(scoring_s, 3), "prune_s": round(prune_s, 2),
                 "widths": _width_summary(result),
-            })  # fmt: skip
+            }  # fmt: skip
+            if settings.finetune == "distill":
+                fine = distill(result.model, dense, distill_set, steps=settings.distill_steps,
+                               lr=settings.distill_lr, seed=seed, teacher_logits=teacher_logits)  # fmt: skip
+                point |= {"top1_distilled": round(evaluate_top1(result.model, val), 2),
+                          "kd_loss_before": round(fine.loss_before, 4), "kd_loss_after": round(fine.loss_after, 4)}  # fmt: skip
+            else:
+                point |= _finetune_default(result.model, dense, settings, seed)
+            points.append(point)
             if events is not None:
                 events.put(("point", family))
             log(f"{family} s{seed} keep {keep} {criterion:12s} MACs {result.macs_kept:.3f} "
-                f"top-1 {pruned_top1:5.1f} -> {points[-1]['top1_distilled']:5.1f} (dense {dense_top1:.1f})")  # fmt: skip
+                f"top-1 {pruned_top1:5.1f} -> {point[settings.after_key]:5.1f} (dense {dense_top1:.1f})")  # fmt: skip
     return {"dense": {**record, "top1_eval": round(dense_top1, 2)}, "points": points}
+
+
+def _finetune_default(model, dense, settings: Settings, seed: int) -> dict:
+    """The fine-tune stage's default recipe on the whole training split, keeping the last epoch (what a
+    user gets without a validation split to pick by); the start is the trainer's own (BN recalibrated)."""
+    from rmtdeploy.finetuning.recipe import FinetuneRecipe
+    from rmtdeploy.finetuning.trainer import train_in_memory
+
+    epochs = {"epochs": settings.finetune_epochs} if settings.finetune_epochs else {}
+    started = time.perf_counter()
+    trainer = train_in_memory(
+        model, dense, settings.dataset, recipe=FinetuneRecipe(seed=seed, **epochs), keep="last"
+    )
+    curve = [m["val_top1"] for m in trainer.metrics if m["event"] == "epoch"]
+    start = next(m for m in trainer.metrics if m["event"] == "start")
+    return {"top1_finetuned": round(curve[-1], 2), "top1_finetune_start": round(start["val_top1"], 2),
+            "finetune_curve": [round(v, 2) for v in curve], "finetune_s": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
 def _width_summary(result) -> dict:
@@ -344,9 +380,9 @@ def summarise(points: list[dict], families: list[str], settings: Settings) -> di
                 table.setdefault(family, {}).setdefault(criterion, {})[str(keep)] = {
                     "macs_kept": _mean_std([r["macs_kept"] for r in rows]),
                     "pruned": _mean_std([r["top1_pruned"] for r in rows]),
-                    "distilled": _mean_std([r["top1_distilled"] for r in rows]),
+                    "distilled": _mean_std([r[settings.after_key] for r in rows]),
                     "scoring_s": _mean_std([r["scoring_s"] for r in rows]),
-                    "kd_below_start": sum(r["top1_distilled"] < r["top1_pruned"] for r in rows),
+                    "kd_below_start": sum(r[settings.after_key] < r["top1_pruned"] for r in rows),
                     "seeds": len(rows),
                 }
     goals = {family: _goal(points, family, settings) for family in families}
@@ -384,11 +420,12 @@ def _goal(points: list[dict], family: str, settings: Settings) -> dict:
     peers = [c for c in ("magnitude", *PEERS) if c in settings.criteria]
     after = {}
     for keep in settings.keeps:
-        ours = _mean_std(list(_paired(points, family, keep, best, "top1_distilled").values()))
+        column = settings.after_key
+        ours = _mean_std(list(_paired(points, family, keep, best, column).values()))
         top_peer = max(
-            peers, key=lambda c: statistics.fmean(_paired(points, family, keep, c, "top1_distilled").values())
+            peers, key=lambda c: statistics.fmean(_paired(points, family, keep, c, column).values())
         )
-        theirs = _mean_std(list(_paired(points, family, keep, top_peer, "top1_distilled").values()))
+        theirs = _mean_std(list(_paired(points, family, keep, top_peer, column).values()))
         after[str(keep)] = {"ours": ours[0], "best_peer": top_peer, "peer": theirs[0],
                             "level": ours[0] >= theirs[0] - max(ours[1], theirs[1])}  # fmt: skip
     return {
@@ -406,15 +443,23 @@ def _cell(stats) -> str:
     return f"{mean:.1f} ± {std:.1f}"
 
 
+def _after_text(settings: Settings, conditions: dict) -> str:
+    if settings.finetune == "distill":
+        return (f"after distillation ({settings.distill_steps} AdamW steps of {settings.distill_batch}, lr "
+                f"{settings.distill_lr:g} cosine to 0, on {settings.distill_images} training images, label-free KD "
+                "from the dense model, the same for every criterion)")  # fmt: skip
+    return (f"after fine-tuning with the fine-tune stage's default recipe, the same for every criterion "
+            f"(`FinetuneRecipe` {conditions.get('recipe')}: KD from the dense model on the whole augmented training "
+            "split, BatchNorm re-estimated first; the last epoch is reported, not the best)")  # fmt: skip
+
+
 def render_markdown(summary: dict, dense: dict, settings: Settings, conditions: dict) -> list[str]:
     lines = [
         f"Dataset `{settings.dataset}` (fixed split; val {conditions['val_images']} images), input "
         f"{settings.image_size}×{settings.image_size}; seeds {conditions['seeds']} (training seed = calibration "
         f"draw); cells: top-1 % mean ± std over seeds, **right after pruning** (BN recalibrated on "
-        f"{settings.calibration_images} images) → after distillation ({settings.distill_steps} AdamW steps "
-        f"of {settings.distill_batch}, lr {settings.distill_lr:g} cosine to 0, on {settings.distill_images} training images, label-free KD "
-        f"from the dense model, the same for every criterion). Width rules: round_to {settings.round_to}, "
-        "min 8 channels, whole heads; every point within ±3% of its keep-macs.",
+        f"{settings.calibration_images} images) → {_after_text(settings, conditions)}. Width rules: round_to "
+        f"{settings.round_to}, min 8 channels, whole heads; every point within ±3% of its keep-macs.",
         "",
         "## Dense models",
         "",
@@ -428,7 +473,7 @@ def render_markdown(summary: dict, dense: dict, settings: Settings, conditions: 
                            for r in records)  # fmt: skip
         lines.append(f"| {family} | `{first['timm_name']}` {first['kwargs'] or ''} | {first.get('macs_m', 0):.1f} M | "
                      f"{first['epochs']} | {tops} | {change} |")  # fmt: skip
-    lines += ["", "## Top-1 after pruning → after distillation", ""]
+    lines += ["", f"## Top-1 after pruning → after {settings.after_name}", ""]
     keeps = settings.keeps
     for family, criteria in summary["table"].items():
         lines += [f"### {family}", "", "| criterion | " + " | ".join(f"keep {k}" for k in keeps) + " | scoring s |",
@@ -451,7 +496,7 @@ def render_markdown(summary: dict, dense: dict, settings: Settings, conditions: 
               "Best spectral = the spectral strategy with the highest mean top-1 after pruning over the curve. "
               "Gap = its per-seed paired difference to group L2 (`magnitude`), mean ± std (min).", "",
               "| family | best spectral | gap at " + " | gap at ".join(str(k) for k in keeps)
-              + " | above L2 everywhere | ≥ 2 pts at deepest | level with TP after KD |",
+              + f" | above L2 everywhere | ≥ 2 pts at deepest | level with TP after {settings.after_name} |",
               "|---|---|" + "---|" * (len(keeps) + 3)]  # fmt: skip
     for family, goal in summary["goals"].items():
         if not goal:
@@ -471,7 +516,11 @@ def render_markdown(summary: dict, dense: dict, settings: Settings, conditions: 
         )
         lines.append(f"| {family} | {goal['best_spectral']} | {gaps} | {'yes' if goal['above_l2_every_keep'] else 'no'} | "
                      f"{'yes' if goal['deep_gap_met'] else 'no'} | {level} |")  # fmt: skip
-    lines += ["", "⚠ = in at least one seed, the distillation ended below the pruned starting point.", ""]
+    lines += [
+        "",
+        f"⚠ = in at least one seed, the {settings.after_name} ended below the pruned starting point.",
+        "",
+    ]
     return lines
 
 
@@ -495,7 +544,7 @@ def plot(points: list[dict], families: list[str], settings: Settings, path: Path
                 if rows_:
                     xs.append(statistics.fmean(r["macs_kept"] for r in rows_))
                     pre.append(statistics.fmean(r["top1_pruned"] for r in rows_))
-                    post.append(statistics.fmean(r["top1_distilled"] for r in rows_))
+                    post.append(statistics.fmean(r[settings.after_key] for r in rows_))
             style = {"color": colours(index), "marker": "o", "lw": 2 if criterion in SPECTRAL else 1.2}
             ax.plot(xs, pre, ls="-", label=LABELS.get(criterion, criterion), **style)
             ax.plot(xs, post, ls=":", **style)
@@ -507,7 +556,7 @@ def plot(points: list[dict], families: list[str], settings: Settings, path: Path
         ax.axis("off")
     axes.flat[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(
-        f"Accuracy vs achieved MACs on {settings.dataset}: solid = after pruning, dotted = after distillation"
+        f"Accuracy vs achieved MACs on {settings.dataset}: solid = after pruning, dotted = after {settings.after_name}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -541,8 +590,11 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", type=Path, default=CACHE, help="trained dense models (default %(default)s)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stem", help="output file names (default accuracy_retention[_finetuned])")
+    parser.add_argument("--finetune", choices=("distill", "default"), default="distill",
+                        help="after pruning: the short distillation (default) or the fine-tune stage's default recipe")  # fmt: skip
     parser.add_argument(
-        "--stem", default="accuracy_retention", help="output file names (default %(default)s)"
+        "--finetune-epochs", type=int, help="with --finetune default: override the recipe's epochs"
     )
     parser.add_argument("--baseline", type=Path, help="an earlier results JSON whose rows join this table")
     parser.add_argument("--baseline-criteria", nargs="+", default=["magnitude", "rmt"], metavar="C")
@@ -550,12 +602,17 @@ def main(argv: list[str] | None = None) -> int:
     from rmtdeploy.benchmark import cpu_model
     from rmtdeploy.io import atomic_write_json, atomic_write_text
 
-    settings = Settings(dataset=args.dataset, keeps=tuple(args.keeps), criteria=tuple(args.criteria))
+    settings = Settings(dataset=args.dataset, keeps=tuple(args.keeps), criteria=tuple(args.criteria),
+                        finetune=args.finetune, finetune_epochs=args.finetune_epochs)  # fmt: skip
+    args.stem = args.stem or (
+        "accuracy_retention" if args.finetune == "distill" else "accuracy_retention_finetuned"
+    )
     families, seeds = args.families, list(range(args.seeds))
     if args.quick:
         settings = Settings(dataset="digits", image_size=16, keeps=(0.5,), criteria=tuple(args.criteria),
                             calibration_images=64, hessian_samples=8, distill_images=128, distill_steps=2,
-                            val_images=128, epochs_scale=0.1)  # fmt: skip
+                            val_images=128, epochs_scale=0.1, finetune=args.finetune,
+                            finetune_epochs=args.finetune_epochs or (1 if args.finetune == "default" else None))  # fmt: skip
         if args.families == list(FAMILIES):
             families = ["resnet", "vit"]
         seeds = [0]
@@ -582,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         dense.setdefault(family, []).append({**record, "macs_m": _macs_of(family, settings.image_size)})
     summary = summarise(points, families, settings)
     conditions = {
-        "what": "benchmarks/accuracy_retention.py" + (" --quick" if args.quick else ""),
+        "what": " ".join(["benchmarks/accuracy_retention.py", *(sys.argv[1:] if argv is None else argv)]),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "workers": args.workers,
@@ -594,6 +651,11 @@ def main(argv: list[str] | None = None) -> int:
         "val_images": len(_loader(settings, "val", None, max_images=settings.val_images).dataset),
         "settings": asdict(settings),
     }
+    if settings.finetune == "default":
+        from rmtdeploy.finetuning.recipe import FinetuneRecipe
+
+        epochs = {"epochs": settings.finetune_epochs} if settings.finetune_epochs else {}
+        conditions["recipe"] = {k: v for k, v in FinetuneRecipe(**epochs).to_dict().items() if k != "seed"}
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{args.stem}.json",
                       {"conditions": conditions, "dense": dense, "summary": summary, "points": points})  # fmt: skip

@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:  # run as a plain script from a source checkout
     sys.path.insert(0, str(REPO))
 
 from rmtdeploy.benchmark import LatencyReport, measure_onnx_latency, profile_onnx_ops  # noqa: E402
-from rmtdeploy.export import export_onnx  # noqa: E402
+from rmtdeploy.exporting import export_onnx  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
 from rmtdeploy.report import (  # noqa: E402
     block_breakdown,

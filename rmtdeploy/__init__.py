@@ -9,6 +9,7 @@ Each stage is one library call with a typed result (``to_dict()``), imported laz
 * ``rmtdeploy.prune(model, out, keep_macs=0.5) -> PruneRun`` (:mod:`rmtdeploy.pruning.stage`)
 * ``rmtdeploy.load_pruned(directory) -> PruneResult`` (:mod:`rmtdeploy.pruning.plan`)
 * ``rmtdeploy.finetune(pruned_dir, data, out, epochs=3) -> FinetuneRun`` (:mod:`rmtdeploy.finetuning.stage`)
+* ``rmtdeploy.export(pruned_dir_or_model, "model.onnx", target=...) -> ExportRun`` (:mod:`rmtdeploy.exporting.stage`)
 
 See docs/architecture.md.
 """
@@ -24,6 +25,7 @@ _STAGES = {
     "prune": "rmtdeploy.pruning.stage",
     "load_pruned": "rmtdeploy.pruning.plan",
     "finetune": "rmtdeploy.finetuning.stage",
+    "export": "rmtdeploy.exporting.stage",
 }
 
 __all__ = ["__version__", *_STAGES]

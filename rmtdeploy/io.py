@@ -207,8 +207,21 @@ def _make_dirs(path: Path) -> None:
         ) from exc
 
 
+@contextlib.contextmanager
+def locked(path: str | os.PathLike):
+    """Hold the lock a stage holds on its output (a folder or a single file such as ``model.onnx``):
+    a second run writing the same path gets a clear error instead of a race."""
+    lock = _FolderLock(Path(path))
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class _FolderLock:
-    """An exclusive ``flock`` on ``.<name>.lock`` beside the folder, released when the process ends."""
+    """An exclusive ``flock`` on ``.<name>.lock`` beside the folder (or file), released when the process
+    ends."""
 
     def __init__(self, out: Path):
         self.out = out

@@ -57,7 +57,7 @@ class TargetProfile:
     """One deployment target. Field comments say which stage reads each field.
 
     Stages today: prune (``channel_multiple``) and export (``backend``, ``static_shapes``, ``max_batch``,
-    ``opset``; see :func:`rmtdeploy.export.export_onnx`). The engine stage (TensorRT build, coming)
+    ``opset``; see :func:`rmtdeploy.exporting.export_onnx`). The engine stage (TensorRT build, coming)
     reads ``precision``, ``dla``, ``workspace_mib``, ``tensorrt`` and ``jetpack``; the benchmark stage
     reads ``threads`` once it takes a target (coming; today it takes ``threads=`` directly).
     """

@@ -153,7 +153,7 @@ def test_onnx_runtime_runs_the_exported_attention_without_moving_head_dim(pruned
     import onnx
     import onnxruntime as ort
 
-    from rmtdeploy.export import export_onnx
+    from rmtdeploy.exporting import export_onnx
 
     model = pruned[1].model
 

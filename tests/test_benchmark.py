@@ -23,7 +23,7 @@ from rmtdeploy.benchmark import (
 from rmtdeploy.benchmark.profile import group_profile
 from rmtdeploy.benchmark.protocol import measure, timed_rounds
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.export import export_onnx
+from rmtdeploy.exporting import export_onnx
 
 SHAPE = (3, 32, 32)
 MACHINE_KEYS = ("cpu_model", "cpu_simd_flags", "cpu_count", "platform", "python", "numpy_version")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.export import export_onnx
+from rmtdeploy.exporting import export_onnx
 from rmtdeploy.targets import load_target
 
 SMALL = (3, 32, 32)

@@ -92,7 +92,7 @@ class ArchitectureAdapter:
 
         ``backend`` is a target's (``"onnxruntime"`` or ``"tensorrt"``): a form that helps one runtime's
         optimizer can hide a pattern the other fuses. Default: none. Entered by
-        ``rmtdeploy.export.export_onnx``; must leave the model as it found it."""
+        ``rmtdeploy.exporting.export_onnx``; must leave the model as it found it."""
         yield
 
     def repair(self, model: nn.Module) -> None:

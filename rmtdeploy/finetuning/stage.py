@@ -354,6 +354,7 @@ def _record(trainer: Trainer, inputs: _Inputs, recipe, result, new_head, keep, d
         "input": str(inputs.pruned) if inputs.pruned is not None else inputs.progressive.describe(),
         "model": result.plan["model"],
         "data": inputs.data.describe(),
+        "labels": list(inputs.data.classes),  # the classifier's index order; export writes it for apps
         "recipe": recipe.to_dict(),
         "teacher": _teacher_label(inputs, trainer),
         "new_head": new_head,
@@ -395,7 +396,9 @@ def _final_result(trainer: Trainer, result: PruneResult, record: dict[str, Any],
     if keep == "best" and trainer.best is not None:
         trainer.student.load_state_dict(trainer.best["state"])
     trainer.student.cpu().eval()
-    entry = {k: record[k] for k in ("data", "recipe", "teacher", "new_head", "steps", "top1", "kept")}
+    entry = {
+        k: record[k] for k in ("data", "labels", "recipe", "teacher", "new_head", "steps", "top1", "kept")
+    }
     plan = {**result.plan, "finetune": [*result.plan.get("finetune", []), entry]}
     result.model, result.plan = trainer.student, plan
     return result

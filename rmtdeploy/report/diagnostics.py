@@ -16,7 +16,7 @@ from rmtdeploy.benchmark import module_scope
 
 # Ops that move or reshape data without computing on it: they do not shrink with the channel count.
 LAYOUT_OPS = ("Transpose", "Reshape", "Concat", "Slice", "Split", "Gather", "Squeeze", "Unsqueeze")
-# What a report keeps of an export's record (:class:`rmtdeploy.export.ExportResult`).
+# What a report keeps of an export's record (:class:`rmtdeploy.exporting.ExportResult`).
 EXPORT_SUMMARY_KEYS = (
     "opset",
     "num_nodes",
@@ -110,7 +110,7 @@ def onnx_op_counts(path: str | os.PathLike, ops: tuple[str, ...] = LAYOUT_OPS) -
 
 
 def export_summary(result) -> dict[str, Any]:
-    """The parts of an :class:`~rmtdeploy.export.ExportResult` a report keeps (no paths, no timing)."""
+    """The parts of an :class:`~rmtdeploy.exporting.ExportResult` a report keeps (no paths, no timing)."""
     return {k: v for k, v in result.to_dict().items() if k in EXPORT_SUMMARY_KEYS}
 
 

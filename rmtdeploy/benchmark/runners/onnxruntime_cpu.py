@@ -1,7 +1,7 @@
 """ONNX Runtime on the CPU: the one place that sets up a CPU session, and the runner timing them.
 
 :func:`cpu_session` serves the runner, the op profiler (:mod:`rmtdeploy.benchmark.profile`) and the
-export check (:mod:`rmtdeploy.export`), so a graph is verified, profiled and timed as it will run.
+export check (:mod:`rmtdeploy.exporting`), so a graph is verified, profiled and timed as it will run.
 :func:`time_onnx` times on ONNX Runtime's shared thread pool in a child process
 (:mod:`rmtdeploy.benchmark.isolation`), or on per-session pools in this one; docs/benchmarks.md says
 why the shared pool is the default.

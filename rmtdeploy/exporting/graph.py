@@ -32,28 +32,32 @@ behind them and the versions they were taken with):
 * **onnxslim** folds the TorchScript exporter's Shape/Gather/Constant chains (in a ViT, most of the
   exported nodes); if it is missing or fails, the unsimplified graph is kept and the result says so.
 * **Verified before it is visible.** The graph is written to a temporary file beside ``path``, run
-  with ONNX Runtime against PyTorch on a random batch (like timm's ``onnx_export``), and only renamed
-  onto ``path`` when it matches; a failed export leaves any previous file untouched. The reference is
-  the model's own forward (fused attention, no export forms): what the user runs.
+  with ONNX Runtime against PyTorch on random batches (like timm's ``onnx_export``) and, when given,
+  on real images (:mod:`~rmtdeploy.exporting.parity`), and only renamed onto ``path`` when it
+  matches; a failed export leaves any previous file untouched. The reference is the model's own
+  forward (fused attention, no export forms): what the user runs.
+* **Metadata for the app** (``metadata=``, :mod:`~rmtdeploy.exporting.metadata`) goes into the
+  graph's ``metadata_props`` with the parity results, so the file alone says how to feed it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.exporting.parity import Parity, compare
 from rmtdeploy.io import atomic_save
 from rmtdeploy.targets import BACKENDS, TargetProfile, load_target
 
@@ -62,6 +66,10 @@ MIN_OPSET = 17
 DYNAMO_MIN_OPSET = 18
 DEFAULT_ATOL = 1e-3  # timm's onnx_validate compares to 3 decimals
 DEFAULT_RTOL = 1e-3
+# Graph simplifiers; onnxslim is the default on the measurements in docs/export.md
+# (benchmarks/onnx_simplifiers.py).
+SIMPLIFIERS = ("onnxslim", "onnxsim")
+DEFAULT_SIMPLIFIER = "onnxslim"
 
 
 @dataclass(frozen=True)
@@ -89,11 +97,16 @@ class ExportResult:
     target: str | None = None  # the target profile the opset, batch and backend came from
     input_shape_from: str = "argument"  # or "model": its own input size (adapter / timm pretrained_cfg)
     warnings: tuple[str, ...] = field(default=())
+    parity: tuple[Parity, ...] = ()  # random inputs, then real images when given
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["path"] = str(self.path)
         return out
+
+    @property
+    def image_parity(self) -> Parity | None:
+        return next((p for p in self.parity if p.inputs != "random"), None)
 
 
 def export_onnx(
@@ -106,7 +119,7 @@ def export_onnx(
     dynamic_batch: bool | None = None,
     opset: int | None = None,
     backend: str | None = None,
-    simplify: bool = True,
+    simplify: bool | str = True,
     verify: bool = True,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
@@ -115,6 +128,9 @@ def export_onnx(
     output_name: str = "logits",
     overwrite: bool = False,
     seed: int = 0,
+    metadata: Mapping[str, str] | None = None,
+    images: Iterable[torch.Tensor] | None = None,
+    images_name: str = "images",
 ) -> ExportResult:
     """Export ``model`` to ONNX at ``path`` (atomically), simplify it and verify it with ONNX Runtime.
 
@@ -131,10 +147,14 @@ def export_onnx(
     from PyTorch beyond ``atol + rtol * |reference|``. An existing ``path`` is only replaced with
     ``overwrite=True``. The model is put in eval mode for the export and restored afterwards.
     ``opset`` must be >= 17; the dynamo exporter writes at least 18 (``ExportResult.opset`` is the
-    opset actually written; where a target asks for less, ``ExportResult.warnings`` says so). ``backend`` (``"onnxruntime"`` or ``"tensorrt"``) picks the family
-    adapter's export forms; both run anywhere, each fastest on its own runtime.
+    opset actually written; where a target asks for less, ``ExportResult.warnings`` says so).
+    ``backend`` (``"onnxruntime"`` or ``"tensorrt"``) picks the family adapter's export forms; both run
+    anywhere, each fastest on its own runtime. ``metadata`` entries join the graph's
+    ``metadata_props``; ``images`` (batches shaped like the input, ``images_name`` naming their source)
+    are compared too, with the same tolerance, and the parity results are written into the metadata.
     """
     _check_arguments(input_shape, batch, opset, exporter, backend)
+    simplify = _check_simplifier(simplify)
     settings = _Settings(
         **_shape_and_runtime(model, target, input_shape, batch, dynamic_batch, opset, backend),
         exporter=exporter,
@@ -144,9 +164,12 @@ def export_onnx(
         rtol=rtol,
         input_name=input_name,
         output_name=output_name,
+        metadata=dict(metadata or {}),
+        images=images,
+        images_name=images_name,
     )
     path = Path(path)
-    _prepare_path(path, overwrite)
+    prepare_path(path, overwrite)
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, Any] = {}
     notes: list[str] = []
@@ -176,12 +199,15 @@ class _Settings:
     backend: str
     target: str | None
     exporter: str
-    simplify: bool
+    simplify: str | None  # a SIMPLIFIERS name, or None
     verify: bool
     atol: float
     rtol: float
     input_name: str
     output_name: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    images: Iterable[torch.Tensor] | None = None
+    images_name: str = "images"
 
     @property
     def trace_batch(self) -> int:
@@ -291,7 +317,7 @@ def _check_arguments(
         raise RmtdeployError(f"batch must be >= 1, got {batch}")
 
 
-def _prepare_path(path: Path, overwrite: bool) -> None:
+def prepare_path(path: Path, overwrite: bool) -> None:
     if path.is_dir():
         raise RmtdeployError(f"ONNX output path {path} is a directory; give a file name such as model.onnx")
     if path.exists() and not overwrite:
@@ -321,7 +347,7 @@ def _build(
             proto = _export_proto(model, example, tmp, settings, output_names)
             state["export_s"] = time.perf_counter() - started
         if settings.simplify:
-            proto, state["simplify_note"], state["simplified"] = _simplify(proto)
+            proto, state["simplify_note"], state["simplified"] = _simplify(proto, settings.simplify)
         else:
             state["simplify_note"], state["simplified"] = "not requested", False
         _add_metadata(proto, model, settings)
@@ -335,16 +361,9 @@ def _build(
             )
         if settings.verify:
             # Against the model's own forward (fused attention, no export forms): what the user runs.
-            state["max_abs_diff"], state["reference_max_abs"] = _verify(
-                model,
-                tmp,
-                settings.input_shape,
-                settings.verify_batches,
-                settings.atol,
-                settings.rtol,
-                generator,
-                notes,
-            )
+            state["parity"] = _verify(model, tmp, settings, generator, notes)
+            _set_metadata(proto, {"rmtdeploy.parity": json.dumps([p.to_dict() for p in state["parity"]])})
+            _save_proto(proto, tmp)
 
 
 def _result(path: Path, settings: _Settings, state: dict[str, Any], notes: list[str]) -> ExportResult:
@@ -363,14 +382,15 @@ def _result(path: Path, settings: _Settings, state: dict[str, Any], notes: list[
         file_bytes=path.stat().st_size,
         export_s=round(state["export_s"], 3),
         verified=settings.verify,
-        max_abs_diff=state.get("max_abs_diff"),
-        reference_max_abs=state.get("reference_max_abs"),
+        max_abs_diff=max((p.max_abs_diff for p in state.get("parity", ())), default=None),
+        reference_max_abs=max((p.reference_max_abs for p in state.get("parity", ())), default=None),
         verify_batches=settings.verify_batches if settings.verify else (),
         atol=settings.atol,
         rtol=settings.rtol,
         target=settings.target,
         input_shape_from=settings.input_shape_from,
         warnings=tuple(notes),
+        parity=tuple(state.get("parity", ())),
     )
 
 
@@ -477,23 +497,38 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, settings: _Settings,
     return program.model_proto
 
 
-def _simplify(proto) -> tuple[Any, str, bool]:
-    """onnxslim when it is installed and succeeds; otherwise the graph as exported, with the reason."""
+def _check_simplifier(simplify: bool | str) -> str | None:
+    if simplify is True:
+        return DEFAULT_SIMPLIFIER
+    if simplify is False or simplify is None:
+        return None
+    if simplify not in SIMPLIFIERS:
+        raise RmtdeployError(f"simplify must be one of {', '.join(SIMPLIFIERS)} or False, got '{simplify}'")
+    return simplify
+
+
+def _simplify(proto, simplifier: str) -> tuple[Any, str, bool]:
+    """The simplified graph when the simplifier is installed and succeeds; otherwise the graph as
+    exported, with the reason."""
     try:
-        import onnxslim
+        module = __import__(simplifier)
     except ImportError:
-        return proto, "onnxslim not installed", False
+        return proto, f"{simplifier} not installed", False
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(None):
             warnings.simplefilter("ignore")
-            slim = onnxslim.slim(proto)
+            if simplifier == "onnxslim":
+                slim = module.slim(proto)
+            else:
+                slim, valid = module.simplify(proto)
+                slim = slim if valid else None
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"onnxslim failed ({reason}); keeping the unsimplified graph", stacklevel=3)
-        return proto, f"onnxslim failed: {reason}", False
-    if slim is None:  # older onnxslim returns None when it declines a model
-        return proto, "onnxslim returned no model", False
-    return slim, f"onnxslim {getattr(onnxslim, '__version__', '?')}", True
+        warnings.warn(f"{simplifier} failed ({reason}); keeping the unsimplified graph", stacklevel=3)
+        return proto, f"{simplifier} failed: {reason}", False
+    if slim is None:  # older onnxslim returns None when it declines a model; onnxsim's own check failed
+        return proto, f"{simplifier} returned no valid model", False
+    return slim, f"{simplifier} {getattr(module, '__version__', '?')}", True
 
 
 def _add_metadata(proto, model: nn.Module, settings: _Settings) -> None:
@@ -506,12 +541,17 @@ def _add_metadata(proto, model: nn.Module, settings: _Settings) -> None:
         "rmtdeploy.dynamic_batch": str(settings.dynamic_batch).lower(),
         "rmtdeploy.backend": settings.backend,
         "rmtdeploy.target": settings.target or "",
+        **settings.metadata,
     }
-    existing = {p.key for p in proto.metadata_props}
+    _set_metadata(proto, {key: value for key, value in entries.items() if value})
+
+
+def _set_metadata(proto, entries: Mapping[str, str]) -> None:
+    """Set (or replace) ``metadata_props`` entries; every value is a string, as ONNX requires."""
+    props = {p.key: p for p in proto.metadata_props}
     for key, value in entries.items():
-        if key not in existing and value:
-            prop = proto.metadata_props.add()
-            prop.key, prop.value = key, value
+        prop = props.get(key) or proto.metadata_props.add()
+        prop.key, prop.value = key, str(value)
 
 
 def _default_domain_opset(proto) -> int:
@@ -534,52 +574,22 @@ def _save_proto(proto, tmp: str) -> None:
 
 
 def _verify(
-    model: nn.Module,
-    onnx_path: str,
-    input_shape: tuple[int, ...],
-    batches: Sequence[int],
-    atol: float,
-    rtol: float,
-    generator: torch.Generator,
-    notes: list[str],
-) -> tuple[float, float]:
-    """Max |ORT - PyTorch| and the scale of PyTorch's outputs over random batches; raise if too far."""
+    model: nn.Module, onnx_path: str, settings: _Settings, generator: torch.Generator, notes: list[str]
+) -> list[Parity]:
+    """Parity on random batches (every verify batch size) and on ``settings.images`` when given."""
     from rmtdeploy.benchmark.runners import cpu_session
-
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
 
     # Verify the graph as it will run: the CPU session the benchmarks use, fusions included.
     sess = cpu_session(onnx_path)
-    input_name = sess.get_inputs()[0].name
-    worst, scale = 0.0, 0.0
-    for batch in batches:
-        x = torch.randn(batch, *input_shape, generator=generator)
-        ref = model(x.to(device))
-        refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-        try:
-            outs = sess.run(None, {input_name: x.numpy()})
-        except Exception as exc:
-            raise RmtdeployError(
-                f"ONNX Runtime failed on a batch of {batch}: {str(exc).splitlines()[0][:240]}"
-            ) from exc
-        for ref_t, out in zip(refs, outs, strict=True):
-            ref_np = ref_t.detach().float().cpu().numpy()
-            if out.shape != ref_np.shape:
-                raise RmtdeployError(
-                    f"ONNX output shape {out.shape} differs from PyTorch {ref_np.shape} on a batch of {batch}"
-                )
-            diff = np.abs(out.astype(np.float64) - ref_np)
-            worst = max(worst, float(diff.max()))
-            scale = max(scale, float(np.abs(ref_np).max()))
-            if not np.all(diff <= atol + rtol * np.abs(ref_np)):
-                raise RmtdeployError(
-                    f"ONNX export does not match PyTorch on a batch of {batch}: max |diff| {float(diff.max()):.3g} "
-                    f"for outputs up to {float(np.abs(ref_np).max()):.3g} (atol={atol:g}, rtol={rtol:g})"
-                )
-    if scale == 0.0:
+    tolerance = {"atol": settings.atol, "rtol": settings.rtol}
+    randoms = [torch.randn(b, *settings.input_shape, generator=generator) for b in settings.verify_batches]
+    results = [compare(model, sess, randoms, inputs="random", **tolerance)]
+    if results[0].reference_max_abs == 0.0:
         # e.g. a randomly initialised timm model whose classifier is zero-initialised (Hiera): the check
         # then compares zeros with zeros and proves nothing about the backbone.
         message = "verification compared all-zero outputs (zero-initialised classifier?): it proves nothing"
         notes.append(message)
         warnings.warn(message, stacklevel=4)
-    return worst, scale
+    if settings.images is not None:
+        results.append(compare(model, sess, settings.images, inputs=settings.images_name, **tolerance))
+    return results
