@@ -10,6 +10,7 @@ Each stage is one library call with a typed result (``to_dict()``), imported laz
 * ``rmtdeploy.load_pruned(directory) -> PruneResult`` (:mod:`rmtdeploy.pruning.plan`)
 * ``rmtdeploy.finetune(pruned_dir, data, out, epochs=3) -> FinetuneRun`` (:mod:`rmtdeploy.finetuning.stage`)
 * ``rmtdeploy.export(pruned_dir_or_model, "model.onnx", target=...) -> ExportRun`` (:mod:`rmtdeploy.exporting.stage`)
+* ``rmtdeploy.bench(pruned_dir, out) -> BenchRun`` (:mod:`rmtdeploy.benchmark.stage`)
 
 See docs/architecture.md.
 """
@@ -26,6 +27,7 @@ _STAGES = {
     "load_pruned": "rmtdeploy.pruning.plan",
     "finetune": "rmtdeploy.finetuning.stage",
     "export": "rmtdeploy.exporting.stage",
+    "bench": "rmtdeploy.benchmark.stage",
 }
 
 __all__ = ["__version__", *_STAGES]

@@ -39,7 +39,7 @@ from rmtdeploy.benchmark.runners import (
     THREAD_POOLS,
     OrtCpuRunner,
     Runner,
-    TorchCpuRunner,
+    TorchRunner,
     cpu_session,
 )
 from rmtdeploy.benchmark.stats import LatencyReport, LatencyStats, SpeedupStats
@@ -52,7 +52,7 @@ __all__ = [
     "OrtCpuRunner",
     "Runner",
     "SpeedupStats",
-    "TorchCpuRunner",
+    "TorchRunner",
     "cpu_flags",
     "cpu_model",
     "cpu_session",

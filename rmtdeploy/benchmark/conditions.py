@@ -124,8 +124,17 @@ def machine_conditions(cpuinfo: str | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "cpu_governor": cpu_governor(),
         **library_versions(),
     }
+
+
+def cpu_governor() -> str | None:
+    """cpufreq's scaling governor of CPU 0 (``performance``, ``powersave``, ...), where Linux shows it."""
+    try:
+        return Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _version(module_name: str, distributions: tuple[str, ...]) -> str | None:

@@ -11,7 +11,7 @@ import numpy as np
 from rmtdeploy.benchmark.protocol import check_counts, check_pairs, measure, protocol_conditions, run_rounds
 from rmtdeploy.benchmark.runners.base import DEFAULT_INPUT_SHAPE
 from rmtdeploy.benchmark.runners.onnxruntime_cpu import OrtCpuRunner, check_onnx_models, time_onnx
-from rmtdeploy.benchmark.runners.torch_cpu import TorchCpuRunner
+from rmtdeploy.benchmark.runners.pytorch import TorchRunner
 from rmtdeploy.benchmark.stats import LatencyReport
 
 
@@ -81,18 +81,24 @@ def measure_torch_latency(
     input_shape: Sequence[int] = DEFAULT_INPUT_SHAPE,
     pairs: Sequence[tuple[str, str]] | None = None,
     seed: int = 0,
+    device: str = "cpu",
+    compile_mode: str | None = None,
+    precision: str = "fp32",
 ) -> LatencyReport:
-    """Time in-memory PyTorch modules on the CPU (eval mode, ``inference_mode``), same protocol as ONNX.
+    """Time in-memory PyTorch modules (eval mode, ``inference_mode``), same protocol as ONNX.
 
-    Useful as a sanity check before export; deployment numbers come from the exported graph.
-    ``torch.set_num_threads`` is process-wide, so it is restored afterwards, as is each module's mode.
+    ``device`` "cpu" or "cuda"; ``compile_mode`` runs them through ``torch.compile`` (compiled before
+    the timing; ``"reduce-overhead"`` uses CUDA graphs on a GPU); ``precision`` "fp16" is CUDA only.
+    ``torch.set_num_threads`` is process-wide, so it is restored afterwards, as are each module's mode
+    and device.
     """
     check_counts(models, batch, threads, warmup, runs)
     labels = list(models)
     check_pairs(labels, pairs)
-    runner = TorchCpuRunner(threads=threads, batch=batch, input_shape=input_shape, seed=seed)
+    runner = TorchRunner(threads=threads, batch=batch, input_shape=input_shape, seed=seed, device=device,
+                         compile_mode=compile_mode, precision=precision)  # fmt: skip
     conditions = protocol_conditions(
-        TorchCpuRunner, batch=batch, threads=threads, warmup=warmup, runs=runs, interleave=interleave
+        runner, batch=batch, threads=threads, warmup=warmup, runs=runs, interleave=interleave
     )
 
     def time_models() -> dict[str, np.ndarray]:

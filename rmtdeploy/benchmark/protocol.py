@@ -41,7 +41,7 @@ def check_pairs(labels: list[str], pairs: Sequence[tuple[str, str]] | None) -> N
 
 
 def protocol_conditions(
-    runner: type[Runner], *, batch: int, threads: int, warmup: int, runs: int, interleave: bool
+    runner: type[Runner] | Runner, *, batch: int, threads: int, warmup: int, runs: int, interleave: bool
 ) -> dict[str, Any]:
     """How a report was measured, before the runner adds its own facts: settings and machine."""
     return {

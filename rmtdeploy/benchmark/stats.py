@@ -18,6 +18,7 @@ class LatencyStats:
     median_ms: float
     p10_ms: float
     p90_ms: float
+    p99_ms: float
     iqr_ms: float
     mean_ms: float
     min_ms: float
@@ -25,12 +26,13 @@ class LatencyStats:
 
     @classmethod
     def from_samples(cls, label: str, samples_ms: np.ndarray) -> LatencyStats:
-        q10, q25, q50, q75, q90 = np.percentile(samples_ms, [10, 25, 50, 75, 90])
+        q10, q25, q50, q75, q90, q99 = np.percentile(samples_ms, [10, 25, 50, 75, 90, 99])
         return cls(
             label=label,
             median_ms=float(q50),
             p10_ms=float(q10),
             p90_ms=float(q90),
+            p99_ms=float(q99),
             iqr_ms=float(q75 - q25),
             mean_ms=float(np.mean(samples_ms)),
             min_ms=float(np.min(samples_ms)),

@@ -1,7 +1,7 @@
 """Backend runners: one :class:`Runner` per backend and device, one file each.
 
-Today: :class:`OrtCpuRunner` (ONNX Runtime, CPU provider) and :class:`TorchCpuRunner` (PyTorch
-eager). A new backend is one new file here with a ``Runner`` subclass, plus a ``measure_*_latency``
+Today: :class:`OrtCpuRunner` (ONNX Runtime, CPU provider) and :class:`TorchRunner` (PyTorch eager
+or ``torch.compile``, CPU or CUDA, CUDA graphs through ``compile_mode="reduce-overhead"``). A new backend is one new file here with a ``Runner`` subclass, plus a ``measure_*_latency``
 entry point in :mod:`rmtdeploy.benchmark.latency` that builds it and hands it to
 :func:`rmtdeploy.benchmark.protocol.run_rounds`; the protocol, the statistics and the report do not
 change. For instance:
@@ -10,8 +10,6 @@ change. For instance:
   device buffers and copies the fixed input once, and returns a call that enqueues the engine and
   synchronises its stream, so that the timer sees the finished inference; ``conditions`` gives the
   TensorRT and CUDA versions, the GPU's name and the precision;
-* a ``torch.compile`` runner: a :class:`TorchCpuRunner` whose ``bind`` compiles the module and runs
-  it once, so that compilation is not timed; ``conditions`` adds the compile mode and backend.
 
 Runners import their backend library only when used, so that ``import rmtdeploy.benchmark`` stays
 cheap and a backend that is not installed only fails when asked for.
@@ -19,6 +17,6 @@ cheap and a backend that is not installed only fails when asked for.
 
 from rmtdeploy.benchmark.runners.base import DEFAULT_INPUT_SHAPE, Runner
 from rmtdeploy.benchmark.runners.onnxruntime_cpu import THREAD_POOLS, OrtCpuRunner, cpu_session
-from rmtdeploy.benchmark.runners.torch_cpu import TorchCpuRunner
+from rmtdeploy.benchmark.runners.pytorch import TorchRunner
 
-__all__ = ["DEFAULT_INPUT_SHAPE", "THREAD_POOLS", "OrtCpuRunner", "Runner", "TorchCpuRunner", "cpu_session"]
+__all__ = ["DEFAULT_INPUT_SHAPE", "THREAD_POOLS", "OrtCpuRunner", "Runner", "TorchRunner", "cpu_session"]

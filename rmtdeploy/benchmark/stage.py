@@ -1,0 +1,252 @@
+"""The benchmark stage as one library call: ``bench(pruned_dir, out) -> BenchRun``.
+
+Dense and pruned (and an INT8 graph when given) are timed interleaved on one backend with the
+protocol of :mod:`rmtdeploy.benchmark.protocol`, and written as one unit to ``out``: ``bench.json``
+(every sample, the conditions, the statistics), ``bench.md`` and ``bench.png``
+(:mod:`rmtdeploy.report.latency`). The dense model is the plan's architecture rebuilt with random
+weights: latency does not depend on the values, and the dense checkpoint need not be at hand.
+
+Results measured elsewhere (the Jetson bundle's on-device script writes the same ``bench.json``
+format) come in with :func:`import_results` and land in the same tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rmtdeploy.benchmark.stats import LatencyReport, LatencyStats, SpeedupStats
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.io import OutputFolder
+
+BENCH_FORMAT = "rmtdeploy-bench"
+BENCH_VERSION = 1
+BENCH_FILES = ("bench.json", "bench.md", "bench.png")
+BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile")
+DEFAULT_RUNS = 100
+DEFAULT_WARMUP = 10
+
+Status = Callable[[str], None]
+
+
+@dataclass
+class BenchRun:
+    """A finished benchmark: the report, what each timed model is, and the folder that holds them."""
+
+    directory: Path
+    report: LatencyReport
+    models: dict[str, dict[str, Any]]  # label -> source, MACs and parameters where known
+    files: list[Path] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``bench.json``: the format the on-device script writes too."""
+        report = self.report.to_dict(include_samples=True)
+        return {
+            "format": BENCH_FORMAT,
+            "version": BENCH_VERSION,
+            "models": self.models,
+            "latency": report["models"],
+            "speedups": report["speedups"],
+            "efficiency": efficiency(self.report, self.models),
+            "conditions": report["conditions"],
+            "samples_ms": report["samples_ms"],
+        }
+
+
+def bench(
+    pruned: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    int8: str | os.PathLike | None = None,
+    backend: str = "onnxruntime",
+    batch: int = 1,
+    threads: int | None = None,
+    runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP,
+    device: str = "cpu",
+    compile_mode: str | None = None,
+    precision: str = "fp32",
+    force: bool = False,
+    status: Status | None = None,
+) -> BenchRun:
+    """Time the dense architecture of ``pruned``'s plan against the pruned model (and ``int8``, an ONNX
+    file, with ONNX Runtime), interleaved, and write the report to ``out``.
+
+    ``backend``: ``onnxruntime`` (CPU, both exported here through :func:`rmtdeploy.exporting.export_onnx`,
+    one shared thread pool), ``torch`` (eager) or ``torch-compile`` (``compile_mode``, default
+    ``"default"``; ``"reduce-overhead"`` for CUDA graphs). ``device``/``precision`` apply to the PyTorch
+    backends. ``threads`` defaults to the machine's cores.
+    """
+    say = status or (lambda text: None)
+    threads = threads or os.cpu_count() or 1
+    _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, precision)
+    with OutputFolder(out, BENCH_FILES, force=force, stage="bench") as folder:
+        say("loading the models")
+        dense, pruned_model, plan = _models(Path(pruned))
+        models = _model_facts(plan, Path(pruned), int8)
+        say(f"timing {', '.join(models)} on {backend} ({runs} interleaved rounds)")
+        if backend == "onnxruntime":
+            report = _time_onnx(dense, pruned_model, int8, batch, threads, runs, warmup)
+        else:
+            from rmtdeploy.benchmark.latency import measure_torch_latency
+
+            report = measure_torch_latency(
+                {"dense": dense, "pruned": pruned_model}, batch=batch, threads=threads, warmup=warmup,
+                runs=runs, input_shape=tuple(plan["input_size"]), device=device, precision=precision,
+                compile_mode=compile_mode or ("default" if backend == "torch-compile" else None),
+            )  # fmt: skip
+        run = BenchRun(Path(out), report, models)
+        _write(folder, run)
+        run.files = folder.commit()
+    return run
+
+
+def import_results(results: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> BenchRun:
+    """A ``bench.json`` measured elsewhere (the Jetson bundle's on-device script, another machine):
+    checked, its statistics recomputed from its samples, and written to ``out`` as this stage does."""
+    data = read_results(results)
+    with OutputFolder(out, BENCH_FILES, force=force, stage="bench") as folder:
+        report = report_from_samples(data)
+        run = BenchRun(Path(out), report, data.get("models") or {label: {} for label in report.models})
+        _write(folder, run)
+        run.files = folder.commit()
+    return run
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RmtdeployError(f"results file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise RmtdeployError(f"cannot read {path} as JSON: {str(exc).splitlines()[0][:160]}") from exc
+    if not isinstance(data, dict) or data.get("format") != BENCH_FORMAT:
+        raise RmtdeployError(f"{path} is not an rmtdeploy benchmark result (format '{BENCH_FORMAT}')")
+    samples = data.get("samples_ms")
+    if (
+        not isinstance(samples, dict)
+        or not samples
+        or not all(
+            isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
+            for v in samples.values()
+        )
+    ):
+        raise RmtdeployError(f"{path} holds no usable samples_ms (label -> list of positive milliseconds)")
+    if len({len(v) for v in samples.values()}) != 1:
+        raise RmtdeployError(f"{path}: every model needs the same number of interleaved samples")
+    return data
+
+
+def report_from_samples(data: dict[str, Any]) -> LatencyReport:
+    """Statistics recomputed from the samples (never trusted from the file)."""
+    import numpy as np
+
+    samples = {label: np.asarray(v, dtype=float) for label, v in data["samples_ms"].items()}
+    labels = list(samples)
+    conditions = dict(data.get("conditions") or {})
+    paired = bool(conditions.get("interleave", False))
+    pairs = [(labels[0], other) for other in labels[1:]]
+    return LatencyReport(
+        models={label: LatencyStats.from_samples(label, samples[label]) for label in labels},
+        speedups=[SpeedupStats.from_samples(a, b, samples[a], samples[b], paired=paired) for a, b in pairs],
+        conditions=conditions,
+        samples_ms={label: [float(x) for x in v] for label, v in samples.items()},
+    )
+
+
+def efficiency(report: LatencyReport, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per speedup pair: the MAC reduction and speedup ÷ MAC reduction, where both models' MACs are known."""
+    rows = []
+    for s in report.speedups:
+        base, cand = models.get(s.baseline, {}).get("macs"), models.get(s.candidate, {}).get("macs")
+        reduction = base / cand if base and cand else None
+        rows.append({
+            "baseline": s.baseline, "candidate": s.candidate, "speedup": s.median,
+            "mac_reduction": reduction, "efficiency": s.median / reduction if reduction else None,
+        })  # fmt: skip
+    return rows
+
+
+def _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, precision) -> None:
+    from rmtdeploy.benchmark.protocol import check_counts
+    from rmtdeploy.pruning.plan import read_plan
+
+    if backend not in BENCH_BACKENDS:
+        raise RmtdeployError(
+            f"{{param}} must be one of {', '.join(BENCH_BACKENDS)}, got '{backend}'"
+            + (" (TensorRT timing runs where TensorRT imports: rmtdeploy engine / the Jetson bundle)"
+               if backend == "tensorrt" else ""),
+            param="backend",
+        )  # fmt: skip
+    check_counts({"dense": None}, batch, threads, warmup, runs)
+    if not Path(pruned).is_dir():
+        raise RmtdeployError(f"pruned-model directory not found: {pruned}", param="pruned")
+    read_plan(pruned)
+    if int8 is not None:
+        if backend != "onnxruntime":
+            raise RmtdeployError("an INT8 ONNX file is timed with --backend onnxruntime", param="int8")
+        if not Path(int8).is_file():
+            raise RmtdeployError(f"INT8 ONNX file not found: {int8}", param="int8")
+    if backend == "onnxruntime" and (device != "cpu" or precision != "fp32"):
+        raise RmtdeployError(
+            "--device and --precision apply to the PyTorch backends; ONNX Runtime here is CPU fp32"
+        )
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RmtdeployError("--device cuda asked for, but torch sees no CUDA GPU here", param="device")
+
+
+def _models(pruned: Path):
+    """The plan's dense architecture (random weights) and the pruned model, both in eval mode."""
+    import timm
+
+    from rmtdeploy.pruning.plan import load_pruned
+
+    result = load_pruned(pruned)
+    plan = result.plan
+    dense = timm.create_model(plan["model"], pretrained=False, **plan["create_kwargs"]).eval()
+    dense.pretrained_cfg = {**dense.pretrained_cfg, "input_size": tuple(plan["input_size"])}
+    return dense, result.model.eval(), plan
+
+
+def _model_facts(plan: dict[str, Any], pruned: Path, int8) -> dict[str, dict[str, Any]]:
+    facts = {
+        "dense": {"source": f"{plan['model']} (the plan's dense architecture, random weights)",
+                  "macs": plan["macs"]["dense"], "params": plan["params"]["dense"]},
+        "pruned": {"source": str(pruned), "macs": plan["macs"]["pruned"], "params": plan["params"]["pruned"],
+                   "strategy": (plan.get("strategy") or {}).get("name")},
+    }  # fmt: skip
+    if int8 is not None:
+        facts["pruned-int8"] = {"source": str(int8), "macs": plan["macs"]["pruned"], "precision": "int8"}
+    return facts
+
+
+def _time_onnx(dense, pruned_model, int8, batch: int, threads: int, runs: int, warmup: int) -> LatencyReport:
+    from rmtdeploy.benchmark.latency import measure_onnx_latency
+    from rmtdeploy.exporting import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="rmtdeploy-bench-") as tmp:
+        paths = {}
+        for label, model in (("dense", dense), ("pruned", pruned_model)):
+            paths[label] = str(Path(tmp) / f"{label}.onnx")
+            export_onnx(model, paths[label], backend="onnxruntime", dynamic_batch=True)
+        if int8 is not None:
+            paths["pruned-int8"] = str(int8)
+        return measure_onnx_latency(paths, batch=batch, threads=threads, warmup=warmup, runs=runs)
+
+
+def _write(folder: OutputFolder, run: BenchRun) -> None:
+    from rmtdeploy.report.latency import plot_latency, render_latency_markdown
+
+    data = run.to_dict()
+    folder.write_json("bench.json", data)
+    folder.write_text("bench.md", render_latency_markdown(data))
+    plot_latency(data, folder.path("bench.png"))
