@@ -181,3 +181,42 @@ def test_an_existing_file_needs_force_and_a_busy_path_is_refused(tmp_path, prune
     (tmp_path / "folder.onnx").mkdir()
     assert main(["export", "--pruned", str(pruned_dir), "--out", str(tmp_path / "folder.onnx")]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_int8_is_a_qdq_graph_calibrated_on_real_images_and_checked_against_fp32(tmp_path, pruned_dir, capsys):
+    import onnx
+
+    out = tmp_path / "model.onnx"
+    args = ["export", "--pruned", str(pruned_dir), "--data", "digits", "--int8", "--calibration-images", "16",
+            "--parity-images", "32", "--target", "jetson", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert (
+        "INT8 Q/DQ, calibrated on 16 digits images" in printed and "top-1 on 32 digits val images" in printed
+    )
+    quantized = tmp_path / "model.int8.onnx"
+    ops = [n.op_type for n in onnx.load(quantized).graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear") - 1
+    meta = read_metadata(quantized)
+    assert (
+        meta["precision"] == "int8"
+        and meta["model"] == "resnet18"
+        and "digits, 16 images" in meta["int8_calibration"]
+    )
+    session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"input": np.zeros((1, 3, 224, 224), np.float32)})[0].shape == (1, 10)
+    # An existing INT8 file is someone's result too.
+    assert main(args) == 2 and "model.onnx already exists" in capsys.readouterr().err
+    out.unlink()
+    assert (
+        main(args) == 2 and "model.int8.onnx already exists" in capsys.readouterr().err and not out.exists()
+    )
+
+
+def test_int8_without_data_calibrates_on_a_builtin_set_and_says_so(tmp_path):
+    run = rmtdeploy.export(ModelSource("resnet18", "random", num_classes=10), tmp_path / "m.onnx", int8=True,
+                           calibration_images=8)  # fmt: skip
+    assert (
+        run.int8["calibration"] == "mnist5k" and run.int8["default_calibration"] and "check" not in run.int8
+    )
+    assert run.int8["int8_ops"] == {"Conv": 20, "Gemm": 1} and "Add" in run.int8["float_ops"]

@@ -51,6 +51,16 @@ def add_parser(commands) -> None:
     )
     parser.add_argument("--labels", metavar="FILE", help="class names, one per line, for the metadata")
     parser.add_argument("--no-simplify", action="store_true", help="keep the graph as the exporter wrote it")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write <out stem>.int8.onnx: Q/DQ static INT8 (per-channel weights, symmetric) for ONNX Runtime "
+        "and TensorRT, calibrated on --data training images (built-in mnist5k when no --data is given)",
+    )
+    parser.add_argument("--calibration-images", type=int, default=stage.DEFAULT_CALIBRATION_IMAGES, metavar="N",
+                        help=f"images to calibrate INT8 ranges on (default {stage.DEFAULT_CALIBRATION_IMAGES})")  # fmt: skip
+    parser.add_argument("--calibration-method", default="minmax", choices=("minmax", "percentile", "entropy"),
+                        help="how INT8 ranges are set from the calibration activations (default minmax)")  # fmt: skip
     parser.add_argument("--atol", type=float, default=stage.DEFAULT_ATOL, help="parity tolerance (absolute)")
     parser.add_argument("--rtol", type=float, default=stage.DEFAULT_RTOL, help="parity tolerance (relative)")
     parser.set_defaults(handler=run)
@@ -78,6 +88,9 @@ def run(args) -> int:
             simplify=not args.no_simplify,
             atol=args.atol,
             rtol=args.rtol,
+            int8=args.int8,
+            calibration_images=args.calibration_images,
+            calibration_method=args.calibration_method,
             force=args.force,
             status=status,
         )
@@ -99,6 +112,8 @@ def run(args) -> int:
         f"std {meta['rmtdeploy.std']}, {meta['rmtdeploy.interpolation']}, "
         f"{'labels' if 'rmtdeploy.labels' in meta else 'no labels'} for {meta['rmtdeploy.num_classes']} classes"
     )
+    if run_.int8 is not None:
+        _print_int8(console, run_.int8)
     for warning in result.warnings:
         console.print(f"[yellow]{warning}[/yellow]")
     return 0
@@ -114,3 +129,22 @@ def _read_labels(path: str | None) -> list[str] | None:
     if not names:
         raise RmtdeployError(f"labels file {path} is empty")
     return names
+
+
+def _print_int8(console, int8: dict) -> None:
+    ops = ", ".join(f"{n} {op}" for op, n in int8["int8_ops"].items())
+    floats = ", ".join(f"{n} {op}" for op, n in int8["float_ops"].items()) or "none"
+    console.print(
+        f"wrote {int8['path']} ({int8['file_bytes'] / 1e6:.1f} MB, INT8 Q/DQ, calibrated on {int8['calibration_images']} "
+        f"{int8['calibration']} images, {int8['method']}); int8: {ops}; kept in float: {floats}"
+    )
+    if int8["default_calibration"]:
+        console.print(
+            "[yellow]calibrated on a built-in set: give --data with your own images for real ranges[/yellow]"
+        )
+    check = int8.get("check")
+    if check:
+        console.print(
+            f"top-1 on {check['images']} {check['data']} val images: fp32 {check['top1_fp32']:.2f}%, INT8 "
+            f"{check['top1_int8']:.2f}% (same class for {check['agreement']:.1f}% of images)"
+        )

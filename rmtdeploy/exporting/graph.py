@@ -362,7 +362,7 @@ def _build(
         if settings.verify:
             # Against the model's own forward (fused attention, no export forms): what the user runs.
             state["parity"] = _verify(model, tmp, settings, generator, notes)
-            _set_metadata(proto, {"rmtdeploy.parity": json.dumps([p.to_dict() for p in state["parity"]])})
+            set_metadata(proto, {"rmtdeploy.parity": json.dumps([p.to_dict() for p in state["parity"]])})
             _save_proto(proto, tmp)
 
 
@@ -543,10 +543,10 @@ def _add_metadata(proto, model: nn.Module, settings: _Settings) -> None:
         "rmtdeploy.target": settings.target or "",
         **settings.metadata,
     }
-    _set_metadata(proto, {key: value for key, value in entries.items() if value})
+    set_metadata(proto, {key: value for key, value in entries.items() if value})
 
 
-def _set_metadata(proto, entries: Mapping[str, str]) -> None:
+def set_metadata(proto, entries: Mapping[str, str]) -> None:
     """Set (or replace) ``metadata_props`` entries; every value is a string, as ONNX requires."""
     props = {p.key: p for p in proto.metadata_props}
     for key, value in entries.items():
@@ -591,5 +591,16 @@ def _verify(
         notes.append(message)
         warnings.warn(message, stacklevel=4)
     if settings.images is not None:
-        results.append(compare(model, sess, settings.images, inputs=settings.images_name, **tolerance))
+        images = settings.images if settings.dynamic_batch else _rebatch(settings.images, settings.batch)
+        results.append(compare(model, sess, images, inputs=settings.images_name, **tolerance))
     return results
+
+
+def _rebatch(batches: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """Batches of exactly ``size`` (a static graph takes no other); a last partial one is dropped."""
+    pending: list[torch.Tensor] = []
+    for batch in batches:
+        pending.extend(batch)
+        while len(pending) >= size:
+            yield torch.stack(pending[:size])
+            del pending[:size]

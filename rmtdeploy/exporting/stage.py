@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.exporting.graph import DEFAULT_ATOL, DEFAULT_RTOL, ExportResult, export_onnx, prepare_path
 from rmtdeploy.exporting.metadata import deployment_metadata
@@ -25,6 +27,8 @@ from rmtdeploy.io import locked
 from rmtdeploy.models import LoadedModel, ModelSource, model_source
 
 DEFAULT_PARITY_IMAGES = 256
+DEFAULT_CALIBRATION_IMAGES = 256
+DEFAULT_CALIBRATION_DATA = "mnist5k"  # a built-in real set: calibration without --data still sees real images
 PARITY_BATCH = 32
 
 Status = Callable[[str], None]
@@ -41,6 +45,7 @@ class ExportRun:
     weights: str
     pruned_from: str | None  # the pruned / fine-tuned folder, or None for a dense export
     wall_s: float
+    int8: dict[str, Any] | None = None  # Int8Result.to_dict() + default_calibration (+ check with data)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +55,7 @@ class ExportRun:
             "pruned_from": self.pruned_from,
             "export": self.result.to_dict(),
             "metadata": self.metadata,
+            "int8": self.int8,
             "wall_s": round(self.wall_s, 2),
         }
 
@@ -67,6 +73,9 @@ def export(
     simplify: bool = True,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
+    int8: bool = False,
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    calibration_method: str = "minmax",
     force: bool = False,
     status: Status | None = None,
 ) -> ExportRun:
@@ -76,56 +85,78 @@ def export(
     fine-tuned folder; anything else is a dense model source. ``target`` sets opset, batch and the
     backend's export forms (:func:`~rmtdeploy.exporting.export_onnx`). ``data`` (a built-in dataset's
     name or an ImageFolder directory) adds a parity check on ``parity_images`` of its validation images.
-    ``labels`` overrides the class names written for apps. An existing ``out`` is replaced only with
-    ``force``.
+    ``labels`` overrides the class names written for apps. ``int8`` also writes ``<out>.int8.onnx``
+    (Q/DQ, :mod:`~rmtdeploy.exporting.int8`) calibrated on ``calibration_images`` training images of
+    ``data`` (of the built-in ``mnist5k`` when no data is given; the result says so), and with ``data``
+    measures its top-1 against the fp32 graph's. Existing files are replaced only with ``force``.
     """
     say = status or (lambda text: None)
     started = time.perf_counter()
     out = Path(out)
-    target, pruned_dir, source, source_data = _check(model, out, target, data, parity_images, force, say)
+    request = _check(model, out, target, data, parity_images, force, say, int8, calibration_images,
+                     calibration_method)  # fmt: skip
     with locked(out):
         say("loading the model")
-        loaded, plan, name, weights = _load(pruned_dir, source)
+        loaded, plan, name, weights = _load(request.pruned_dir, request.source)
+        _check_against_model(loaded, request.data, labels)
         metadata = deployment_metadata(loaded, model_name=name, weights=weights, plan=plan, labels=labels)
-        if source_data is not None and source_data.num_classes != int(getattr(loaded, "num_classes", 0) or 0):
-            raise RmtdeployError(
-                f"the model predicts {getattr(loaded, 'num_classes', '?')} classes but {source_data.name} has "
-                f"{source_data.num_classes}: parity on its images would compare the wrong head"
-            )
-        if labels is not None and len(labels) != int(getattr(loaded, "num_classes", 0) or 0):
-            raise RmtdeployError(
-                f"{len(labels)} labels given for a model with {getattr(loaded, 'num_classes', '?')} classes",
-                param="labels",
-            )
         say("exporting and verifying")
         result = export_onnx(
-            loaded,
-            out,
-            target=target,
-            batch=batch,
-            dynamic_batch=dynamic_batch,
-            simplify=simplify,
-            atol=atol,
-            rtol=rtol,
-            overwrite=force,
-            metadata=metadata,
-            images=None if source_data is None else _image_batches(source_data, loaded, parity_images),
-            images_name=None if source_data is None else source_data.name,
-        )
+            loaded, out, target=request.target, batch=batch, dynamic_batch=dynamic_batch, simplify=simplify,
+            atol=atol, rtol=rtol, overwrite=force, metadata=metadata,
+            images=None if request.data is None else _image_batches(request.data, loaded, parity_images),
+            images_name=None if request.data is None else request.data.name,
+        )  # fmt: skip
+        quantized = None
+        if int8:
+            say(f"quantizing to INT8 on {request.calibration.name}")
+            quantized = _quantize(
+                result, loaded, request, calibration_images, calibration_method, force, parity_images
+            )
     return ExportRun(
         path=out,
         result=result,
         metadata=metadata,
         model_name=name,
         weights=weights,
-        pruned_from=None if pruned_dir is None else str(pruned_dir),
+        pruned_from=None if request.pruned_dir is None else str(request.pruned_dir),
         wall_s=time.perf_counter() - started,
+        int8=quantized,
     )
 
 
-def _check(model, out: Path, target, data, parity_images: int, force: bool, say: Status):
-    """Everything that can be checked before the model loads: output path, target, model, data files."""
+@dataclass
+class _Request:
+    target: str | None
+    pruned_dir: Path | None
+    source: Any
+    data: Any  # DataSource or None
+    calibration: Any  # DataSource or None
+    int8_path: Path | None
+
+
+def int8_path(out: Path) -> Path:
+    """Where the INT8 graph of ``out`` goes: ``model.onnx`` -> ``model.int8.onnx``."""
+    return out.with_name(f"{out.stem}.int8{out.suffix or '.onnx'}")
+
+
+def _check(
+    model, out: Path, target, data, parity_images, force, say, int8, calibration_images, method
+) -> _Request:
+    """Everything that can be checked before the model loads: output paths, target, model, data files."""
+    from rmtdeploy.exporting.int8 import CALIBRATION_METHODS
+
     prepare_path(out, force)
+    quantized = int8_path(out) if int8 else None
+    if quantized is not None:
+        prepare_path(quantized, force)
+        if method not in CALIBRATION_METHODS:
+            raise RmtdeployError(f"{{param}} must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'",
+                                 param="calibration_method")  # fmt: skip
+        if calibration_images < 1:
+            raise RmtdeployError(
+                f"{{param}} must be >= 1, got {calibration_images}", param="calibration_images"
+            )
     if parity_images < 1:
         raise RmtdeployError(f"{{param}} must be >= 1, got {parity_images}", param="parity_images")
     if target is not None:
@@ -133,13 +164,54 @@ def _check(model, out: Path, target, data, parity_images: int, force: bool, say:
 
         target = load_target(target).name
     pruned_dir, source = _model_input(model)
-    source_data = None
-    if data is not None:
+    source_data = calibration = None
+    if data is not None or int8:
         from rmtdeploy.data import open_data
 
-        say(f"checking {data}")
-        source_data = open_data(data)
-    return target, pruned_dir, source, source_data
+        say(f"checking {data or DEFAULT_CALIBRATION_DATA}")
+        if data is not None:
+            source_data = calibration = open_data(data)
+        else:
+            calibration = open_data(DEFAULT_CALIBRATION_DATA)
+    return _Request(target, pruned_dir, source, source_data, calibration, quantized)
+
+
+def _check_against_model(loaded, data, labels) -> None:
+    classes = int(getattr(loaded, "num_classes", 0) or 0)
+    if data is not None and data.num_classes != classes:
+        raise RmtdeployError(
+            f"the model predicts {classes} classes but {data.name} has {data.num_classes}: parity on its "
+            "images would compare the wrong head"
+        )
+    if labels is not None and len(labels) != classes:
+        raise RmtdeployError(f"{len(labels)} labels given for a model with {classes} classes", param="labels")
+
+
+def _quantize(
+    result, loaded, request: _Request, images: int, method: str, force: bool, check_images: int
+) -> dict:
+    """The INT8 graph, and with data its top-1 on the validation images beside the fp32 graph's."""
+    from rmtdeploy.exporting.int8 import classify, quantize_int8
+
+    static = isinstance(result.input_shape[0], int)
+    batch_size = result.input_shape[0] if static else PARITY_BATCH
+    batches = (
+        x.numpy()
+        for x, _ in _labelled_batches(request.calibration, loaded, "train", images, batch_size, static)
+    )
+    quantized = quantize_int8(result.path, request.int8_path, batches, calibration=request.calibration.name,
+                              method=method, overwrite=force)  # fmt: skip
+    record = {**quantized.to_dict(), "default_calibration": request.data is None}
+    if request.data is not None:
+        val = [(x.numpy(), y.numpy()) for x, y in
+               _labelled_batches(request.data, loaded, "val", check_images, batch_size, static)]  # fmt: skip
+        labels = np.concatenate([y for _, y in val])
+        fp32, int8 = classify(result.path, val), classify(quantized.path, val)
+        record["check"] = {"data": request.data.name, "images": int(labels.size),
+                           "top1_fp32": round(float((fp32 == labels).mean() * 100), 2),
+                           "top1_int8": round(float((int8 == labels).mean() * 100), 2),
+                           "agreement": round(float((fp32 == int8).mean() * 100), 2)}  # fmt: skip
+    return record
 
 
 def _model_input(model) -> tuple[Path | None, ModelSource | LoadedModel | None]:
@@ -170,11 +242,17 @@ def _load(pruned_dir: Path | None, source) -> tuple[Any, dict | None, str, str]:
 
 def _image_batches(source, model, count: int) -> Iterator:
     """The first ``count`` validation images (the split is seeded, so the same ones every run)."""
+    for images, _ in _labelled_batches(source, model, "val", count, PARITY_BATCH, False):
+        yield images
+
+
+def _labelled_batches(source, model, split: str, count: int, batch_size: int, exact: bool) -> Iterator:
+    """The first ``count`` images of ``split`` with their labels; ``exact``: only full batches (a graph
+    with a static batch takes no other size)."""
     import torch
 
-    dataset = source.dataset("val", model)
+    dataset = source.dataset(split, model)
     if len(dataset) == 0:
-        raise RmtdeployError(f"{source.name} has no validation images to check parity on")
+        raise RmtdeployError(f"{source.name} has no {split} images")
     subset = torch.utils.data.Subset(dataset, range(min(count, len(dataset))))
-    for images, _ in torch.utils.data.DataLoader(subset, batch_size=PARITY_BATCH):
-        yield images
+    yield from torch.utils.data.DataLoader(subset, batch_size=batch_size, drop_last=exact)
