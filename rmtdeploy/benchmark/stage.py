@@ -87,7 +87,7 @@ def bench(
     _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, precision)
     with OutputFolder(out, BENCH_FILES, force=force, stage="bench") as folder:
         say("loading the models")
-        dense, pruned_model, plan = _models(Path(pruned))
+        dense, pruned_model, plan = load_dense_and_pruned(Path(pruned))
         models = _model_facts(plan, Path(pruned), int8)
         say(f"timing {', '.join(models)} on {backend} ({runs} interleaved rounds)")
         if backend == "onnxruntime":
@@ -204,17 +204,12 @@ def _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, 
             raise RmtdeployError("--device cuda asked for, but torch sees no CUDA GPU here", param="device")
 
 
-def _models(pruned: Path):
-    """The plan's dense architecture (random weights) and the pruned model, both in eval mode."""
-    import timm
-
-    from rmtdeploy.pruning.plan import load_pruned
+def load_dense_and_pruned(pruned: Path):
+    """The plan's dense architecture (random weights) and the pruned model, both in eval mode, and the plan."""
+    from rmtdeploy.pruning.plan import dense_architecture, load_pruned
 
     result = load_pruned(pruned)
-    plan = result.plan
-    dense = timm.create_model(plan["model"], pretrained=False, **plan["create_kwargs"]).eval()
-    dense.pretrained_cfg = {**dense.pretrained_cfg, "input_size": tuple(plan["input_size"])}
-    return dense, result.model.eval(), plan
+    return dense_architecture(result.plan).eval(), result.model.eval(), result.plan
 
 
 def _model_facts(plan: dict[str, Any], pruned: Path, int8) -> dict[str, dict[str, Any]]:

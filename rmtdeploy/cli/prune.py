@@ -57,6 +57,12 @@ def add_parser(commands) -> None:
         metavar="KEY=VALUE",
         help="strategy knob, repeatable (e.g. --knob steps=3 for dynamic); see docs/strategies.md",
     )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="TensorRT targets: refuse a plan whose attention head sizes TensorRT's fused attention cannot take "
+        "(by default a warning in the summary and report.json)",
+    )
     _add_calibration_arguments(parser, stage)
     parser.set_defaults(handler=run)
 
@@ -102,6 +108,7 @@ def run(args) -> int:
             calibration=args.calibration,
             calibration_images=args.calibration_images,
             finetune_steps=args.finetune_steps,
+            strict=args.strict,
             force=args.force,
             status=status,
         )
@@ -147,6 +154,8 @@ def _print_summary(report: dict, out: str) -> None:
         f"channel multiple {report['round_to']} ({report['target']}); weights: {report['weights']}"
     )
     _print_distillation(console, report)
+    for problem in report["attention_fusion_problems"]:
+        console.print(f"[yellow]TensorRT attention: {problem}[/yellow]")
     if report["weights"] == "random":
         console.print(
             "[yellow]random weights: the scores rank noise; prune a trained checkpoint for a real model[/yellow]"

@@ -129,6 +129,12 @@ def load_pruned(directory: str | os.PathLike) -> PruneResult:
     )
 
 
+def dense_architecture(plan: dict[str, Any]) -> nn.Module:
+    """The plan's dense model, random weights, at the plan's input size: the baseline a latency
+    comparison needs when only the pruned folder is at hand (latency does not depend on the values)."""
+    return rebuild_pruned_architecture({**plan, "operations": []})
+
+
 def rebuild_pruned_architecture(plan: dict[str, Any]) -> nn.Module:
     """timm's dense architecture (random init) with the plan's removals replayed: the pruned shapes."""
     try:

@@ -51,6 +51,8 @@ class PruneRun:
     round_to_from: str
     head_rounding: str
     finetune_steps: int
+    # TensorRT targets: head sizes its fused attention kernels cannot take (rmtdeploy.engine.attention)
+    attention_problems: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
     @property
@@ -68,6 +70,7 @@ class PruneRun:
             "round_to_from": self.round_to_from,
             "head_rounding": self.head_rounding,
             "finetune_steps": self.finetune_steps,
+            "attention_fusion_problems": self.attention_problems,
             "macs": {
                 "dense": result.dense_macs,
                 "pruned": result.pruned_macs,
@@ -111,6 +114,7 @@ def prune(
     calibration: str | os.PathLike | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     finetune_steps: int | None = None,
+    strict: bool = False,
     force: bool = False,
     status: Status | None = None,
 ) -> PruneRun:
@@ -122,6 +126,8 @@ def prune(
     ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
     between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
     steps per pruning step; default :data:`SHORT_DISTILL_STEPS` with calibration images, else none).
+    For a TensorRT target the pruned model's attention head sizes are checked against TensorRT's fused
+    attention kernels (:mod:`rmtdeploy.engine.attention`): reported, or refused with ``strict``.
     An existing output is replaced only with ``force``. ``status(text)`` receives progress lines.
     """
     settings = _check(
@@ -138,6 +144,7 @@ def prune(
             settings, loaded, batches, status, keep_macs=keep_macs, keep_params=keep_params,
             min_channels=min_channels, head_rounding=head_rounding,
         )  # fmt: skip
+        problems = _attention_check(settings.target, result.model, strict, status)
         run = PruneRun(
             directory=Path(out),
             result=result,
@@ -148,6 +155,7 @@ def prune(
             round_to_from=settings.round_to_from,
             head_rounding=head_rounding,
             finetune_steps=settings.finetune_steps,
+            attention_problems=problems,
         )
         write_pruned(folder, result)
         folder.write_json(REPORT_FILE, run.to_dict())
@@ -171,6 +179,24 @@ def _run_strategy(settings: _Settings, loaded: LoadedModel, batches, status, **p
         **_hooks(settings, loaded, batches, status),
         **pruner_options,
     )
+
+
+def _attention_check(profile, model, strict: bool, status: Status | None) -> list[str]:
+    """TensorRT targets: head sizes its fused attention will not take; an error under ``strict``."""
+    if profile.backend != "tensorrt":
+        return []
+    from rmtdeploy.engine.attention import attention_fusion_problems
+
+    problems = attention_fusion_problems(model, profile.precision)
+    if problems and strict:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RmtdeployError(
+            f"target {profile.name} ({profile.precision}): {problems[0]}{more}; {{param}} refuses such a plan",
+            param="strict",
+        )
+    for problem in problems:
+        _say(status, f"warning: {problem}")
+    return problems
 
 
 def _check(

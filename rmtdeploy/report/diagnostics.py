@@ -55,15 +55,9 @@ def structure_diagnostics(model: nn.Module, multiple: int) -> dict[str, Any]:
 
 def attention_shapes(model: nn.Module) -> dict[str, int]:
     """How many attention modules have each ``heads x head_dim`` shape, e.g. ``{"4x64": 12}``."""
-    heads: Counter[str] = Counter()
-    for module in model.modules():
-        # timm calls it num_heads (ViT, Swin) or heads (Hiera's MaskUnitAttention).
-        num_heads = getattr(module, "num_heads", None) or getattr(module, "heads", None)
-        qkv = getattr(module, "qkv", None)
-        if isinstance(num_heads, int) and isinstance(qkv, nn.Linear) and num_heads > 0:
-            head_dim = getattr(module, "head_dim", None) or qkv.out_features // (3 * num_heads)
-            heads[f"{num_heads}x{head_dim}"] += 1
-    return dict(heads)
+    from rmtdeploy.engine.attention import attention_head_shapes
+
+    return {f"{heads}x{dim}": count for (heads, dim), count in attention_head_shapes(model).items()}
 
 
 def scope_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:

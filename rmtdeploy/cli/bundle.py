@@ -1,0 +1,52 @@
+"""``rmtdeploy bundle``: parse, call :func:`rmtdeploy.bundle.stage.make_bundle`, print."""
+
+from __future__ import annotations
+
+import json
+
+from rmtdeploy.cli import ui
+
+
+def add_parser(commands) -> None:
+    parser = commands.add_parser(
+        "bundle",
+        help="a folder to copy onto a Jetson: ONNX graphs, engine build script, on-device benchmark",
+        description="Write a Jetson bundle of a pruned or fine-tuned folder: model.onnx (and model.int8.onnx with "
+        "--int8, model.fp16.onnx where the target accepts TensorRT 11), dense.onnx as the speed baseline, "
+        "build_engine.sh (trtexec flags for the board's TensorRT 10 or 11, DLA when the target has it), "
+        "bench_on_device.py (Python + TensorRT only; records nvpmodel, jetson_clocks, JetPack, TensorRT, board) "
+        "and a README. Bring its bench.json back with rmtdeploy bench --import.",
+    )
+    parser.add_argument(
+        "--pruned", required=True, metavar="DIR", help="a folder written by rmtdeploy prune or finetune"
+    )
+    parser.add_argument("--target", required=True,
+                        help="jetson-orin-nano | jetson-orin-nx | jetson-agx-orin | jetson-agx-orin-dla (jetson = jetson-orin-nano)")  # fmt: skip
+    ui.add_output_arguments(parser)
+    parser.add_argument("--int8", action="store_true", help="also an INT8 Q/DQ graph and engine")
+    parser.add_argument("--data", metavar="DIR|NAME", help="images for parity and INT8 calibration")
+    parser.add_argument(
+        "--calibration-images", type=int, default=256, metavar="N", help="INT8 calibration images"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from rmtdeploy.bundle.stage import make_bundle
+    from rmtdeploy.targets import load_target
+
+    profile = load_target(args.target)
+    with ui.spinner(f"bundling for {profile.name}", enabled=not args.json) as status:
+        result = make_bundle(args.pruned, args.out, target=args.target, int8=args.int8, data=args.data,
+                             calibration_images=args.calibration_images, force=args.force, status=status)  # fmt: skip
+    if args.json:
+        print(json.dumps(result.record, indent=2))
+        return 0
+    console = ui.console()
+    if args.target != profile.name:
+        console.print(f"target '{args.target}' means {profile.name}: {profile.description}")
+    console.print(f"wrote {', '.join(p.name for p in result.files)} to {args.out}")
+    console.print(
+        "on the board: bash build_engine.sh && python3 bench_on_device.py; then rmtdeploy bench --import bench.json"
+    )
+    return 0
