@@ -7,7 +7,11 @@ Choices, and why:
 
 * **onnxruntime.quantization** (already a dependency) over NVIDIA ModelOpt: ModelOpt's ONNX PTQ pulls
   in CUDA-side packages this CPU machine cannot exercise; its Q/DQ output is the same form.
-* **Symmetric int8 activations and weights** (zero point 0): TensorRT only takes symmetric scales.
+* **Activations per backend.** TensorRT takes only symmetric int8 (zero point 0) for activations and
+  weights; ONNX Runtime's x86 integer kernels are fastest with uint8 activations and int8 weights (U8S8,
+  onnxruntime's own advice), and S8S8 graphs ran slower than fp32 on the AMD EPYC here
+  (benchmarks/results/int8_accuracy.md). ``backend`` picks: "tensorrt" S8S8 symmetric, "onnxruntime"
+  U8S8 (asymmetric activations).
 * **Per-channel weights**: a pruned layer's channels keep their own range.
 * **Only the GEMM-like ops** (Conv, MatMul, Gemm) get Q/DQ on their inputs by default: that is where
   int8 pays, it is the placement TensorRT's guidance asks for, and quantizing LayerNorm, Softmax or
@@ -52,6 +56,7 @@ class Int8Result:
     calibration_images: int
     method: str
     per_channel: bool
+    activations: str  # "int8 symmetric" (TensorRT) or "uint8 asymmetric" (ONNX Runtime)
     int8_ops: dict[str, int]  # op type -> count of quantized ops (Q/DQ on their inputs)
     float_ops: dict[str, int]  # op type -> count of compute ops left in float
     file_bytes: int
@@ -72,6 +77,7 @@ def quantize_int8(
     method: str = "minmax",
     per_channel: bool = True,
     op_types: tuple[str, ...] = INT8_OPS,
+    backend: str = "onnxruntime",
     overwrite: bool = False,
 ) -> Int8Result:
     """Quantize the ONNX file ``fp32_path`` into a Q/DQ ``out`` calibrated on ``batches`` (float32 NCHW
@@ -84,6 +90,9 @@ def quantize_int8(
     out = Path(out)
     if out.exists() and not overwrite:
         raise RmtdeployError(f"{out} already exists; pass --force (overwrite=True) to replace it")
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise RmtdeployError(f"backend must be onnxruntime or tensorrt, got '{backend}'")
+    tensorrt = backend == "tensorrt"
     reader = _Reader(fp32_path, batches)
     started = time.perf_counter()
 
@@ -97,12 +106,13 @@ def quantize_int8(
                 q.quantize_static(
                     str(prepared), tmp, reader, quant_format=q.QuantFormat.QDQ, per_channel=per_channel,
                     op_types_to_quantize=list(op_types),
-                    activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+                    activation_type=q.QuantType.QInt8 if tensorrt else q.QuantType.QUInt8,
+                    weight_type=q.QuantType.QInt8,
                     calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[method]),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                    extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True},
                 )  # fmt: skip
         _carry_metadata(fp32_path, tmp, {"rmtdeploy.precision": "int8", "rmtdeploy.int8_calibration":
-                        f"{calibration}, {reader.images} images, {method}, per-channel {per_channel}"})  # fmt: skip
+                        f"{calibration}, {reader.images} images, {method}, per-channel {per_channel}, {backend} form"})  # fmt: skip
         _check_loads(tmp)
 
     try:
@@ -114,7 +124,8 @@ def quantize_int8(
     if reader.images == 0:
         raise RmtdeployError("no calibration images were read")
     int8_ops, float_ops = op_precisions(out, op_types)
-    return Int8Result(out, calibration, reader.images, method, per_channel, int8_ops, float_ops,
+    activations = "int8 symmetric" if tensorrt else "uint8 asymmetric"
+    return Int8Result(out, calibration, reader.images, method, per_channel, activations, int8_ops, float_ops,
                       out.stat().st_size, round(time.perf_counter() - started, 2))  # fmt: skip
 
 

@@ -200,7 +200,7 @@ def _quantize(
         for x, _ in _labelled_batches(request.calibration, loaded, "train", images, batch_size, static)
     )
     quantized = quantize_int8(result.path, request.int8_path, batches, calibration=request.calibration.name,
-                              method=method, overwrite=force)  # fmt: skip
+                              method=method, backend=result.backend, overwrite=force)  # fmt: skip
     record = {**quantized.to_dict(), "default_calibration": request.data is None}
     if request.data is not None:
         val = [(x.numpy(), y.numpy()) for x, y in
