@@ -127,3 +127,13 @@ def test_an_existing_result_needs_force(measured, pruned_dir, capsys):
     before = (root / "out" / "bench.json").read_bytes()
     assert main(["bench", "--pruned", str(pruned_dir), *QUICK, "--out", str(root / "out")]) == 2
     assert "--force" in capsys.readouterr().err and (root / "out" / "bench.json").read_bytes() == before
+
+
+def test_pytorch_runner_refuses_what_it_cannot_time_here():
+    from rmtdeploy.benchmark import TorchRunner
+    from rmtdeploy.errors import RmtdeployError
+
+    with pytest.raises(RmtdeployError, match="fp16 PyTorch timing needs --device cuda"):
+        TorchRunner(threads=1, precision="fp16")
+    with pytest.raises(RmtdeployError, match="cuda_graph replays eager CUDA kernels"):
+        TorchRunner(threads=1, cuda_graph=True)

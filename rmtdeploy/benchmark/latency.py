@@ -84,11 +84,13 @@ def measure_torch_latency(
     device: str = "cpu",
     compile_mode: str | None = None,
     precision: str = "fp32",
+    cuda_graph: bool = False,
 ) -> LatencyReport:
     """Time in-memory PyTorch modules (eval mode, ``inference_mode``), same protocol as ONNX.
 
     ``device`` "cpu" or "cuda"; ``compile_mode`` runs them through ``torch.compile`` (compiled before
-    the timing; ``"reduce-overhead"`` uses CUDA graphs on a GPU); ``precision`` "fp16" is CUDA only.
+    the timing; ``"reduce-overhead"`` uses CUDA graphs on a GPU); ``cuda_graph`` captures the eager
+    forward in a CUDA graph instead (no compilation); ``precision`` "fp16" is CUDA only.
     ``torch.set_num_threads`` is process-wide, so it is restored afterwards, as are each module's mode
     and device.
     """
@@ -96,7 +98,7 @@ def measure_torch_latency(
     labels = list(models)
     check_pairs(labels, pairs)
     runner = TorchRunner(threads=threads, batch=batch, input_shape=input_shape, seed=seed, device=device,
-                         compile_mode=compile_mode, precision=precision)  # fmt: skip
+                         compile_mode=compile_mode, precision=precision, cuda_graph=cuda_graph)  # fmt: skip
     conditions = protocol_conditions(
         runner, batch=batch, threads=threads, warmup=warmup, runs=runs, interleave=interleave
     )

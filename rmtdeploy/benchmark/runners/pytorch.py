@@ -33,6 +33,7 @@ class TorchRunner(Runner):
         device: str = "cpu",
         compile_mode: str | None = None,
         precision: str = "fp32",
+        cuda_graph: bool = False,
     ):
         import torch
 
@@ -44,7 +45,10 @@ class TorchRunner(Runner):
             )
         if device == "cuda" and not torch.cuda.is_available():
             raise RmtdeployError("--device cuda asked for, but torch sees no CUDA GPU here")
-        self.backend = "torch-compile" if compile_mode else "torch"
+        if cuda_graph and (device != "cuda" or compile_mode):
+            raise RmtdeployError("cuda_graph replays eager CUDA kernels: device cuda, no compile_mode")
+        self.cuda_graph = cuda_graph
+        self.backend = "torch-compile" if compile_mode else "torch-cuda-graph" if cuda_graph else "torch"
         self.device = device
         self.threads, self.compile_mode, self.precision = threads, compile_mode, precision
         self.input = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
@@ -73,6 +77,9 @@ class TorchRunner(Runner):
         model.to(device=self.device, dtype=dtype)
         x = self.input.to(device=self.device, dtype=dtype)
         fn = torch.compile(model, mode=self.compile_mode) if self.compile_mode else model
+        if self.cuda_graph:
+            fn = _graph_replay(model, x)
+            x = None
         if self.device == "cuda":
 
             def call():
@@ -99,6 +106,7 @@ class TorchRunner(Runner):
             "torch_version": torch.__version__,
             "precision": self.precision,
             "compile_mode": self.compile_mode,
+            "cuda_graph": self.cuda_graph,
             "input_shapes": {label: list(self.input.shape) for label in self.modules},
         }
         if self.device == "cuda":
@@ -110,3 +118,19 @@ class TorchRunner(Runner):
             module.train(was_training)
             if placement is not None:
                 module.to(device=placement[0], dtype=placement[1])
+
+
+def _graph_replay(model, x):
+    """``model(x)`` captured once in a CUDA graph; the call replays it (no per-kernel launch cost)."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):  # warm-up on a side stream, as CUDA graph capture requires
+            model(x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        model(x)
+    return lambda _x=None: graph.replay()
