@@ -251,3 +251,29 @@ def test_input_size_follows_a_patch_embedding_built_for_another_size(tmp_path):
 def test_a_model_without_timm_config_needs_an_input_shape(tmp_path):
     with pytest.raises(RmtdeployError, match=r"pass input_shape=\(C, H, W\)"):
         export_onnx(_tiny_cnn(), tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        "vit",
+        "resnet",
+        *(pytest.param(f, marks=pytest.mark.slow) for f in ("deit", "swin", "convnext", "hiera")),
+    ],
+)
+def test_every_family_exports_pruned_with_a_dynamic_batch(tmp_path, family):
+    """What holds per family (docs/export.md): a pruned model of each family exports with a dynamic batch
+    dim, verified against PyTorch at batch 1 and 3 in ONNX Runtime's form."""
+    from rmtdeploy.coverage import FAMILY_MODELS
+    from rmtdeploy.scores import get_strategy
+
+    torch.set_num_threads(1)
+    model = FAMILY_MODELS[family].build()
+    head = model.get_classifier()
+    if isinstance(head, nn.Linear) and not head.weight.any():  # Hiera's zero init would compare zeros
+        nn.init.normal_(head.weight, std=0.02)
+    pruned = get_strategy("magnitude").prune(model, keep_macs=0.5).model
+    result = export_onnx(pruned, tmp_path / "m.onnx", target="cpu-ort")
+    assert result.input_shape[0] == "batch" and result.verify_batches == (1, 3) and result.max_abs_diff < 1e-3
+    dim0 = onnx.load(tmp_path / "m.onnx").graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim0.dim_param == "batch" and not dim0.dim_value

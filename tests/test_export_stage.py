@@ -213,6 +213,7 @@ def test_int8_is_a_qdq_graph_calibrated_on_real_images_and_checked_against_fp32(
     )
 
 
+@pytest.mark.slow  # the INT8 path itself runs in the test above
 def test_int8_without_data_calibrates_on_a_builtin_set_and_says_so(tmp_path):
     run = rmtdeploy.export(ModelSource("resnet18", "random", num_classes=10), tmp_path / "m.onnx", int8=True,
                            calibration_images=8)  # fmt: skip
