@@ -60,6 +60,8 @@ ABLATIONS = {
     "rmt-unscaled": ("rmt", {"allocation": "uniform", "norm_scales": False}, {}),
     "rmt-flow": ("rmt", {"score": "flow"}, {}),
     "dynamic-magnitude": ("dynamic", {"then": "magnitude"}, {}),
+    # Latency-aware allocation (rmtdeploy.pruning.latency): does steering widths by measured cost lose accuracy?
+    "hybrid-latency": ("hybrid", {}, {"latency_weights": "measure"}),
     **{f"{name}-ceil-heads": (name, {}, {"head_rounding": "ceil"}) for name in STRATEGIES},
 }
 LABELS = {"magnitude": "magnitude (= TP group L2)", "tp-l1": "TP group L1", "tp-taylor": "TP Taylor",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,22 @@ def profile_onnx_ops(
     """
     if group_by not in GROUPS:
         raise RmtdeployError(f"group_by must be 'op_type' or 'scope', got '{group_by}'")
+    traces, warmup = profile_traces(models, batch=batch, threads=threads, warmup=warmup, runs=runs,
+                                    input_shape=input_shape, thread_pool=thread_pool)  # fmt: skip
+    return {label: group_profile(events, group_by, warmup, runs) for label, events in traces.items()}
+
+
+def profile_traces(
+    models: Mapping[str, str | os.PathLike],
+    *,
+    batch: int = 1,
+    threads: int = 2,
+    warmup: int = 3,
+    runs: int = 20,
+    input_shape: Sequence[int] | None = None,
+    thread_pool: str = "shared",
+) -> tuple[dict[str, list[dict]], int]:
+    """ONNX Runtime's profiler events per label over ``warmup`` + ``runs`` interleaved runs."""
     check_counts(models, batch, threads, warmup, runs)
     thread_pool = check_onnx_models(models, thread_pool)
     with tempfile.TemporaryDirectory(prefix="rmtdeploy-ortprof-") as tmp:
@@ -58,7 +74,7 @@ def profile_onnx_ops(
             profile_dir=tmp,
         )
         traces = {label: json.loads(Path(f).read_text("utf-8")) for label, f in timed["traces"].items()}
-    return {label: group_profile(events, group_by, warmup, runs) for label, events in traces.items()}
+    return traces, warmup
 
 
 def group_profile(events: list[dict], group_by: str, warmup: int, runs: int) -> dict[str, float]:
@@ -69,15 +85,24 @@ def group_profile(events: list[dict], group_by: str, warmup: int, runs: int) -> 
     fastest run per key is taken: on a shared machine preemption only ever adds time to a kernel, and a
     block's share is tiny next to a whole inference, so a median still carries other processes' bursts.
     """
+    if group_by == "op_type":
+        return group_profile_events(events, None, warmup, runs)
+    return group_profile_events(events, onnx_node_scope, warmup, runs)
+
+
+def group_profile_events(
+    events: list[dict], key_of: Callable[[str], str] | None, warmup: int, runs: int
+) -> dict[str, float]:
+    """:func:`group_profile` with any grouping: ``key_of(node name)``, or None for the op type."""
     per_key: dict[str, list[float]] = {}
     for event in events:
         name = str(event.get("name", ""))
         if event.get("cat") != "Node" or not name.endswith(_KERNEL_SUFFIX):
             continue
-        if group_by == "op_type":
+        if key_of is None:
             key = event.get("args", {}).get("op_name", "?")
         else:
-            key = onnx_node_scope(name[: -len(_KERNEL_SUFFIX)])
+            key = key_of(name[: -len(_KERNEL_SUFFIX)])
         per_key.setdefault(key, []).append(float(event.get("dur", 0.0)))
     result: dict[str, float] = {}
     for key, durations in per_key.items():

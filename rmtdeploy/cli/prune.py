@@ -58,6 +58,12 @@ def add_parser(commands) -> None:
         help="strategy knob, repeatable (e.g. --knob steps=3 for dynamic); see docs/strategies.md",
     )
     parser.add_argument(
+        "--latency-aware",
+        action="store_true",
+        help="profile the dense model on ONNX Runtime CPU and cut the components with a high time per MAC harder, "
+        "at the same budget (docs/strategies.md)",
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="TensorRT targets: refuse a plan whose attention head sizes TensorRT's fused attention cannot take "
@@ -108,6 +114,7 @@ def run(args) -> int:
             calibration=args.calibration,
             calibration_images=args.calibration_images,
             finetune_steps=args.finetune_steps,
+            latency_aware=args.latency_aware,
             strict=args.strict,
             force=args.force,
             status=status,

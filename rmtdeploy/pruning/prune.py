@@ -53,6 +53,7 @@ def prune_model(
     model_name: str | None = None,
     strategy: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
+    latency_weights: Mapping[str, float] | str | None = None,
 ) -> PruneResult:
     """Remove channels and whole attention heads from a copy of ``model`` (``model`` itself is untouched).
 
@@ -65,6 +66,9 @@ def prune_model(
     ``round_to`` and at least ``min_channels`` per layer; heads keep their head_dim (at least one head stays).
     ``head_rounding``: at a ratio r a unit of h heads loses floor(r·h) heads (default: a head goes only when
     r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
+    ``latency_weights`` ({component: time per MAC relative to the model's}, or ``"measure"`` to profile
+    the dense model on ONNX Runtime CPU) cuts components with a high time per MAC harder at the same
+    budget (:mod:`rmtdeploy.pruning.latency`); it needs per-unit ratios (not ``global_pruning``).
     ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``. ``strategy`` and ``provenance``
     go into the plan as they are (see :func:`rmtdeploy.pruning.plan.build_plan`).
     """
@@ -93,7 +97,13 @@ def prune_model(
         head_rounding=head_rounding,
         global_pruning=global_pruning,
     )
-    allocator = WidthAllocator(units, rules, _base_ratios(model, units, pruning_ratio_dict))
+    base_ratios = _base_ratios(model, units, pruning_ratio_dict)
+    weights = _latency_weights(latency_weights, dense, example_inputs, global_pruning)
+    if weights:
+        from rmtdeploy.pruning.latency import weighted_ratios
+
+        base_ratios = weighted_ratios(dense, [u.owners for u in units], base_ratios, weights)
+    allocator = WidthAllocator(units, rules, base_ratios)
     builder = _TrialBuilder(dense, adapter, units, example_inputs)
     candidate, factor = _meet_budget(builder, allocator, keep_macs, keep_params, dense_cost)
     candidate.model.train(model.training)
@@ -102,6 +112,7 @@ def prune_model(
         "importance": type(importance).__name__,
         "budget": _budget_json(keep_macs, keep_params),
         "factor": round(float(factor), 6),
+        **({"latency_weights": dict(weights)} if weights else {}),
     }
     plan = _plan(
         model_name, dense, candidate, adapter, example_inputs, dense_cost, settings, strategy, provenance
@@ -109,6 +120,24 @@ def prune_model(
     result = PruneResult(candidate.model, plan, *_pairs(dense_cost, candidate))
     result.timings["scores_s"] = scoring_s
     return result
+
+
+def _latency_weights(
+    weights, dense: nn.Module, example_inputs, global_pruning: bool
+) -> dict[str, float] | None:
+    if weights is None:
+        return None
+    if global_pruning:
+        raise RmtdeployError(
+            "latency-aware allocation weighs per-unit ratios; it cannot be combined with global_pruning"
+        )
+    if weights == "measure":
+        from rmtdeploy.pruning.latency import component_cost_weights
+
+        return component_cost_weights(dense, example_inputs[:1])
+    if isinstance(weights, str) or not all(isinstance(v, (int, float)) and v > 0 for v in weights.values()):
+        raise RmtdeployError("latency_weights must be 'measure' or a mapping of component -> positive weight")
+    return dict(weights)
 
 
 def _pairs(dense_cost: tuple[int, int], candidate: _Trial) -> tuple[int, int, int, int]:

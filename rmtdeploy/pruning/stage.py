@@ -114,6 +114,7 @@ def prune(
     calibration: str | os.PathLike | None = None,
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     finetune_steps: int | None = None,
+    latency_aware: bool = False,
     strict: bool = False,
     force: bool = False,
     status: Status | None = None,
@@ -126,6 +127,8 @@ def prune(
     ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
     between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
     steps per pruning step; default :data:`SHORT_DISTILL_STEPS` with calibration images, else none).
+    ``latency_aware`` profiles the dense model on ONNX Runtime CPU first and cuts components with a high
+    time per MAC harder at the same budget (:mod:`rmtdeploy.pruning.latency`).
     For a TensorRT target the pruned model's attention head sizes are checked against TensorRT's fused
     attention kernels (:mod:`rmtdeploy.engine.attention`): reported, or refused with ``strict``.
     An existing output is replaced only with ``force``. ``status(text)`` receives progress lines.
@@ -143,6 +146,7 @@ def prune(
         result = _run_strategy(
             settings, loaded, batches, status, keep_macs=keep_macs, keep_params=keep_params,
             min_channels=min_channels, head_rounding=head_rounding,
+            **({"latency_weights": "measure"} if latency_aware else {}),
         )  # fmt: skip
         problems = _attention_check(settings.target, result.model, strict, status)
         run = PruneRun(
