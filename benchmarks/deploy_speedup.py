@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         flag = "" if r["efficiency"] >= GOAL else " ✗"
         lines.append(f"| {r['model']} | {r['macs_kept']:.3f} | ×{r['mac_reduction']:.2f} | ×{r['speedup']:.2f} "
-                     f"(×{r['p10']:.2f}–×{r['p90']:.2f}) | {r['efficiency']:.2f}{flag} | {r['dense_ms']:.2f} | {r['pruned_ms']:.2f} |")  # fmt: skip
+                     f"(×{r['p10']:.2f}–×{r['p90']:.2f}) | {r['efficiency']:.3f}{flag} | {r['dense_ms']:.2f} | {r['pruned_ms']:.2f} |")  # fmt: skip
     atomic_write_text(args.out / f"{args.stem}.md", "\n".join(lines) + "\n")
     return 0
 

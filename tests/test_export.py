@@ -277,3 +277,18 @@ def test_every_family_exports_pruned_with_a_dynamic_batch(tmp_path, family):
     assert result.input_shape[0] == "batch" and result.verify_batches == (1, 3) and result.max_abs_diff < 1e-3
     dim0 = onnx.load(tmp_path / "m.onnx").graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param == "batch" and not dim0.dim_value
+
+
+def test_the_simplifier_is_onnxslim_unless_asked(tmp_path):
+    result = export_onnx(_tiny_cnn(), tmp_path / "slim.onnx", input_shape=SMALL)
+    assert result.simplified and result.simplify_note.startswith("onnxslim")
+    with pytest.raises(RmtdeployError, match="simplify must be one of onnxslim, onnxsim"):
+        export_onnx(_tiny_cnn(), tmp_path / "x.onnx", input_shape=SMALL, simplify="polish")
+
+
+def test_onnxsim_where_it_is_installed(tmp_path):
+    pytest.importorskip(
+        "onnxsim", reason="onnxsim is not a dependency (benchmarks/onnx_simplifiers.py chose onnxslim)"
+    )
+    result = export_onnx(_tiny_cnn(), tmp_path / "sim.onnx", input_shape=SMALL, simplify="onnxsim")
+    assert result.simplified and result.simplify_note.startswith("onnxsim") and result.verified
