@@ -3,11 +3,11 @@
 Per family: the accuracy benchmark's dense model trained on MNIST-5k at 32x32 (cached, seed 0), pruned by
 the default strategy (hybrid) to keep-macs 0.5 and fine-tuned with the default recipe
 (``FinetuneRecipe()``); dense and pruned exported with ``export_onnx`` (ONNX Runtime form, dynamic batch),
-the pruned graph quantized by ``rmtdeploy.exporting.int8.quantize_int8`` (Q/DQ, symmetric, per-channel
-weights, Conv/MatMul/Gemm, MinMax on 256 training images). Top-1 on the whole validation split through
+the pruned graph quantized by ``rmtdeploy.exporting.int8.quantize_int8`` (Q/DQ on Conv/MatMul/Gemm,
+per-channel symmetric int8 weights, uint8 activations for ONNX Runtime, MinMax on 256 training images). Top-1 on the whole validation split through
 ONNX Runtime; latency: the three graphs interleaved on one shared ORT pool, batch 1.
 
-    python benchmarks/int8_accuracy.py                          # six families (~15 min on 2 cores)
+    python benchmarks/int8_accuracy.py                          # six families (~7 min on 2 cores)
     python benchmarks/int8_accuracy.py --families resnet --out /tmp/int8 --epochs 1
 """
 
@@ -117,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Pruning × INT8 on real data (ONNX Runtime CPU)", "",
         f"`{what}` on {conditions['cpu']} ({conditions['cpu_count']} cores), ORT {conditions['onnxruntime']}; wall "
         f"{conditions['wall_s'] / 60:.1f} min. MNIST-5k at 32×32 (val {rows[0]['val_images'] if rows else '?'} images), "
-        f"seed 0; pruned = hybrid keep-macs {args.keep} + the default fine-tune recipe; INT8 = Q/DQ, symmetric, "
-        f"per-channel, Conv/MatMul/Gemm, MinMax on {CALIBRATION_IMAGES} training images, {args.backend} form. Latency: batch 1, "
+        f"seed 0; pruned = hybrid keep-macs {args.keep} + the default fine-tune recipe; INT8 = Q/DQ on "
+        f"Conv/MatMul/Gemm, per-channel symmetric int8 weights, activations in the {args.backend} form (uint8 "
+        f"asymmetric for onnxruntime, int8 symmetric for tensorrt), MinMax on {CALIBRATION_IMAGES} training images. Latency: batch 1, "
         f"{args.threads} threads on one shared ORT pool, {args.runs} interleaved rounds, median.", "",
         "| family | top-1 dense fp32 | pruned fp32 | pruned INT8 | ms dense / pruned / INT8 | speedup pruned / INT8 vs dense | int8 ops | kept in float |",
         "|---|---|---|---|---|---|---|---|",

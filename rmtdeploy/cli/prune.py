@@ -57,6 +57,12 @@ def add_parser(commands) -> None:
         metavar="KEY=VALUE",
         help="strategy knob, repeatable (e.g. --knob steps=3 for dynamic); see docs/strategies.md",
     )
+    _add_deployment_arguments(parser)
+    _add_calibration_arguments(parser, stage)
+    parser.set_defaults(handler=run)
+
+
+def _add_deployment_arguments(parser) -> None:
     parser.add_argument(
         "--latency-aware",
         action="store_true",
@@ -69,8 +75,6 @@ def add_parser(commands) -> None:
         help="TensorRT targets: refuse a plan whose attention head sizes TensorRT's fused attention cannot take "
         "(by default a warning in the summary and report.json)",
     )
-    _add_calibration_arguments(parser, stage)
-    parser.set_defaults(handler=run)
 
 
 def _add_calibration_arguments(parser, stage) -> None:

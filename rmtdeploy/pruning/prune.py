@@ -66,9 +66,8 @@ def prune_model(
     ``round_to`` and at least ``min_channels`` per layer; heads keep their head_dim (at least one head stays).
     ``head_rounding``: at a ratio r a unit of h heads loses floor(r·h) heads (default: a head goes only when
     r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
-    ``latency_weights`` ({component: time per MAC relative to the model's}, or ``"measure"`` to profile
-    the dense model on ONNX Runtime CPU) cuts components with a high time per MAC harder at the same
-    budget (:mod:`rmtdeploy.pruning.latency`); it needs per-unit ratios (not ``global_pruning``).
+    ``latency_weights`` ({component: relative time per MAC} or ``"measure"``: profiled on ONNX Runtime
+    CPU) cuts costly components harder at the same budget (:mod:`rmtdeploy.pruning.latency`).
     ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``. ``strategy`` and ``provenance``
     go into the plan as they are (see :func:`rmtdeploy.pruning.plan.build_plan`).
     """
@@ -90,20 +89,10 @@ def prune_model(
     example_inputs = example_inputs.to(next(model.parameters()).device)
     dense, units, scoring_s = _scored_units(model, adapter, importance, example_inputs, model_name)
     dense_cost = count_macs_params(dense, example_inputs)
-    rules = WidthRules(
-        round_to=round_to,
-        min_channels=min_channels,
-        prune_heads=prune_heads,
-        head_rounding=head_rounding,
-        global_pruning=global_pruning,
-    )
-    base_ratios = _base_ratios(model, units, pruning_ratio_dict)
+    rules = WidthRules(round_to=round_to, min_channels=min_channels, prune_heads=prune_heads,
+                       head_rounding=head_rounding, global_pruning=global_pruning)  # fmt: skip
     weights = _latency_weights(latency_weights, dense, example_inputs, global_pruning)
-    if weights:
-        from rmtdeploy.pruning.latency import weighted_ratios
-
-        base_ratios = weighted_ratios(dense, [u.owners for u in units], base_ratios, weights)
-    allocator = WidthAllocator(units, rules, base_ratios)
+    allocator = WidthAllocator(units, rules, _unit_ratios(model, dense, units, pruning_ratio_dict, weights))
     builder = _TrialBuilder(dense, adapter, units, example_inputs)
     candidate, factor = _meet_budget(builder, allocator, keep_macs, keep_params, dense_cost)
     candidate.model.train(model.training)
@@ -120,6 +109,16 @@ def prune_model(
     result = PruneResult(candidate.model, plan, *_pairs(dense_cost, candidate))
     result.timings["scores_s"] = scoring_s
     return result
+
+
+def _unit_ratios(model, dense, units, pruning_ratio_dict, weights) -> list[float]:
+    """The base ratios, scaled by the latency weights of each unit's component when given."""
+    ratios = _base_ratios(model, units, pruning_ratio_dict)
+    if not weights:
+        return ratios
+    from rmtdeploy.pruning.latency import weighted_ratios
+
+    return weighted_ratios(dense, [u.owners for u in units], ratios, weights)
 
 
 def _latency_weights(
