@@ -151,7 +151,6 @@ def train_dense(family: str, seed: int, settings: Settings, cache: Path, log) ->
     from safetensors.torch import load_file, save_file
 
     from rmtdeploy.data import get_dataset
-    from rmtdeploy.finetuning import evaluate_top1
     from rmtdeploy.io import atomic_write_json
 
     recipe = FAMILIES[family]
@@ -168,32 +167,15 @@ def train_dense(family: str, seed: int, settings: Settings, cache: Path, log) ->
     if weights.exists() and record_path.exists():
         model.load_state_dict(load_file(weights))
         return model.eval(), json.loads(record_path.read_text())
-    val = _loader(settings, "val", model, max_images=settings.val_images)
+    from rmtdeploy.finetuning.scratch import ScratchRecipe, train_from_scratch
 
-    train = _loader(settings, "train", model, seed=seed, augment=True)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr
-    )
-    total, warmup = epochs * len(train), len(train)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (step + 1) / warmup if step < warmup
-        else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))),
+    scratch = ScratchRecipe(dataset=settings.dataset, image_size=settings.image_size, epochs=epochs,
+                            lr=recipe.lr, batch_size=recipe.batch_size, seed=seed)  # fmt: skip
+    trained = train_from_scratch(
+        model, scratch, val_images=settings.val_images,
+        on_epoch=lambda epoch, total, top1: log(f"{family} seed {seed}: epoch {epoch}/{total} val top-1 {top1:.1f}"),
     )  # fmt: skip
-    curve, started = [], time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        for images, labels in train:
-            loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            schedule.step()
-        curve.append(round(evaluate_top1(model, val), 2))
-        log(f"{family} seed {seed}: epoch {epoch + 1}/{epochs} val top-1 {curve[-1]:.1f}")
+    curve = trained["val_curve"]
     record = {
         "family": family,
         "seed": seed,
@@ -203,7 +185,7 @@ def train_dense(family: str, seed: int, settings: Settings, cache: Path, log) ->
         "lr": recipe.lr,
         "val_curve": curve,
         "top1": curve[-1],
-        "train_s": round(time.perf_counter() - started, 1),
+        "train_s": trained["train_s"],
     }
     cache.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)

@@ -11,6 +11,8 @@ Each stage is one library call with a typed result (``to_dict()``), imported laz
 * ``rmtdeploy.finetune(pruned_dir, data, out, epochs=3) -> FinetuneRun`` (:mod:`rmtdeploy.finetuning.stage`)
 * ``rmtdeploy.export(pruned_dir_or_model, "model.onnx", target=...) -> ExportRun`` (:mod:`rmtdeploy.exporting.stage`)
 * ``rmtdeploy.bench(pruned_dir, out) -> BenchRun`` (:mod:`rmtdeploy.benchmark.stage`)
+* ``rmtdeploy.compress(out, recipe=..., model=...) -> CompressRun``: all of them into one run folder
+  (:mod:`rmtdeploy.pipeline.stage`)
 
 See docs/architecture.md.
 """
@@ -28,6 +30,7 @@ _STAGES = {
     "finetune": "rmtdeploy.finetuning.stage",
     "export": "rmtdeploy.exporting.stage",
     "bench": "rmtdeploy.benchmark.stage",
+    "compress": "rmtdeploy.pipeline.stage",
 }
 
 __all__ = ["__version__", *_STAGES]

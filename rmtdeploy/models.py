@@ -54,6 +54,23 @@ _TIMM_MODULE_FAMILY = {
 
 WEIGHT_SOURCES = ("pretrained", "checkpoint", "random")
 RANDOM_WEIGHTS_SEED = 0
+# Where a model remembers the timm keyword arguments it was built with (depth, embed_dim, ...), so that a
+# plan made from it rebuilds the same architecture (adapters' ``create_kwargs`` read it).
+CREATE_KWARGS_ATTRIBUTE = "rmtdeploy_create_kwargs"
+
+
+def build_timm_model(full: str, *, pretrained: bool = False, **kwargs) -> nn.Module:
+    """``timm.create_model`` that records its keyword arguments on the model (see
+    :data:`CREATE_KWARGS_ATTRIBUTE`); ``num_classes`` is read back from the model."""
+    model = timm.create_model(full, pretrained=pretrained, **kwargs)
+    recorded = {k: v for k, v in kwargs.items() if k != "num_classes"}
+    setattr(model, CREATE_KWARGS_ATTRIBUTE, _json_kwargs(recorded))
+    return model
+
+
+def _json_kwargs(kwargs: dict) -> dict:
+    """Tuples become lists: the kwargs go into a JSON plan and come back as lists, which timm takes."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
 
 
 @dataclass
@@ -171,14 +188,14 @@ def load_model(
         model = _create_pretrained(full, kwargs)
         label = "pretrained"
     elif source.source == "checkpoint":
-        model = timm.create_model(full, pretrained=False, **kwargs)
+        model = build_timm_model(full, **kwargs)
         load_checkpoint_strict(model, checkpoint)
         label = f"checkpoint:{checkpoint}"
     else:
         # Seeded, so two runs on "random" weights analyse and prune the same model.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = timm.create_model(full, pretrained=False, **kwargs)
+            model = build_timm_model(full, **kwargs)
         label = "random"
     model.eval()
     return LoadedModel(model=model, name=full, family=model_family(model), weights=label)

@@ -1,5 +1,6 @@
 """The accuracy-retention benchmark's quick mode: every criterion prunes real data to the budget, and the
-table, the goal check and the plot are written (the full run is `make bench-accuracy`)."""
+table, the goal check and the plot are written (the full run is `make bench-accuracy`). About 45 s: it runs in
+`make test-slow`; the training and pruning code it drives runs in every suite through tests/test_compress.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "accuracy_retention.py"
 CRITERIA = [
     "magnitude",

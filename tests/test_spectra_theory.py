@@ -25,7 +25,7 @@ NOISE_SHAPES = [
     (64, 256),
     (384, 384),
     pytest.param((768, 3072), marks=pytest.mark.slow),
-    (3072, 768),
+    pytest.param((3072, 768), marks=pytest.mark.slow),
     (96, 864),
 ]
 SIGMA = 0.02

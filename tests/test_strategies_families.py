@@ -23,18 +23,25 @@ def dense(family: str) -> torch.nn.Module:
     return _MODELS[family]
 
 
-# Progressive pruning on the largest test models re-fits spectra every step; the one-shot strategies cover
-# those families in every run, dynamic covers them in `make test-slow` (and vit, convnext, resnet always).
-_SLOW_DYNAMIC = ("swin", "hiera", "deit")
+# Every run: every strategy on the small CNNs, and one strategy on each transformer family (each strategy
+# appears on one of them); `make test-slow` runs the whole family x strategy x keep matrix.
+_CHEAP_FAMILIES = ("convnext", "resnet")
+_EVERY_RUN = {
+    ("vit", "edge-budget"),
+    ("deit", "rmt"),
+    ("swin", "hybrid"),
+    ("hiera", "magnitude"),
+    ("vit", "dynamic"),
+}
 
 
 def _cases():
-    """Every family x strategy at keep 0.5 in every run; the light cut (0.75) in `make test-slow`."""
+    """The matrix at keep 0.5 and 0.75; see above for what runs every time."""
     for family in FAMILY_MODELS:
         for strategy in strategy_names():
             for keep in (0.75, 0.5):
-                slow = keep == 0.75 or (strategy == "dynamic" and family in _SLOW_DYNAMIC)
-                marks = [pytest.mark.slow] if slow else []
+                every_run = keep == 0.5 and (family in _CHEAP_FAMILIES or (family, strategy) in _EVERY_RUN)
+                marks = [] if every_run else [pytest.mark.slow]
                 yield pytest.param(family, strategy, keep, marks=marks, id=f"{family}-{strategy}-{keep}")
 
 

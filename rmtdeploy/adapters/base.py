@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.models import CREATE_KWARGS_ATTRIBUTE
 
 
 def classifier_layers(model: nn.Module) -> list[nn.Module]:
@@ -59,8 +60,9 @@ class ArchitectureAdapter:
     def create_kwargs(self, model: nn.Module) -> dict[str, Any]:
         """Keyword arguments beyond the name that ``timm.create_model`` needs to rebuild this architecture
         (before pruning). Must be JSON-able: they are stored in the pruning plan."""
+        kwargs = dict(getattr(model, CREATE_KWARGS_ATTRIBUTE, None) or {})  # what it was built with
         num_classes = getattr(model, "num_classes", None)
-        return {} if num_classes is None else {"num_classes": int(num_classes)}
+        return kwargs if num_classes is None else {**kwargs, "num_classes": int(num_classes)}
 
     def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
         """Layers whose outputs must keep their width: the classifier(s)."""

@@ -18,7 +18,7 @@ from rmtdeploy.errors import RmtdeployError
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
-COMMANDS = ("analyze", "prune", "finetune", "export", "engine", "bench", "bundle")
+COMMANDS = ("compress", "analyze", "prune", "finetune", "export", "engine", "bench", "bundle", "report")
 
 
 def build_parser() -> OneLineErrorParser:

@@ -8,6 +8,7 @@ they serve deep copies of the analysed model too.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -78,7 +79,36 @@ def channel_spectra_by_module(
 
     A fused qkv projection is fitted per q/k/v block; its output channels take their block's values.
     ``norm_scales``: also record how norm layers rescale each module's channels (one forward pass).
+    Inside :func:`reused_spectra` a model's analysis is made once and handed out again.
     """
+    if _reused is not None:
+        key = (id(model), repr(config), norm_scales)
+        if key not in _reused:
+            _reused[key] = (model, _channel_spectra_by_module(model, config, norm_scales))
+        return _reused[key][1]
+    return _channel_spectra_by_module(model, config, norm_scales)
+
+
+_reused: dict | None = None
+
+
+@contextlib.contextmanager
+def reused_spectra():
+    """Within the block each model's spectra are fitted once: a search that prunes the same dense model
+    at several budgets (``compress --latency-budget``) pays for one analysis. The model must not change
+    inside the block (the cache holds it, so its id is not reused)."""
+    global _reused
+    outer = _reused
+    _reused = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _reused = outer
+
+
+def _channel_spectra_by_module(
+    model: nn.Module, config: SpectralFitConfig | None, norm_scales: bool
+) -> dict[str, ChannelSpectra]:
     scales = _norm_scales(model) if norm_scales else {}
     modules = dict(model.named_modules())
     parts: dict[str, list[tuple[WeightMatrix, LayerSpectrum]]] = {}

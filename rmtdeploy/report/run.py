@@ -1,0 +1,499 @@
+"""The run report of ``rmtdeploy compress``: ``report.md`` and a self-contained ``report.html``.
+
+Everything shown is read from the run folder (``manifest.json`` and the stages' own outputs); a number a
+stage did not measure is written "not measured" with the reason, never filled in. The HTML carries its
+plots inline (PNG data URIs) and no script or remote resource, so it opens offline. ``rmtdeploy report
+RUN_DIR`` re-renders both, e.g. after ``rmtdeploy bench --import`` put on-device results in
+``RUN_DIR/device-bench``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rmtdeploy.io import atomic_write_bytes, atomic_write_text
+
+NOT_MEASURED = "not measured"
+PLOTS_DIR = "report-plots"
+DEVICE_BENCH = "device-bench"
+STRATEGY_WHY = {
+    "hybrid": "the default: in the accuracy benchmark it keeps the most accuracy right after pruning "
+    "(magnitude × spectral energy ratio), and after the default fine-tune the criteria end level "
+    "(docs/strategies.md)",
+    "magnitude": "the baseline criterion (group L2 magnitude)",
+    "rmt": "channels scored by their energy above the Marchenko–Pastur edge",
+    "edge-budget": "per-layer ratios from each layer's spectrum",
+    "dynamic": "progressive pruning with the spectral threshold lowered step by step",
+}
+
+
+def write_report(directory: str | Path) -> dict[str, Any]:
+    """Render the run in ``directory`` into report.md, report.html and their plots; returns a summary."""
+    from rmtdeploy.pipeline.run_folder import read_run
+
+    root = Path(directory)
+    run = _Run(root, read_run(root))
+    blocks = run.blocks()
+    plots = run.plots()
+    (root / PLOTS_DIR).mkdir(exist_ok=True)
+    for name, png in plots.items():
+        atomic_write_bytes(root / PLOTS_DIR / f"{name}.png", png)
+    atomic_write_text(root / "report.md", render_markdown(blocks, plots))
+    atomic_write_text(root / "report.html", render_html(blocks, plots, title=run.title))
+    return {"plots": sorted(plots), "not_measured": run.not_measured}
+
+
+# -- reading the run ---------------------------------------------------------------------------------
+class _Run:
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root, self.manifest = root, manifest
+        self.stages = {s["name"]: s for s in manifest.get("stages", [])}
+        self.recipe = manifest.get("recipe", {})
+        self.not_measured: list[str] = []
+
+    def summary(self, stage: str) -> dict[str, Any] | None:
+        record = self.stages.get(stage)
+        if record and record.get("status") in ("done", "reused"):
+            return record.get("summary") or {}
+        return None
+
+    def reason(self, stage: str) -> str:
+        record = self.stages.get(stage)
+        if record is None:
+            return "stage not reached"
+        return record.get("reason") or record.get("status", "")
+
+    def read_json(self, relative: str) -> Any:
+        path = self.root / relative
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def title(self) -> str:
+        load = self.summary("load") or {}
+        return (
+            f"rmtdeploy compress: {load.get('model', self.recipe.get('model'))} → {self.recipe.get('target')}"
+        )
+
+    def missing(self, what: str, why: str) -> str:
+        self.not_measured.append(what)
+        return f"{NOT_MEASURED} ({why})"
+
+    # -- sections ----------------------------------------------------------------------------------
+    def blocks(self) -> list[tuple]:
+        out: list[tuple] = [("h1", self.title)]
+        out += self._overview()
+        out += self._structure()
+        out += self._accuracy()
+        out += self._export()
+        out += self._latency()
+        out += self._stages()
+        out += self._commands()
+        return out
+
+    def _overview(self) -> list[tuple]:
+        load = self.summary("load") or {}
+        r = self.recipe
+        budget = (f"latency budget {r['latency_budget_ms']:g} ms (ONNX Runtime CPU)" if r.get("latency_budget_ms")
+                  else f"keep {r.get('keep_macs') or 0.5:g} of the MACs")  # fmt: skip
+        weights = load.get("weights", r.get("weights"))
+        rows = [
+            ["model", f"{load.get('model', r.get('model'))} ({load.get('family', '?')} family)"],
+            [
+                "weights",
+                str(weights) + (" — untrained: accuracy means nothing" if weights == "random" else ""),
+            ],
+            ["input", "×".join(map(str, load.get("input_size", []))) or "?"],
+            [
+                "built with",
+                ", ".join(f"{k}={v}" for k, v in (load.get("create_kwargs") or {}).items())
+                or "timm's defaults",
+            ],
+            ["target", str(r.get("target"))],
+            [
+                "strategy",
+                f"{r.get('strategy')}: {STRATEGY_WHY.get(r.get('strategy'), 'chosen in the recipe')}",
+            ],
+            ["budget", budget],
+            ["recipe", f"{r.get('source')} (resolved copy: recipe.yaml)"],
+            ["data", str(r.get("data") or "none")],
+            [
+                "machine",
+                f"{self.manifest.get('machine', {}).get('cpu')}, {self.manifest.get('machine', {}).get('cores')} cores",
+            ],
+            [
+                "run",
+                f"started {self.manifest.get('started')}; stages took "
+                f"{sum(s.get('seconds') or 0 for s in self.manifest.get('stages', [])):.0f} s",
+            ],
+        ]
+        training = load.get("training")
+        if training:
+            rows.append(["dense training", f"{training['dataset']}, {training['recipe']['epochs']} epochs, val top-1 "
+                         f"{training['top1']:.1f}%, {training['train_s']:.0f} s" + (" (from the cache)" if training.get("cached") else "")])  # fmt: skip
+        budget_data = self.summary("budget")
+        blocks: list[tuple] = [("h2", "Overview"), ("table", ["", ""], rows)]
+        if budget_data:
+            blocks += [("h3", "Latency budget search"), ("p", budget_data.get("how", "")),
+                       ("table", ["keep-macs", "MACs kept", "median ms here", "p90 ms here", "dense ms here",
+                                  "judged ms", "meets"],
+                        [[f"{t['keep_macs']:g}", str(t.get("macs_kept", "–")), f"{t['median_ms']:.3f}",
+                          f"{t.get('p90_ms', float('nan')):.3f}", f"{t.get('dense_median_ms', budget_data['dense_ms']):.3f}",
+                          f"{t.get('judged_ms', t['median_ms']):.3f}", "yes" if t["met"] else "no"]
+                         for t in budget_data["trials"]]),
+                       ("p", f"Chosen: keep-macs {budget_data['keep_macs']:g}.")]  # fmt: skip
+        return blocks
+
+    def _structure(self) -> list[tuple]:
+        report = self.read_json("pruned/report.json")
+        if not report:
+            return [("h2", "Structure"), ("p", self.missing("structure", self.reason("prune")))]
+        m, p = report["macs"], report["params"]
+        rows = [["MACs", f"{m['dense'] / 1e9:.3f} G", f"{m['pruned'] / 1e9:.3f} G", f"{m['kept']:.3f}"],
+                ["parameters", f"{p['dense'] / 1e6:.2f} M", f"{p['pruned'] / 1e6:.2f} M", f"{p['kept']:.3f}"]]  # fmt: skip
+        stages = _stage_widths(report["layers"])
+        width_rows = [[name, str(d), str(q), f"{q / d:.2f}"] for name, (d, q) in stages.items()]
+        head_rows = [
+            [h["name"], str(h["dense_heads"]), str(h["pruned_heads"])] for h in report.get("heads", [])
+        ]
+        blocks = [("h2", "Structure: dense vs pruned"), ("p", f"Counted by {report.get('counted_by')}."),
+                  ("table", ["", "dense", "pruned", "kept"], rows),
+                  ("h3", "Widths per stage (summed output channels of the pruned layers)"),
+                  ("table", ["stage", "dense", "pruned", "kept"], width_rows), ("img", "widths", "Width per layer, dense vs pruned")]  # fmt: skip
+        if head_rows:
+            blocks += [
+                ("h3", "Attention heads per block"),
+                ("table", ["block", "dense", "pruned"], head_rows),
+            ]
+        if report.get("attention_fusion_problems"):
+            blocks += [
+                ("p", "TensorRT fused attention warnings: " + "; ".join(report["attention_fusion_problems"]))
+            ]
+        return blocks
+
+    def _accuracy(self) -> list[tuple]:
+        evaluate, tune, export = self.summary("evaluate"), self.summary("finetune"), self.summary("export")
+        if evaluate is None:
+            return [("h2", "Accuracy"), ("p", self.missing("accuracy", self.reason("evaluate")))]
+        top1 = (tune or {}).get("top1", {})
+        check = ((export or {}).get("int8") or {}).get("check") or {}
+        rows = [
+            [
+                "dense",
+                f"{evaluate['dense_top1']:.2f}",
+                f"{evaluate['images']} val images of {evaluate['data']}",
+            ]
+        ]
+        if top1:
+            rows += [["pruned (as pruned)", f"{top1['as_given']:.2f}", "fine-tune stage's val split"],
+                     ["pruned + BatchNorm recalibration", f"{top1['start']:.2f}", "before training"],
+                     ["pruned + fine-tuned", f"{top1['best']:.2f}", f"best of {len(top1.get('epochs', []))} epochs "
+                      f"(epoch {top1.get('best_epoch')}; per epoch {', '.join(f'{v:.1f}' for v in top1.get('epochs', []))})"]]  # fmt: skip
+        else:
+            rows.append(
+                ["pruned + fine-tuned", self.missing("fine-tuned accuracy", self.reason("finetune")), ""]
+            )
+        if check:
+            rows += [["exported ONNX (fp32)", f"{check['top1_fp32']:.2f}", f"{check['images']} images, ONNX Runtime"],
+                     ["exported INT8", f"{check['top1_int8']:.2f}", f"{check['images']} images, ONNX Runtime"]]  # fmt: skip
+        else:
+            rows.append(["INT8", self.missing("INT8 accuracy", "no INT8 graph with data in this run"), ""])
+        return [("h2", "Accuracy (top-1 %)"), ("table", ["model", "top-1", "measured on"], rows),
+                ("img", "accuracy_latency", "Accuracy vs latency")]  # fmt: skip
+
+    def _export(self) -> list[tuple]:
+        export = self.summary("export")
+        if export is None:
+            return [("h2", "ONNX export"), ("p", self.missing("export", self.reason("export")))]
+        e = export.get("export", {})
+        batch = (e.get("input_shape") or ["?"])[0]
+        lines = [f"`model.onnx`: opset {e.get('opset', '?')}, batch {'dynamic' if isinstance(batch, str) else batch}, "
+                 f"{e.get('num_nodes', '?')} nodes after {e.get('simplify_note') or 'no simplifier'}, for "
+                 f"{e.get('backend', '?')}; exported and verified in {export.get('wall_s', 0):.1f} s."]  # fmt: skip
+        int8 = export.get("int8")
+        if int8:
+            kept = ", ".join(f"{op} {n}" for op, n in (int8.get("float_ops") or {}).items()) or "none"
+            lines.append(f"`model.int8.onnx`: Q/DQ INT8 ({int8.get('activations')} activations, per-channel weights), "
+                         f"calibrated on {int8.get('calibration_images')} {int8.get('calibration')} images "
+                         f"({int8.get('method')}); ops left in float: {kept}.")  # fmt: skip
+        rows = [[p["inputs"], str(p["images"]), f"{p['max_abs_diff']:.2e}", f"{p['min_cosine']:.6f}",
+                 f"{100 * p['top1_agreement']:.1f}%", f"atol {p['atol']:g}, rtol {p['rtol']:g}"]
+                for p in e.get("parity", [])]  # fmt: skip
+        return [
+            ("h2", "ONNX export and parity (ONNX Runtime vs PyTorch)"),
+            *[("p", text) for text in lines],
+            (
+                "table",
+                ["inputs", "images", "max abs diff", "min cosine", "top-1 agreement", "tolerance"],
+                rows,
+            ),
+        ]
+
+    def _latency(self) -> list[tuple]:
+        blocks: list[tuple] = [("h2", "Latency")]
+        for folder, title in (
+            ("bench", "Measured here"),
+            (DEVICE_BENCH, "Measured on the device (imported)"),
+        ):
+            data = self.read_json(f"{folder}/bench.json")
+            if data is None:
+                if folder == "bench":
+                    blocks.append(("p", self.missing("latency", self.reason("bench"))))
+                continue
+            blocks += [("h3", title), ("p", _how(data.get("conditions", {}))),
+                       ("table", ["model", "median ms", "p10–p90 ms", "p99 ms", "images/s"], _latency_rows(data)),
+                       ("table", ["pair", "speedup", "p10–p90", "MAC reduction", "speedup ÷ MAC reduction"],
+                        _speedup_rows(data))]  # fmt: skip
+        blocks.append(("img", "latency", "Latency, dense vs pruned"))
+        return blocks
+
+    def _stages(self) -> list[tuple]:
+        rows = [[s["name"], s["status"], "" if s.get("seconds") is None else f"{s['seconds']:.1f}", s.get("reason") or ""]
+                for s in self.manifest.get("stages", []) if s["name"] != "report"]  # fmt: skip
+        return [
+            ("h2", "Stages"),
+            ("table", ["stage", "status", "seconds", "note"], rows),
+            ("img", "spectra", "Spectra summary"),
+        ]
+
+    def _commands(self) -> list[tuple]:
+        command = self.manifest.get("command")
+        root = shlex.quote(str(self.root))
+        repro = f"rmtdeploy compress --recipe {root}/recipe.yaml --out {root}-again"
+        lines = [("h2", "Reproduce and deploy"), ("p", "This run:"),
+                 ("pre", " ".join(shlex.quote(c) for c in command) if command else "(library call)"),
+                 ("p", "The same run from its resolved recipe:"), ("pre", repro)]  # fmt: skip
+        target = str(self.recipe.get("target"))
+        bundle = self.stages.get("bundle", {})
+        if bundle.get("status") in ("done", "reused"):
+            lines += [("p", "On the Jetson (TensorRT and Python 3 only), then back here:"),
+                      ("pre", f"scp -r {root}/bundle jetson:rmtdeploy-bundle\n"
+                              "ssh jetson 'cd rmtdeploy-bundle && bash build_engine.sh && python3 bench_on_device.py --runs 200'\n"
+                              f"scp jetson:rmtdeploy-bundle/bench.json device-bench.json\n"
+                              f"rmtdeploy bench --import device-bench.json --out {root}/{DEVICE_BENCH}\n"
+                              f"rmtdeploy report {root}")]  # fmt: skip
+        elif target.startswith("gpu"):
+            lines += [
+                ("p", "On a GPU machine with TensorRT:"),
+                ("pre", f"rmtdeploy engine --onnx {root}/model.onnx --target {target} --out {root}/engine"),
+            ]
+        else:
+            lines += [("p", "In an app (ONNX Runtime): the input size, mean/std and labels are in the ONNX metadata."),
+                      ("pre", f"python -c \"import onnxruntime as ort; s = ort.InferenceSession('{self.root}/model.onnx'); "
+                              "print(s.get_modelmeta().custom_metadata_map)\"")]  # fmt: skip
+        return lines
+
+    # -- plots -------------------------------------------------------------------------------------
+    def plots(self) -> dict[str, bytes]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        out = {}
+        for name, draw in (("spectra", self._plot_spectra), ("widths", self._plot_widths),
+                           ("accuracy_latency", self._plot_accuracy_latency), ("latency", self._plot_latency)):  # fmt: skip
+            figure = draw()
+            if figure is not None:
+                out[name] = _png(figure)
+        return out
+
+    def _plot_spectra(self):
+        import matplotlib.pyplot as plt
+
+        records = [r for r in (self.read_json("analysis/spectra.json") or []) if r.get("status") == "ok"]
+        if not records:
+            return None
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.2))
+        left.bar(range(len(records)), [r["spikes"] for r in records], color="#4c72b0")
+        left.set(
+            title="spikes above the MP edge per matrix", xlabel="matrix (network order)", ylabel="spikes"
+        )
+        right.plot([r["ser"] for r in records], ".", color="#dd8452")
+        right.set(
+            title="spectral energy ratio (signal share)",
+            xlabel="matrix (network order)",
+            ylabel="SER",
+            ylim=(0, 1),
+        )
+        fig.tight_layout()
+        return fig
+
+    def _plot_widths(self):
+        import matplotlib.pyplot as plt
+
+        report = self.read_json("pruned/report.json")
+        if not report or not report.get("layers"):
+            return None
+        layers = report["layers"]
+        fig, ax = plt.subplots(figsize=(10, 3.2))
+        x = range(len(layers))
+        ax.bar(x, [layer["dense_width"] for layer in layers], color="#c8c8c8", label="dense")
+        ax.bar(x, [layer["pruned_width"] for layer in layers], color="#4c72b0", label="pruned")
+        ax.set(title="output channels per pruned layer", xlabel="layer (network order)", ylabel="channels")
+        ax.legend()
+        fig.tight_layout()
+        return fig
+
+    def _plot_accuracy_latency(self):
+        import matplotlib.pyplot as plt
+
+        points = self._accuracy_latency_points()
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        if not points:
+            ax.text(0.5, 0.5, "accuracy or latency not measured in this run", ha="center", va="center")
+            ax.set_axis_off()
+            return fig
+        for label, ms, top1 in points:
+            ax.plot(ms, top1, "o")
+            ax.annotate(label, (ms, top1), textcoords="offset points", xytext=(5, 5))
+        ax.set(xlabel="median latency, ms (bench stage)", ylabel="top-1 %", title="accuracy vs latency")
+        fig.tight_layout()
+        return fig
+
+    def _accuracy_latency_points(self) -> list[tuple[str, float, float]]:
+        bench = self.read_json("bench/bench.json")
+        evaluate, tune = self.summary("evaluate"), self.summary("finetune")
+        export = self.summary("export") or {}
+        if bench is None or evaluate is None:
+            return []
+        latency = {label: stats["median_ms"] for label, stats in bench["latency"].items()}
+        points = []
+        if "dense" in latency:
+            points.append(("dense", latency["dense"], evaluate["dense_top1"]))
+        pruned_top1 = (tune or {}).get("top1", {}).get("best")
+        if "pruned" in latency and pruned_top1 is not None:
+            points.append(("pruned + fine-tuned", latency["pruned"], pruned_top1))
+        check = (export.get("int8") or {}).get("check") or {}
+        if "int8" in latency and check:
+            points.append(("INT8", latency["int8"], check["top1_int8"]))
+        return points
+
+    def _plot_latency(self):
+        from rmtdeploy.report.latency import plot_latency
+
+        data = self.read_json("bench/bench.json")
+        if data is None:
+            return None
+        buffer = self.root / PLOTS_DIR / ".latency.tmp.png"
+        buffer.parent.mkdir(exist_ok=True)
+        plot_latency(data, buffer)
+        import matplotlib.pyplot as plt
+
+        image = plt.imread(buffer)
+        buffer.unlink()
+        fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100), dpi=100)
+        ax.imshow(image)
+        ax.set_axis_off()
+        fig.subplots_adjust(0, 0, 1, 1)
+        return fig
+
+
+def _stage_widths(layers: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Layer widths summed per top-level stage (the module path's first two parts)."""
+    stages: dict[str, tuple[int, int]] = {}
+    for layer in layers:
+        parts = layer["name"].split(".")
+        key = ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+        dense, pruned = stages.get(key, (0, 0))
+        stages[key] = (dense + layer["dense_width"], pruned + layer["pruned_width"])
+    return stages
+
+
+def _latency_rows(data: dict[str, Any]) -> list[list[str]]:
+    batch = int(data.get("conditions", {}).get("batch") or 1)
+    return [[label, f"{s['median_ms']:.3f}", f"{s['p10_ms']:.3f}–{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}",
+             f"{batch * 1000 / s['median_ms']:.1f}"] for label, s in data["latency"].items()]  # fmt: skip
+
+
+def _speedup_rows(data: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for row, s in zip(data.get("efficiency", []), data.get("speedups", []), strict=False):
+        rows.append([f"{s['baseline']} → {s['candidate']}", f"×{s['median']:.3f}", f"×{s['p10']:.3f}–×{s['p90']:.3f}",
+                     f"×{row['mac_reduction']:.3f}" if row.get("mac_reduction") else "not known",
+                     f"{row['efficiency']:.2f}" if row.get("efficiency") else "not known"])  # fmt: skip
+    return rows
+
+
+def _how(c: dict[str, Any]) -> str:
+    from rmtdeploy.report.latency import _how as how
+
+    return how(c)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+# -- rendering -----------------------------------------------------------------------------------------
+def render_markdown(blocks: list[tuple], plots: dict[str, bytes]) -> str:
+    lines: list[str] = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + block[1], ""]
+        elif kind == "p":
+            lines += [block[1], ""]
+        elif kind == "pre":
+            lines += ["```", block[1], "```", ""]
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows] + [
+                ""
+            ]
+        elif kind == "img" and block[1] in plots:
+            lines += [f"![{block[2]}]({PLOTS_DIR}/{block[1]}.png)", ""]
+    return "\n".join(lines)
+
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f2f2f2}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}img{max-width:100%}
+.nm{color:#a33}"""
+
+
+def render_html(blocks: list[tuple], plots: dict[str, bytes], *, title: str) -> str:
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_STYLE}</style></head><body>"]  # fmt: skip
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{_mark(block[1])}</p>")
+        elif kind == "pre":
+            parts.append(f"<pre>{html.escape(block[1])}</pre>")
+        elif kind == "table":
+            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
+            body = "".join(
+                "<tr>" + "".join(f"<td>{_mark(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
+            )
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif kind == "img" and block[1] in plots:
+            data = base64.b64encode(plots[block[1]]).decode()
+            parts.append(f"<figure><img id='plot-{block[1]}' alt='{html.escape(block[2])}' "
+                         f"src='data:image/png;base64,{data}'><figcaption>{html.escape(block[2])}</figcaption></figure>")  # fmt: skip
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _mark(text: str) -> str:
+    """Escaped text, with "not measured" shown as such."""
+    escaped = html.escape(text)
+    return escaped.replace(NOT_MEASURED, f"<span class='nm'>{NOT_MEASURED}</span>")
