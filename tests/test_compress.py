@@ -145,6 +145,11 @@ def test_resume_reuses_finished_stages_and_reruns_changed_ones(quick_run, tmp_pa
     status = {name: record.status for name, record in again.stages.items()}
     assert status["prune"] == status["finetune"] == status["export"] == status["bench"] == "reused"
     assert status["load"] == "done"  # always loaded: later stages need the model in memory
+    assert main(["compress", "--out", str(copy), "--resume", "--json"]) == 0  # the run's own recipe.yaml
+    assert {s["status"] for s in read_run(copy)["stages"] if s["name"] not in ("load", "report")} <= {
+        "reused",
+        "not-run",
+    }
     changed = compress(copy, recipe={**QUICK, "bench": {**QUICK["bench"], "runs": 6}}, resume=True)
     status = {name: record.status for name, record in changed.stages.items()}
     assert status["export"] == "reused" and status["bench"] == "done"
@@ -260,6 +265,14 @@ def test_output_folder_rules(tmp_path, capsys, quick_run):
     assert "not a directory" in capsys.readouterr().err.lower()
 
 
+def test_a_model_that_cannot_train_at_the_recipes_size_is_one_clear_error(tmp_path, capsys):
+    code = main(
+        ["compress", "--model", "vit_small_patch16_224", "--weights", "trained", "--out", str(tmp_path / "r")]
+    )
+    assert code == 2
+    assert "does not run at 32×32" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_data_with_other_classes_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(
@@ -267,6 +280,7 @@ def test_data_with_other_classes_is_refused(tmp_path, capsys):
     )
     assert code == 2
     assert "predicts 1000 classes but data digits has 10" in capsys.readouterr().err
+    assert not out.exists()  # failed before anything worth resuming: no run folder left to --force away
 
 
 def test_impossible_latency_budget_names_the_closest_latency(tmp_path):
@@ -287,7 +301,9 @@ def _system_browser() -> str | None:
 
 
 def test_the_html_report_opens_in_a_headless_browser_without_errors(quick_run):
-    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[browser]')"
+    )
     browser_path = _system_browser()
     if browser_path is None:
         pytest.skip("no Chromium or Chrome on this machine (Debian: apt-get install chromium)")
@@ -330,6 +346,21 @@ def test_every_family_compresses_with_random_weights(recipe, tmp_path):
     assert "untrained: accuracy means nothing" in (out / "report.md").read_text()
 
 
+def test_the_budget_bisection_returns_the_largest_keep_that_meets_the_budget():
+    """The search logic against a known latency curve (no measurement): latency = 10 ms × keep."""
+    from rmtdeploy.pipeline.budget import MIN_KEEP, BudgetSearch, _bisect
+
+    def trial(keep, say):
+        return {"keep_macs": keep, "judged_ms": 10 * keep, "met": 10 * keep <= 6.0}
+
+    search = BudgetSearch(budget_ms=6.0, keep_macs=1.0, dense_ms=10.0)
+    low = trial(MIN_KEEP, None)
+    keep = _bisect(trial, search, low, lambda text: None)
+    assert 0.57 <= keep <= 0.6 and 10 * keep <= 6.0
+    assert len(search.trials) <= 6 and all(t["met"] == (t["keep_macs"] <= 0.6) for t in search.trials)
+
+
+@pytest.mark.slow
 def test_latency_budget_judged_on_device_results_picks_a_keep_that_meets_it(quick_run, tmp_path):
     """A 'device' twice as slow as this machine (the run's own bench.json with doubled samples): the search
     prunes until the device's dense latency ÷ the speedup measured here fits the budget."""

@@ -23,16 +23,12 @@ def dense(family: str) -> torch.nn.Module:
     return _MODELS[family]
 
 
-# Every run: every strategy on the small CNNs, and one strategy on each transformer family (each strategy
-# appears on one of them); `make test-slow` runs the whole family x strategy x keep matrix.
-_CHEAP_FAMILIES = ("convnext", "resnet")
+# Every run: one strategy per family at keep 0.5, each strategy on at least one transformer and the default
+# (hybrid) on a CNN too; `make test-slow` runs the whole family x strategy x keep matrix.
 _EVERY_RUN = {
-    ("vit", "edge-budget"),
-    ("deit", "rmt"),
-    ("swin", "hybrid"),
-    ("hiera", "magnitude"),
-    ("vit", "dynamic"),
-}
+    ("vit", "edge-budget"), ("deit", "rmt"), ("swin", "hybrid"), ("hiera", "magnitude"), ("vit", "dynamic"),
+    ("convnext", "hybrid"), ("resnet", "dynamic"),
+}  # fmt: skip
 
 
 def _cases():
@@ -40,7 +36,7 @@ def _cases():
     for family in FAMILY_MODELS:
         for strategy in strategy_names():
             for keep in (0.75, 0.5):
-                every_run = keep == 0.5 and (family in _CHEAP_FAMILIES or (family, strategy) in _EVERY_RUN)
+                every_run = keep == 0.5 and (family, strategy) in _EVERY_RUN
                 marks = [] if every_run else [pytest.mark.slow]
                 yield pytest.param(family, strategy, keep, marks=marks, id=f"{family}-{strategy}-{keep}")
 

@@ -76,7 +76,8 @@ def _add_budget_arguments(parser) -> None:
                         "bundle's on-device results): its dense latency ÷ each trial's speedup measured here, an "
                         "estimate to confirm on the device")  # fmt: skip
     parser.add_argument("--latency-aware", action="store_true", default=None,
-                        help="steer widths by measured per-block cost (rmtdeploy prune --latency-aware)")  # fmt: skip
+                        help="experimental, off in every recipe: steer widths by measured per-block cost; "
+                        "measured not faster and less accurate (docs/strategies.md#latency-aware-allocation)")  # fmt: skip
 
 
 def run(args) -> int:

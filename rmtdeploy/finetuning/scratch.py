@@ -80,6 +80,14 @@ def build_small_model(name: str, recipe: ScratchRecipe, num_classes: int) -> tor
         ) from exc
     # The model's own config says what it expects, so the adapter, data loaders and MAC counts agree.
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, recipe.image_size, recipe.image_size)}
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, recipe.image_size, recipe.image_size))
+    except Exception as exc:  # e.g. a ViT built for 224 fed 32×32 images
+        raise RmtdeployError(
+            f"{full} does not run at {recipe.image_size}×{recipe.image_size} ({str(exc).splitlines()[0][:120]}); "
+            "set train.model_kwargs for that size (e.g. img_size) or train.image_size, as the shipped recipes do"
+        ) from exc
     return model
 
 

@@ -73,6 +73,7 @@ class RunFolder:
         self.previous: dict[str, dict[str, Any]] = {}
         self.stages: dict[str, StageRecord] = {}
         self.started = _now()
+        self.created = False
         self._lock = contextlib.ExitStack()
 
     # -- opening -----------------------------------------------------------------------------------
@@ -100,6 +101,7 @@ class RunFolder:
 
     def __enter__(self) -> RunFolder:
         self.check()
+        self.created = not self.root.exists() or not any(self.root.iterdir())
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -119,6 +121,12 @@ class RunFolder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self.created and not self._produced_anything():
+            # Failed before anything worth resuming (bad weights, data that does not fit): leave no run
+            # folder behind, so the corrected command needs no --force.
+            self._lock.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
         try:
             for record in self.stages.values():
                 if record.status == RUNNING:
@@ -127,6 +135,10 @@ class RunFolder:
             self.save(finished=exc_type is None)
         finally:
             self._lock.close()
+
+    def _produced_anything(self) -> bool:
+        """A stage other than loading finished: the run folder is worth resuming."""
+        return any(r.status in (DONE, REUSED) and r.outputs for r in self.stages.values())
 
     def _read_manifest(self) -> dict[str, Any] | None:
         path = self.root / RUN_MANIFEST

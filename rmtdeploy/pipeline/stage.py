@@ -75,10 +75,13 @@ def compress(
     the shipped recipe for ``model`` when there is one. ``overrides`` are recipe keys (``model``,
     ``weights``, ``checkpoint``, ``target``, ``strategy``, ``knobs``, ``keep_macs``, ``latency_budget_ms``,
     ``latency_aware``, ``data``) or a section's fields (``finetune={"epochs": 1}``). ``resume``
-    continues a run in ``out``, reusing its finished stages whose inputs are unchanged; ``force``
+    continues a run in ``out`` (with its own ``recipe.yaml`` when no recipe is given), reusing its finished
+    stages whose inputs are unchanged; ``force``
     replaces a run there. ``reporter`` receives status lines and the fine-tune's progress.
     """
     reporter = reporter or Reporter()
+    if resume and recipe is None and (Path(out) / "recipe.yaml").is_file():
+        recipe = Path(out) / "recipe.yaml"  # the run's own resolved recipe; flags still override it
     checked = _check(recipe, overrides)
     header = {
         "command": command,

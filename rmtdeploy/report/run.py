@@ -484,7 +484,8 @@ def render_html(blocks: list[tuple], plots: dict[str, bytes], *, title: str) -> 
             body = "".join(
                 "<tr>" + "".join(f"<td>{_mark(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
             )
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            head = f"<thead><tr>{head}</tr></thead>" if any(block[1]) else ""  # a key-value table has none
+            parts.append(f"<table>{head}<tbody>{body}</tbody></table>")
         elif kind == "img" and block[1] in plots:
             data = base64.b64encode(plots[block[1]]).decode()
             parts.append(f"<figure><img id='plot-{block[1]}' alt='{html.escape(block[2])}' "
@@ -494,6 +495,8 @@ def render_html(blocks: list[tuple], plots: dict[str, bytes], *, title: str) -> 
 
 
 def _mark(text: str) -> str:
-    """Escaped text, with "not measured" shown as such."""
-    escaped = html.escape(text)
+    """Escaped text, `code` spans as code, and "not measured" shown as such."""
+    import re
+
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
     return escaped.replace(NOT_MEASURED, f"<span class='nm'>{NOT_MEASURED}</span>")
