@@ -177,6 +177,37 @@ def test_a_stage_interrupted_midway_is_recorded_and_resume_finishes_the_run(quic
     assert read_run(out)["finished"]
 
 
+def test_ctrl_c_inside_the_fine_tune_continues_from_its_checkpoint_on_resume(quick_run, tmp_path):
+    import os
+    import signal
+
+    from rmtdeploy.finetuning.trainer import Reporter
+
+    class CtrlCAtStep(Reporter):
+        def __init__(self, at: int):
+            self.at, self.steps, self.lines = at, 0, []
+
+        def status(self, text):
+            self.lines.append(text)
+
+        def step(self, loss, top1):
+            self.steps += 1
+            if self.steps == self.at:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "run"
+    shutil.copytree(quick_run[0], out)
+    recipe = {**QUICK, "finetune": {**QUICK["finetune"], "checkpoint_every": 5}}  # a changed fine-tune
+    with pytest.raises(KeyboardInterrupt, match="continue with rmtdeploy compress --resume"):
+        compress(out, recipe=recipe, resume=True, reporter=CtrlCAtStep(12))
+    assert (tmp_path / "run" / "finetuned.checkpoints").is_dir()
+    reporter = CtrlCAtStep(10**9)
+    finished = compress(out, recipe=recipe, resume=True, reporter=reporter)
+    assert "continuing the interrupted fine-tune from its checkpoint" in reporter.lines
+    assert any(line.startswith("resumed at epoch 1, step 12") for line in reporter.lines), reporter.lines
+    assert finished.stages["finetune"].status == "done" and finished.stages["bench"].status == "done"
+
+
 def test_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):
     import errno
 

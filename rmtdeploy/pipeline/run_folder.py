@@ -164,7 +164,7 @@ class RunFolder:
     ) -> StageRecord:
         """Run stage ``name`` (``run(force) -> summary``) unless --resume finds it finished with the same
         fingerprint and unchanged outputs (``always``: run it anyway); record it either way."""
-        key = fingerprint(name, settings, [self.stages[u].fingerprint for u in upstream if u in self.stages])
+        key = self.fingerprint(name, settings, upstream)
         before = self.previous.get(name)
         if (
             self.resume
@@ -193,6 +193,20 @@ class RunFolder:
         record.status = DONE
         self.save()
         return record
+
+    def fingerprint(self, name: str, settings: Any, upstream: tuple[str, ...]) -> str:
+        """Stage ``name``'s fingerprint: its settings and those of the stages it reads."""
+        return fingerprint(name, settings, [self.stages[u].fingerprint for u in upstream if u in self.stages])
+
+    def interrupted_with_same_inputs(self, name: str, settings: Any, upstream: tuple[str, ...]) -> bool:
+        """Resuming a run whose stage ``name`` stopped midway with these very inputs (so a checkpoint the
+        stage left can be continued)."""
+        before = self.previous.get(name) or {}
+        return (
+            self.resume
+            and before.get("status") in (FAILED, RUNNING)
+            and before.get("fingerprint") == self.fingerprint(name, settings, upstream)
+        )
 
     def skip(self, name: str, reason: str) -> StageRecord:
         """Record a stage that does not run here and why (the report shows the reason)."""

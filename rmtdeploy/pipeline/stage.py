@@ -291,13 +291,21 @@ class _Pipeline:
             self.folder.skip("finetune", f"{why}: the pruned model is not fine-tuned")
             return
         settings = {"recipe": recipe.finetune_recipe().to_dict(), "data": data.name}
+        # Killed mid-training with the same inputs: continue from the fine-tune stage's own checkpoint.
+        from rmtdeploy.finetuning.checkpoint import Checkpoints
+
+        continue_training = self.folder.interrupted_with_same_inputs("finetune", settings, ("prune",)) and (
+            Checkpoints(self.root / "finetuned", writer=False).exists()
+        )
 
         def run(force: bool) -> dict[str, Any]:
             import rmtdeploy
 
+            if continue_training:
+                self.say("continuing the interrupted fine-tune from its checkpoint")
             tuned = rmtdeploy.finetune(
                 self.root / "pruned", data, self.root / "finetuned", recipe=recipe.finetune_recipe(),
-                teacher=self.loaded, force=force, reporter=self.reporter,
+                teacher=self.loaded, resume=continue_training, force=force, reporter=self.reporter,
             )  # fmt: skip
             return tuned.to_dict()
 

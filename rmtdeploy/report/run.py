@@ -224,6 +224,7 @@ class _Run:
             lines.append(f"`model.int8.onnx`: Q/DQ INT8 ({int8.get('activations')} activations, per-channel weights), "
                          f"calibrated on {int8.get('calibration_images')} {int8.get('calibration')} images "
                          f"({int8.get('method')}); ops left in float: {kept}.")  # fmt: skip
+        lines += [f"Warning: {w}" for w in e.get("warnings") or []]
         rows = [[p["inputs"], str(p["images"]), f"{p['max_abs_diff']:.2e}", f"{p['min_cosine']:.6f}",
                  f"{100 * p['top1_agreement']:.1f}%", f"atol {p['atol']:g}, rtol {p['rtol']:g}"]
                 for p in e.get("parity", [])]  # fmt: skip
