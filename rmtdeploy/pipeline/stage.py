@@ -129,8 +129,7 @@ def _check(recipe, overrides: dict[str, Any]) -> _Checked:
         )
     target = load_target(resolved.target)
     strategy = get_strategy(resolved.strategy, **resolved.knobs)
-    if resolved.weights == "trained":
-        resolved.scratch_recipe().check()
+    if resolved.weights == "trained":  # its train section was checked with the recipe
         if resolved.data is None:  # the model learns this set; it is also the data it is measured on
             resolved.data = resolved.scratch_recipe().dataset
     else:

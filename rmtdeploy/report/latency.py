@@ -16,7 +16,7 @@ def render_latency_markdown(data: dict[str, Any]) -> str:
     """``bench.md``: how it was measured, per-model latency, and each pair's speedup against its MACs."""
     c = data.get("conditions", {})
     batch = int(c.get("batch") or 1)
-    lines = ["# Latency: dense vs pruned", "", _how(c), ""]
+    lines = ["# Latency: dense vs pruned", "", how_measured(c), ""]
     lines += table_head(["model", "MACs", "params", "median ms", "p10–p90 ms", "p99 ms", "images/s"])
     for label, stats in data["latency"].items():
         facts = data.get("models", {}).get(label, {})
@@ -27,12 +27,7 @@ def render_latency_markdown(data: dict[str, Any]) -> str:
         ]))  # fmt: skip
     lines += ["", *table_head(["pair", "speedup (median of per-round ratios)", "p10–p90", "MAC reduction",
                                "speedup ÷ MAC reduction"])]  # fmt: skip
-    for row, s in zip(data["efficiency"], data["speedups"], strict=True):
-        lines.append(table_row([
-            f"{s['baseline']} → {s['candidate']}", f"×{s['median']:.3f}", f"×{s['p10']:.3f}–×{s['p90']:.3f}",
-            f"×{row['mac_reduction']:.3f}" if row.get("mac_reduction") else "not known",
-            f"{row['efficiency']:.2f}" if row.get("efficiency") else "not known",
-        ]))  # fmt: skip
+    lines += [table_row(row) for row in speedup_rows(data)]
     lines += ["", "![latency](bench.png)", ""]
     return "\n".join(lines)
 
@@ -66,7 +61,17 @@ def plot_latency(data: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
-def _how(c: dict[str, Any]) -> str:
+def speedup_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Each pair: speedup (median of per-round ratios), its p10–p90, MAC reduction, and their ratio."""
+    return [
+        [f"{s['baseline']} → {s['candidate']}", f"×{s['median']:.3f}", f"×{s['p10']:.3f}–×{s['p90']:.3f}",
+         f"×{row['mac_reduction']:.3f}" if row.get("mac_reduction") else "not known",
+         f"{row['efficiency']:.2f}" if row.get("efficiency") else "not known"]
+        for row, s in zip(data["efficiency"], data["speedups"], strict=True)
+    ]  # fmt: skip
+
+
+def how_measured(c: dict[str, Any]) -> str:
     machine = c.get("gpu") or c.get("cpu_model") or c.get("board") or "unknown machine"
     pool = f", ORT thread pool {c['thread_pool']}" if c.get("thread_pool") else ""
     load = c.get("loadavg_before")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rmtdeploy.io import atomic_write_bytes, atomic_write_text
+from rmtdeploy.report.latency import how_measured, speedup_rows
 
 NOT_MEASURED = "not measured"
 PLOTS_DIR = "report-plots"
@@ -249,10 +250,10 @@ class _Run:
                 if folder == "bench":
                     blocks.append(("p", self.missing("latency", self.reason("bench"))))
                 continue
-            blocks += [("h3", title), ("p", _how(data.get("conditions", {}))),
+            blocks += [("h3", title), ("p", how_measured(data.get("conditions", {}))),
                        ("table", ["model", "median ms", "p10–p90 ms", "p99 ms", "images/s"], _latency_rows(data)),
                        ("table", ["pair", "speedup", "p10–p90", "MAC reduction", "speedup ÷ MAC reduction"],
-                        _speedup_rows(data))]  # fmt: skip
+                        speedup_rows(data))]  # fmt: skip
         blocks.append(("img", "latency", "Latency, dense vs pruned"))
         return blocks
 
@@ -299,10 +300,13 @@ class _Run:
         matplotlib.use("Agg")
         out = {}
         for name, draw in (("spectra", self._plot_spectra), ("widths", self._plot_widths),
-                           ("accuracy_latency", self._plot_accuracy_latency), ("latency", self._plot_latency)):  # fmt: skip
+                           ("accuracy_latency", self._plot_accuracy_latency)):  # fmt: skip
             figure = draw()
             if figure is not None:
                 out[name] = _png(figure)
+        bench_plot = self.root / "bench" / "bench.png"  # drawn by the bench stage from the same bench.json
+        if bench_plot.is_file():
+            out["latency"] = bench_plot.read_bytes()
         return out
 
     def _plot_spectra(self):
@@ -376,25 +380,6 @@ class _Run:
             points.append(("INT8", latency["int8"], check["top1_int8"]))
         return points
 
-    def _plot_latency(self):
-        from rmtdeploy.report.latency import plot_latency
-
-        data = self.read_json("bench/bench.json")
-        if data is None:
-            return None
-        buffer = self.root / PLOTS_DIR / ".latency.tmp.png"
-        buffer.parent.mkdir(exist_ok=True)
-        plot_latency(data, buffer)
-        import matplotlib.pyplot as plt
-
-        image = plt.imread(buffer)
-        buffer.unlink()
-        fig, ax = plt.subplots(figsize=(image.shape[1] / 100, image.shape[0] / 100), dpi=100)
-        ax.imshow(image)
-        ax.set_axis_off()
-        fig.subplots_adjust(0, 0, 1, 1)
-        return fig
-
 
 def _stage_widths(layers: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     """Layer widths summed per top-level stage (the module path's first two parts)."""
@@ -411,21 +396,6 @@ def _latency_rows(data: dict[str, Any]) -> list[list[str]]:
     batch = int(data.get("conditions", {}).get("batch") or 1)
     return [[label, f"{s['median_ms']:.3f}", f"{s['p10_ms']:.3f}–{s['p90_ms']:.3f}", f"{s['p99_ms']:.3f}",
              f"{batch * 1000 / s['median_ms']:.1f}"] for label, s in data["latency"].items()]  # fmt: skip
-
-
-def _speedup_rows(data: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for row, s in zip(data.get("efficiency", []), data.get("speedups", []), strict=False):
-        rows.append([f"{s['baseline']} → {s['candidate']}", f"×{s['median']:.3f}", f"×{s['p10']:.3f}–×{s['p90']:.3f}",
-                     f"×{row['mac_reduction']:.3f}" if row.get("mac_reduction") else "not known",
-                     f"{row['efficiency']:.2f}" if row.get("efficiency") else "not known"])  # fmt: skip
-    return rows
-
-
-def _how(c: dict[str, Any]) -> str:
-    from rmtdeploy.report.latency import _how as how
-
-    return how(c)
 
 
 def _fmt(value: Any) -> str:
