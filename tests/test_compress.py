@@ -256,6 +256,23 @@ def test_report_rerenders_with_device_results(quick_run, tmp_path):
             "latency_budget_ms must be",
         ),
         (["--model", "resnet18", "--weights", "random", "--epochs", "-1"], "finetune.epochs must be"),
+        (
+            [
+                "--model",
+                "resnet18",
+                "--weights",
+                "random",
+                "--latency-budget",
+                "5",
+                "--latency-reference",
+                "nope.json",
+            ],
+            "results file not found",
+        ),
+        (
+            ["--model", "resnet18", "--weights", "random", "--latency-reference", "nope.json"],
+            "latency_reference judges a latency budget",
+        ),
     ],
 )
 def test_bad_input_is_one_line_before_any_work(args, phrase, tmp_path, capsys):
