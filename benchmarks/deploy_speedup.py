@@ -37,12 +37,14 @@ RESULTS = Path(__file__).parent / "results"
 def run_model(name: str, args, tmp: Path) -> dict:
     pruned = tmp / f"{name}-pruned"
     started = time.perf_counter()
-    prune = rmtdeploy.prune(ModelSource(name, "random"), pruned, keep_macs=args.keep, target="cpu-ort")
+    prune = rmtdeploy.prune(ModelSource(name, "random"), pruned, keep_macs=args.keep, target="cpu-ort",
+                            latency_aware=args.latency_aware)  # fmt: skip
     bench = rmtdeploy.bench(pruned, tmp / f"{name}-bench", threads=args.threads, runs=args.runs, warmup=10)
     data = bench.to_dict()
     row = data["efficiency"][0]
     out = {
         "model": name, "strategy": prune.plan["strategy"]["name"], "round_to": prune.round_to,
+        "latency_allocation": (prune.plan.get("latency_allocation") or {}).get("chosen"),
         "macs_kept": round(prune.result.macs_kept, 4), "mac_reduction": round(row["mac_reduction"], 3),
         "speedup": round(row["speedup"], 3), "p10": round(data["speedups"][0]["p10"], 3),
         "p90": round(data["speedups"][0]["p90"], 3), "efficiency": round(row["efficiency"], 3),
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", nargs="+", default=list(SMALL))
+    parser.add_argument("--latency-aware", action="store_true",
+                        help="prune with the latency-aware allocation (the one measured fastest here)")  # fmt: skip
     parser.add_argument("--keep", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=60)
@@ -78,14 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         "# Speedup through `rmtdeploy prune` + `rmtdeploy bench` (ONNX Runtime CPU)", "",
         f"`{conditions['what']}` on {conditions['cpu']} ({conditions['cpu_count']} cores; {', '.join(conditions['simd'])}), "
         f"ORT {conditions['versions'].get('onnxruntime_version')}, {args.threads} threads on one shared pool, batch 1, "
-        f"{args.runs} interleaved rounds after 10 warm-up; random weights, default strategy, target cpu-ort; "
+        f"{args.runs} interleaved rounds after 10 warm-up; random weights, default strategy"
+        f"{' with the latency-aware allocation' if args.latency_aware else ''}, target cpu-ort; "
         f"wall {conditions['wall_s'] / 60:.1f} min. Goal: speedup ≥ {GOAL} × MAC reduction.", "",
         "| model | MACs kept | MAC reduction | speedup (p10–p90) | speedup ÷ MAC reduction | dense ms | pruned ms |",
         "|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         flag = "" if r["efficiency"] >= GOAL else " ✗"
-        lines.append(f"| {r['model']} | {r['macs_kept']:.3f} | ×{r['mac_reduction']:.2f} | ×{r['speedup']:.2f} "
+        chose = f" ({r['latency_allocation']})" if r.get("latency_allocation") else ""
+        lines.append(f"| {r['model']}{chose} | {r['macs_kept']:.3f} | ×{r['mac_reduction']:.2f} | ×{r['speedup']:.2f} "
                      f"(×{r['p10']:.2f}–×{r['p90']:.2f}) | {r['efficiency']:.3f}{flag} | {r['dense_ms']:.2f} | {r['pruned_ms']:.2f} |")  # fmt: skip
     atomic_write_text(args.out / f"{args.stem}.md", "\n".join(lines) + "\n")
     return 0

@@ -11,6 +11,7 @@ import torch
 
 import rmtdeploy
 from rmtdeploy.cli import main
+from rmtdeploy.engine import installed_tensorrt
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -92,13 +93,17 @@ def test_results_from_elsewhere_are_recomputed_from_their_samples(measured, tmp_
 
 BAD_CASES = [
     (["--pruned", "/no/such/dir"], "pruned-model directory not found"),
-    (["--pruned", "PRUNED", "--backend", "tensorrt"], "TensorRT timing runs where TensorRT imports"),
-    (["--pruned", "PRUNED", "--backend", "tvm"], "--backend must be one of onnxruntime, torch, torch-compile"),
-    (["--pruned", "PRUNED", "--backend", "torch", "--int8", "PRUNED"], "INT8 ONNX file is timed with --backend onnxruntime"),
+    (["--pruned", "PRUNED", "--backend", "tvm"], "--backend must be one of onnxruntime, torch, torch-compile, tensorrt"),
+    (["--pruned", "PRUNED", "--backend", "torch", "--int8", "PRUNED"], "INT8 ONNX file is timed with --backend onnxruntime or tensorrt"),
+    (["--pruned", "PRUNED", "--target", "gpu-fp16"], "--target chooses the TensorRT build"),
+    (["--pruned", "PRUNED", "--backend", "tensorrt", "--target", "cpu-ort"], "runs on onnxruntime, not TensorRT"),
+    (["--pruned", "PRUNED", "--backend", "tensorrt", "--target", "no-gpu"], "unknown target 'no-gpu'"),
+    (["--pruned", "PRUNED", "--backend", "tensorrt", "--int8", "FP32ONNX"], "has no Q/DQ nodes"),
+    (["--import", "NOSAMPLES", "--target", "gpu-fp16"], "--import only renders"),
     (["--pruned", "PRUNED", "--int8", "/no/int8.onnx"], "INT8 ONNX file not found"),
     (["--pruned", "PRUNED", "--runs", "0"], "runs must be >= 1"),
     (["--pruned", "PRUNED", "--device", "cuda", "--backend", "torch"], "no CUDA GPU"),
-    (["--pruned", "PRUNED", "--precision", "fp16"], "apply to the PyTorch backends"),
+    (["--pruned", "PRUNED", "--precision", "fp16"], "apply to the PyTorch and TensorRT backends"),
     (["--import", "/no/results.json"], "results file not found"),
     (["--import", "NOTJSON"], "cannot read"),
     (["--import", "OTHERJSON"], "is not an rmtdeploy benchmark result"),
@@ -113,12 +118,33 @@ def test_bad_bench_input_is_one_line_and_writes_nothing(tmp_path, pruned_dir, ca
     (tmp_path / "not.json").write_text("{")
     (tmp_path / "other.json").write_text('{"format": "something-else"}')
     (tmp_path / "nosamples.json").write_text('{"format": "rmtdeploy-bench", "samples_ms": {"dense": []}}')
-    names = {"PRUNED": str(pruned_dir), "NOTJSON": str(tmp_path / "not.json"),
+    from onnx import TensorProto, helper, save
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value],
+                                             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])),
+         str(tmp_path / "fp32.onnx"))  # fmt: skip
+    names = {"PRUNED": str(pruned_dir), "NOTJSON": str(tmp_path / "not.json"), "FP32ONNX": str(tmp_path / "fp32.onnx"),
              "OTHERJSON": str(tmp_path / "other.json"), "NOSAMPLES": str(tmp_path / "nosamples.json")}  # fmt: skip
     out = tmp_path / "out"
     code = main(["bench", *[names.get(a, a) for a in args], "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and phrase in err, err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(
+    installed_tensorrt() is not None, reason="TensorRT is installed here: its timing test runs"
+)
+def test_without_tensorrt_bench_says_so_before_loading_anything(tmp_path, pruned_dir, capsys):
+    out = tmp_path / "out"
+    assert main(["bench", "--pruned", str(pruned_dir), "--backend", "tensorrt", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        len(err.strip().splitlines()) == 1
+        and "TensorRT is not installed here" in err
+        and "rmtdeploy bundle" in err
+    )
     assert not out.exists()
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from rmtdeploy.cli import main
+from rmtdeploy.engine import installed_tensorrt
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.pipeline import compress, list_recipes, resolve_recipe
 from rmtdeploy.pipeline.run_folder import read_run
@@ -284,6 +285,18 @@ def test_bad_input_is_one_line_before_any_work(args, phrase, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and phrase in err[0] and "internal error" not in err[0], err
     assert not out.exists()
+
+
+@pytest.mark.skipif(
+    installed_tensorrt() is not None, reason="TensorRT is installed here: a TensorRT bench can run"
+)
+def test_a_tensorrt_bench_is_refused_before_the_run_where_tensorrt_does_not_import(tmp_path, capsys):
+    recipe = tmp_path / "trt.yaml"
+    recipe.write_text("model: resnet18\nweights: random\ntarget: gpu-fp16\nbench: {backend: tensorrt}\n")
+    assert main(["compress", "--recipe", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "TensorRT is not installed here" in err[0], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_output_folder_rules(tmp_path, capsys, quick_run):

@@ -146,6 +146,106 @@ def test_a_tensorrt_engine_builds_and_reports_its_layers(tmp_path, onnx_files):
     assert (tmp_path / "e" / "model.engine").stat().st_size > 0 and run.record["layers"] > 0
 
 
+@pytest.mark.skipif(installed_tensorrt() is None, reason="TensorRT does not import here (no GPU build stack)")
+def test_tensorrt_engines_are_timed_by_rmtdeploy_bench(tmp_path, pruned_dir, onnx_files):
+    run = rmtdeploy.bench(pruned_dir, tmp_path / "b", backend="tensorrt", target="gpu-fp16", runs=5, warmup=2)
+    data = run.to_dict()
+    assert data["conditions"]["backend"] == "tensorrt" and data["conditions"]["tensorrt_version"]
+    assert data["models"]["pruned"]["engine"]["onnx_precision_built"] in ("fp16", "fp32")
+    assert all(len(v) == 5 for v in data["samples_ms"].values())
+
+
+def test_an_fp16_copy_is_fp16_inside_and_still_runs(tmp_path, onnx_files):
+    import numpy as np
+    import onnxruntime as ort
+
+    from rmtdeploy.exporting.graph import fp16_copy, graph_precision
+
+    fp32, int8 = onnx_files
+    half = fp16_copy(fp32, tmp_path / "m.fp16.onnx")
+    assert (graph_precision(fp32), graph_precision(half), graph_precision(int8)) == ("fp32", "fp16", "int8")
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    a, b = (ort.InferenceSession(str(p)).run(None, {"input": x})[0] for p in (fp32, half))
+    assert (
+        b.dtype == np.float32
+        and np.argmax(a) == np.argmax(b)
+        and np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    )
+
+
+@pytest.mark.parametrize(("version", "built"), [("10.3.0", "fp32"), ("11.0.0", "fp16")])
+def test_tensorrt_11_builds_an_fp16_target_from_an_fp16_graph(
+    tmp_path, onnx_files, monkeypatch, version, built
+):
+    # TensorRT 11 is strongly typed: handing it the fp32 graph would build an fp32 engine for an fp16 target.
+    from rmtdeploy.engine import build as engine_build
+    from rmtdeploy.engine import stage as engine_stage
+    from rmtdeploy.exporting.graph import graph_precision
+    from rmtdeploy.targets import load_target
+
+    seen = {}
+
+    def fake_build(source, settings, **kwargs):
+        seen["precision"], seen["typed"] = graph_precision(source), settings.strongly_typed
+        return b"engine", {"layers": 1, "precisions": {}, "fused_attention_layers": 0}
+
+    monkeypatch.setattr(engine_build, "build_serialized", fake_build)
+    monkeypatch.setattr(engine_stage, "CACHE", tmp_path / "cache")
+    data, record = engine_stage.build_for_target(onnx_files[0], load_target("gpu-fp16"), version, qdq=False)
+    assert data == b"engine" and seen["precision"] == built == record["onnx_precision_built"]
+    assert seen["typed"] == (version.startswith("11"))
+
+
+def test_engines_bind_their_dynamic_batch_and_size_outputs_from_the_context(tmp_path):
+    """The on-device binding logic (shared by the Jetson script and `bench --backend tensorrt`), against a
+    stand-in for TensorRT's API: inputs get the batch, buffers are sized from the bound shapes."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from rmtdeploy.bundle import bench_on_device as on_device
+
+    assert on_device.bound_shape((-1, 3, 224, 224), 8) == [8, 3, 224, 224]
+    assert on_device.bound_shape((4, 3, -1, -1), 8) == [4, 3, 1, 1]
+    io = {"input": ((-1, 3, 32, 32), "INPUT"), "logits": ((-1, 10), "OUTPUT")}
+
+    class Context:
+        shapes, addresses, runs = {}, {}, []
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = list(shape)
+            self.shapes["logits"] = [shape[0], 10]
+
+        def get_tensor_shape(self, name):
+            return self.shapes[name]
+
+        def set_tensor_address(self, name, address):
+            self.addresses[name] = address
+
+        def execute_async_v3(self, stream):
+            self.runs.append(stream)
+
+    context = Context()
+    engine = SimpleNamespace(num_io_tensors=2, get_tensor_name=lambda i: list(io)[i],
+                             get_tensor_shape=lambda n: io[n][0], get_tensor_mode=lambda n: io[n][1],
+                             get_tensor_dtype=lambda n: "float32", create_execution_context=lambda: context)  # fmt: skip
+    trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="INPUT"), volume=lambda s: int(np.prod(s)),
+                          nptype=lambda dtype: np.float32)  # fmt: skip
+    runtime = SimpleNamespace(deserialize_cuda_engine=lambda data: engine if data == b"ok" else None)
+    allocated, uploaded, synced = [], [], []
+    cuda = SimpleNamespace(stream=SimpleNamespace(value=7), malloc=lambda n: allocated.append(n) or len(allocated),
+                           upload=lambda address, data: uploaded.append((address, len(data))),
+                           synchronize=lambda: synced.append(True))  # fmt: skip
+    call = on_device.load_engine(trt, runtime, cuda, b"ok", batch=4)
+    assert context.shapes["input"] == [4, 3, 32, 32] and allocated == [4 * 3 * 32 * 32 * 4, 4 * 10 * 4]
+    assert uploaded == [(1, 4 * 3 * 32 * 32 * 4)] and context.addresses == {"input": 1, "logits": 2}
+    call()
+    assert context.runs == [7] and synced == [True]
+    (tmp_path / "bad.engine").write_bytes(b"garbage")
+    with pytest.raises(on_device.DeviceBenchError, match="TensorRT cannot load .*bad.engine"):
+        on_device.load_engine(trt, runtime, cuda, tmp_path / "bad.engine")
+
+
 def test_a_jetson_bundle_holds_graphs_build_script_and_on_device_benchmark(tmp_path, pruned_dir, capsys):
     out = tmp_path / "bundle"
     assert main(["bundle", "--pruned", str(pruned_dir), "--target", "jetson-agx-orin", "--int8",

@@ -1,5 +1,5 @@
-"""Latency-aware allocation: component keys shared by ONNX node names and module names, weighted ratios,
-the pruner cutting a costly component harder at the same budget, and one real ORT profile."""
+"""Latency-aware allocation: component keys, weighted ratios, the pruner cutting a weighted component
+harder at the same budget, the tilted candidates, the choice rule, and one real measured choice."""
 
 from __future__ import annotations
 
@@ -8,13 +8,8 @@ import timm
 import torch
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.pruning import prune_model
-from rmtdeploy.pruning.latency import (
-    component_cost_weights,
-    module_component,
-    onnx_node_component,
-    weighted_ratios,
-)
+from rmtdeploy.pruning import latency, prune_model
+from rmtdeploy.pruning.latency import module_component, tilted_weights, weighted_ratios
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -31,16 +26,6 @@ def _resnet():
     model = timm.create_model("resnet18", num_classes=10).eval()
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 64, 64)}
     return model
-
-
-@pytest.mark.parametrize(
-    ("node", "component"),
-    [("/blocks/blocks.3/attn/qkv/MatMul", "blocks.3.attn"), ("/blocks/blocks.3/mlp/fc1/MatMul", "blocks.3"),
-     ("/layer2/layer2.0/conv1/Conv", "layer2.0"), ("/layers/layers.1/blocks/blocks.0/attn/MatMul", "layers.1.attn"),
-     ("/Add", "(top)"), ("fused_node_17", "(unscoped)")],
-)  # fmt: skip
-def test_onnx_nodes_and_modules_share_component_keys(node, component):
-    assert onnx_node_component(node) == component
 
 
 def test_module_components_match():
@@ -71,7 +56,65 @@ def test_a_costly_component_is_cut_harder_at_the_same_budget():
         prune_model(model, keep_macs=0.5, model_name="resnet18", latency_weights=costly, global_pruning=True)
 
 
-def test_measured_weights_cover_attention_and_the_rest_of_each_block():
-    weights = component_cost_weights(_vit(), torch.zeros(1, 3, 32, 32), threads=1, runs=3)
-    assert {"blocks.0", "blocks.0.attn", "blocks.1", "blocks.1.attn"} <= set(weights)
-    assert all(w > 0 for w in weights.values())
+def test_tilted_candidates_split_the_model_front_back_and_attention_rest():
+    candidates = tilted_weights(_vit(), torch.zeros(1, 3, 32, 32), tilt=1.5)
+    assert set(candidates) == {"front-first", "back-first", "attention-first", "non-attention-first"}
+    front, attention = candidates["front-first"], candidates["attention-first"]
+    assert front["blocks.0"] == front["blocks.0.attn"] == 1.5 and front["blocks.1"] == pytest.approx(1 / 1.5)
+    assert attention["blocks.1.attn"] == 1.5 and attention["blocks.1"] == pytest.approx(1 / 1.5)
+    assert all(
+        w == pytest.approx(1 / v)
+        for w, v in zip(candidates["back-first"].values(), front.values(), strict=True)
+    )
+    assert set(tilted_weights(_resnet(), torch.zeros(1, 3, 64, 64))) == {"front-first", "back-first"}
+
+
+class _Speedup:
+    def __init__(self, candidate, median):
+        self.candidate, self.median = candidate, median
+
+
+@pytest.mark.parametrize(
+    ("ratios", "macs", "chosen"),
+    [({"a": 1.10, "b": 1.03}, {"a": 100, "b": 100}, "a"),  # the fastest at equal MACs
+     ({"a": 1.10, "b": 1.03}, {"a": 90, "b": 100}, "b"),  # a is faster only because it has fewer MACs
+     ({"a": 1.01, "b": 0.95}, {"a": 100, "b": 100}, "base")],  # nothing beats MAC-only by MIN_GAIN
+)  # fmt: skip
+def test_the_fastest_allocation_at_equal_macs_is_chosen_past_the_noise(monkeypatch, ratios, macs, chosen):
+    import rmtdeploy.benchmark as benchmark
+
+    seen = {}
+
+    def fake_measure(paths, **kwargs):
+        seen["labels"] = sorted(paths)
+        return type("Report", (), {"speedups": [_Speedup(k, v) for k, v in ratios.items()], "conditions": {}})
+
+    monkeypatch.setattr(benchmark, "measure_onnx_latency", fake_measure)
+    model = _vit()
+    candidates = {"base": (model, 100), **{k: (model, m) for k, m in macs.items()}}
+    label, record = latency.fastest_allocation(candidates, torch.zeros(1, 3, 32, 32), baseline="base", runs=3)
+    assert label == chosen and record["chosen"] == chosen and seen["labels"] == ["a", "b", "base"]
+    assert record["gain_at_equal_macs"]["a"] == pytest.approx(ratios["a"] * macs["a"] / 100)
+
+
+def test_a_measured_allocation_is_recorded_and_is_the_one_built():
+    model = _vit()
+    plain = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224")
+    aware = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224", latency_weights="measure")
+    record = aware.plan["latency_allocation"]
+    assert set(record["gain_at_equal_macs"]) == {
+        "front-first",
+        "back-first",
+        "attention-first",
+        "non-attention-first",
+    }
+    assert (
+        record["chosen"] in {"mac-only", *record["gain_at_equal_macs"]}
+        and "ONNX Runtime CPU" in record["measured"]
+    )
+    assert abs(aware.macs_kept - 0.5) <= 0.015
+    widths = lambda r: r.plan["widths"]["pruned"]  # noqa: E731
+    if record["chosen"] == "mac-only":
+        assert record["weights"] is None and widths(aware) == widths(plain)
+    else:
+        assert record["weights"] == tilted_weights(model, torch.zeros(1, 3, 32, 32))[record["chosen"]]

@@ -32,7 +32,7 @@ from rmtdeploy.benchmark.conditions import (
     machine_conditions,
     read_cpuinfo,
 )
-from rmtdeploy.benchmark.latency import measure_onnx_latency, measure_torch_latency
+from rmtdeploy.benchmark.latency import measure_onnx_latency, measure_tensorrt_latency, measure_torch_latency
 from rmtdeploy.benchmark.profile import module_scope, onnx_node_scope, profile_onnx_ops
 from rmtdeploy.benchmark.runners import (
     DEFAULT_INPUT_SHAPE,
@@ -60,6 +60,7 @@ __all__ = [
     "loadavg",
     "machine_conditions",
     "measure_onnx_latency",
+    "measure_tensorrt_latency",
     "measure_torch_latency",
     "module_scope",
     "onnx_node_scope",

@@ -99,8 +99,39 @@ def measure_torch_latency(
     check_pairs(labels, pairs)
     runner = TorchRunner(threads=threads, batch=batch, input_shape=input_shape, seed=seed, device=device,
                          compile_mode=compile_mode, precision=precision, cuda_graph=cuda_graph)  # fmt: skip
+    return _measure_on(
+        runner, models, threads=threads, warmup=warmup, runs=runs, interleave=interleave, pairs=pairs
+    )
+
+
+def measure_tensorrt_latency(
+    engines: Mapping[str, Any],
+    *,
+    batch: int = 1,
+    warmup: int = 10,
+    runs: int = 100,
+    interleave: bool = True,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    precision: str | None = None,
+) -> LatencyReport:
+    """Time TensorRT engines (``.engine`` paths or serialized bytes) on the CUDA GPU, same protocol as the
+    other backends; one ``execute_async_v3`` + stream synchronise per sample. ``precision`` is recorded."""
+    from rmtdeploy.benchmark.runners.tensorrt import TensorRTRunner
+
+    check_counts(engines, batch, 1, warmup, runs)
+    labels = list(engines)
+    check_pairs(labels, pairs)
+    runner = TensorRTRunner(batch=batch, precision=precision)
+    return _measure_on(
+        runner, engines, threads=1, warmup=warmup, runs=runs, interleave=interleave, pairs=pairs
+    )
+
+
+def _measure_on(runner, models: Mapping[str, Any], *, threads: int, warmup: int, runs: int, interleave: bool,
+                pairs) -> LatencyReport:  # fmt: skip
+    """The protocol around a runner that binds in this process (every backend but ORT's shared pool)."""
     conditions = protocol_conditions(
-        runner, batch=batch, threads=threads, warmup=warmup, runs=runs, interleave=interleave
+        runner, batch=runner.batch, threads=threads, warmup=warmup, runs=runs, interleave=interleave
     )
 
     def time_models() -> dict[str, np.ndarray]:
@@ -110,4 +141,4 @@ def measure_torch_latency(
         conditions.update(runner_conditions)
         return samples
 
-    return measure(labels, time_models, pairs=pairs, interleave=interleave, conditions=conditions)
+    return measure(list(models), time_models, pairs=pairs, interleave=interleave, conditions=conditions)

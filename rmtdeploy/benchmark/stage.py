@@ -27,7 +27,8 @@ from rmtdeploy.io import OutputFolder
 BENCH_FORMAT = "rmtdeploy-bench"
 BENCH_VERSION = 1
 BENCH_FILES = ("bench.json", "bench.md", "bench.png")
-BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile")
+BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile", "tensorrt")
+DEFAULT_TENSORRT_TARGET = "gpu-fp16"
 DEFAULT_RUNS = 100
 DEFAULT_WARMUP = 10
 
@@ -70,7 +71,8 @@ def bench(
     warmup: int = DEFAULT_WARMUP,
     device: str = "cpu",
     compile_mode: str | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
+    target: str | None = None,
     force: bool = False,
     status: Status | None = None,
 ) -> BenchRun:
@@ -79,12 +81,17 @@ def bench(
 
     ``backend``: ``onnxruntime`` (CPU, both exported here through :func:`rmtdeploy.exporting.export_onnx`,
     one shared thread pool), ``torch`` (eager) or ``torch-compile`` (``compile_mode``, default
-    ``"default"``; ``"reduce-overhead"`` for CUDA graphs). ``device``/``precision`` apply to the PyTorch
-    backends. ``threads`` defaults to the machine's cores.
+    ``"default"``; ``"reduce-overhead"`` for CUDA graphs) or ``tensorrt`` (engines built here for
+    ``target``, default gpu-fp16, through :func:`rmtdeploy.engine.stage.build_for_target`, timed on the
+    GPU; ``int8`` is then a Q/DQ graph built as an INT8 engine). ``device``/``precision`` apply to the
+    PyTorch backends (precision default fp32); for TensorRT ``precision`` overrides the target's.
+    ``threads`` defaults to the machine's cores.
     """
     say = status or (lambda text: None)
     threads = threads or os.cpu_count() or 1
-    _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, precision)
+    engine_target = _check_request(
+        pruned, int8, backend, batch, threads, runs, warmup, device, precision, target
+    )
     with OutputFolder(out, BENCH_FILES, force=force, stage="bench") as folder:
         say("loading the models")
         dense, pruned_model, plan = load_dense_and_pruned(Path(pruned))
@@ -92,12 +99,16 @@ def bench(
         say(f"timing {', '.join(models)} on {backend} ({runs} interleaved rounds)")
         if backend == "onnxruntime":
             report = _time_onnx(dense, pruned_model, int8, batch, threads, runs, warmup)
+        elif backend == "tensorrt":
+            report = _time_tensorrt(
+                dense, pruned_model, int8, models, engine_target, precision, batch, runs, warmup, say
+            )
         else:
             from rmtdeploy.benchmark.latency import measure_torch_latency
 
             report = measure_torch_latency(
                 {"dense": dense, "pruned": pruned_model}, batch=batch, threads=threads, warmup=warmup,
-                runs=runs, input_shape=tuple(plan["input_size"]), device=device, precision=precision,
+                runs=runs, input_shape=tuple(plan["input_size"]), device=device, precision=precision or "fp32",
                 compile_mode=compile_mode or ("default" if backend == "torch-compile" else None),
             )  # fmt: skip
         run = BenchRun(Path(out), report, models)
@@ -173,35 +184,67 @@ def efficiency(report: LatencyReport, models: dict[str, dict[str, Any]]) -> list
     return rows
 
 
-def _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, precision) -> None:
+def _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, precision, target):
+    """Everything that can be refused before a model loads; the TensorRT target profile, or None."""
     from rmtdeploy.benchmark.protocol import check_counts
     from rmtdeploy.pruning.plan import read_plan
 
     if backend not in BENCH_BACKENDS:
         raise RmtdeployError(
-            f"{{param}} must be one of {', '.join(BENCH_BACKENDS)}, got '{backend}'"
-            + (" (TensorRT timing runs where TensorRT imports: rmtdeploy engine / the Jetson bundle)"
-               if backend == "tensorrt" else ""),
-            param="backend",
-        )  # fmt: skip
+            f"{{param}} must be one of {', '.join(BENCH_BACKENDS)}, got '{backend}'", param="backend"
+        )
     check_counts({"dense": None}, batch, threads, warmup, runs)
     if not Path(pruned).is_dir():
         raise RmtdeployError(f"pruned-model directory not found: {pruned}", param="pruned")
     read_plan(pruned)
     if int8 is not None:
-        if backend != "onnxruntime":
-            raise RmtdeployError("an INT8 ONNX file is timed with --backend onnxruntime", param="int8")
+        if backend not in ("onnxruntime", "tensorrt"):
+            raise RmtdeployError(
+                "an INT8 ONNX file is timed with --backend onnxruntime or tensorrt", param="int8"
+            )
         if not Path(int8).is_file():
             raise RmtdeployError(f"INT8 ONNX file not found: {int8}", param="int8")
-    if backend == "onnxruntime" and (device != "cpu" or precision != "fp32"):
+    if target is not None and backend != "tensorrt":
         raise RmtdeployError(
-            "--device and --precision apply to the PyTorch backends; ONNX Runtime here is CPU fp32"
+            "--target chooses the TensorRT build: it goes with --backend tensorrt", param="target"
         )
+    if backend == "onnxruntime" and (device != "cpu" or precision not in (None, "fp32")):
+        raise RmtdeployError(
+            "--device and --precision apply to the PyTorch and TensorRT backends; ONNX Runtime here is CPU fp32"
+        )
+    if backend == "tensorrt":
+        return check_tensorrt_bench(int8, device, precision, target or DEFAULT_TENSORRT_TARGET)
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise RmtdeployError("--device cuda asked for, but torch sees no CUDA GPU here", param="device")
+    return None
+
+
+def check_tensorrt_bench(int8, device, precision, target):
+    """``(target profile, TensorRT version)`` for a TensorRT timing, or the one line that says why not."""
+    from rmtdeploy.engine.stage import usable_tensorrt
+    from rmtdeploy.exporting.graph import graph_precision
+    from rmtdeploy.targets import load_target
+
+    profile = load_target(target)
+    if profile.backend != "tensorrt":
+        raise RmtdeployError(f"target {profile.name} runs on {profile.backend}, not TensorRT", param="target")
+    if precision not in (None, "fp32", "fp16"):
+        raise RmtdeployError(
+            "--precision for TensorRT is fp32 or fp16 (INT8 comes from an --int8 Q/DQ graph)"
+        )
+    if device != "cpu":
+        raise RmtdeployError("--device is for the PyTorch backends; TensorRT runs on the GPU")
+    if int8 is not None and graph_precision(int8) != "int8":
+        raise RmtdeployError(f"{int8} has no Q/DQ nodes: an INT8 engine needs `rmtdeploy export --int8` for a TensorRT target", param="int8")  # fmt: skip
+    version = usable_tensorrt(profile, "time")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RmtdeployError("TensorRT imports, but torch sees no CUDA GPU here")
+    return profile, version
 
 
 def load_dense_and_pruned(pruned: Path):
@@ -236,6 +279,38 @@ def _time_onnx(dense, pruned_model, int8, batch: int, threads: int, runs: int, w
         if int8 is not None:
             paths["pruned-int8"] = str(int8)
         return measure_onnx_latency(paths, batch=batch, threads=threads, warmup=warmup, runs=runs)
+
+
+def _time_tensorrt(dense, pruned_model, int8, models, engine_target, precision, batch, runs, warmup, say):
+    """Export dense and pruned in the target's form, build their engines (and ``int8``'s) and time them."""
+    from rmtdeploy.benchmark.latency import measure_tensorrt_latency
+    from rmtdeploy.engine.stage import build_for_target
+    from rmtdeploy.exporting import export_onnx
+
+    profile, version = engine_target
+    precision = precision or profile.precision
+    engines = {}
+    with tempfile.TemporaryDirectory(prefix="rmtdeploy-bench-") as tmp:
+        for label, model in (("dense", dense), ("pruned", pruned_model)):
+            graph = Path(tmp) / f"{label}.onnx"
+            export_onnx(model, graph, target=profile.name, overwrite=True)
+            say(f"building the {label} engine ({profile.name}, TensorRT {version})")
+            engines[label], record = build_for_target(graph, profile, version, qdq=False, precision=precision)
+            models[label]["engine"] = _engine_facts(record)
+        if int8 is not None:
+            say(f"building the INT8 engine ({profile.name}, TensorRT {version})")
+            engines["pruned-int8"], record = build_for_target(
+                Path(int8), profile, version, qdq=True, precision="int8"
+            )
+            models["pruned-int8"]["engine"] = _engine_facts(record)
+    return measure_tensorrt_latency(engines, batch=batch, warmup=warmup, runs=runs, precision=precision)
+
+
+def _engine_facts(record: dict[str, Any]) -> dict[str, Any]:
+    """What the report keeps of an engine build: precision built, layer precisions, fused attention."""
+    keep = ("onnx_precision_built", "layers", "precisions", "fused_attention_layers", "gpu")
+    return {**{k: record[k] for k in keep if k in record}, "tensorrt": record["settings"]["tensorrt"],
+            "builder_flags": list(record["settings"]["builder_flags"]), "strongly_typed": record["settings"]["strongly_typed"]}  # fmt: skip
 
 
 def _write(folder: OutputFolder, run: BenchRun) -> None:

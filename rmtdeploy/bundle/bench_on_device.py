@@ -29,8 +29,16 @@ HERE = Path(__file__).resolve().parent
 MEMCPY_HOST_TO_DEVICE = 1
 
 
+class DeviceBenchError(RuntimeError):
+    """A reason this machine cannot time the engines (one line; ``main`` exits with it)."""
+
+
 class Cuda:
-    """The few CUDA runtime calls a timing loop needs, from libcudart through ctypes (no pycuda)."""
+    """The few CUDA runtime calls a timing loop needs, from libcudart through ctypes (no pycuda).
+
+    ``rmtdeploy bench --backend tensorrt`` runs engines through this class too (one mechanism on the
+    board and on a GPU machine); where torch already loaded libcudart, the same library is found.
+    """
 
     def __init__(self):
         for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0"):
@@ -40,13 +48,13 @@ class Cuda:
             except OSError:
                 continue
         else:
-            raise SystemExit("bench_on_device: libcudart not found (is this a Jetson with JetPack?)")
+            raise DeviceBenchError("libcudart not found (is this a Jetson with JetPack, or a CUDA machine?)")
         self.stream = ctypes.c_void_p()
         self.check(self.lib.cudaStreamCreate(ctypes.byref(self.stream)), "cudaStreamCreate")
 
     def check(self, code: int, what: str) -> None:
         if code != 0:
-            raise SystemExit(f"bench_on_device: {what} failed with CUDA error {code}")
+            raise DeviceBenchError(f"{what} failed with CUDA error {code}")
 
     def malloc(self, size: int) -> int:
         pointer = ctypes.c_void_p()
@@ -61,17 +69,22 @@ class Cuda:
         self.check(self.lib.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
 
 
-def load_engine(trt, runtime, cuda: Cuda, path: Path):
-    """A deserialised engine with every I/O tensor bound to device memory; returns one inference call."""
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+def load_engine(trt, runtime, cuda: Cuda, engine_file, batch: int = 1):
+    """A deserialised engine (a path, or the serialized bytes) with every I/O tensor bound to device
+    memory at ``batch`` (a dynamic batch dimension takes it; a static one stays); returns one inference
+    call."""
+    data = engine_file if isinstance(engine_file, (bytes, bytearray)) else Path(engine_file).read_bytes()
+    engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
-        raise SystemExit(f"bench_on_device: TensorRT cannot load {path}")
+        raise DeviceBenchError(f"TensorRT cannot load {'the engine' if data is engine_file else engine_file}")
     context = engine.create_execution_context()
+    inputs = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in inputs if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    for name in inputs:  # input shapes first: the outputs' shapes follow from them
+        context.set_input_shape(name, bound_shape(engine.get_tensor_shape(name), batch))
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
-        shape = [max(d, 1) for d in engine.get_tensor_shape(name)]
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            context.set_input_shape(name, shape)
+        shape = context.get_tensor_shape(name)
         size = trt.volume(shape) * trt.nptype(engine.get_tensor_dtype(name))(0).itemsize
         address = cuda.malloc(size)
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
@@ -83,6 +96,11 @@ def load_engine(trt, runtime, cuda: Cuda, path: Path):
         cuda.synchronize()
 
     return call
+
+
+def bound_shape(shape, batch: int) -> list[int]:
+    """An engine tensor's shape with its dynamic dimensions fixed: the batch for the first, else 1."""
+    return [(batch if i == 0 else 1) if d < 0 else d for i, d in enumerate(shape)]
 
 
 def interleaved(calls: dict, warmup: int, runs: int) -> dict[str, list[float]]:
@@ -160,11 +178,14 @@ def main(argv=None) -> int:
     present = [(label, HERE / file) for label, file in ENGINES if (HERE / file).is_file()]
     if len(present) < 2:
         raise SystemExit("bench_on_device: build the engines first (bash build_engine.sh)")
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime, cuda = trt.Runtime(logger), Cuda()
-    calls = {label: load_engine(trt, runtime, cuda, path) for label, path in present}
     bundle = json.loads((HERE / "bundle.json").read_text())
-    samples = interleaved(calls, args.warmup, args.runs)
+    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        runtime, cuda = trt.Runtime(logger), Cuda()
+        calls = {label: load_engine(trt, runtime, cuda, path, bundle["batch"]) for label, path in present}
+        samples = interleaved(calls, args.warmup, args.runs)
+    except DeviceBenchError as exc:
+        raise SystemExit(f"bench_on_device: {exc}") from None
     result = results(samples, bundle, args.warmup, args.runs, board_facts(trt.__version__))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for label, values in samples.items():

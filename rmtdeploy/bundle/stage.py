@@ -117,12 +117,10 @@ def _graphs(
 
 def _fp16_copy(folder: OutputFolder, stems: tuple[str, ...]) -> bool:
     """fp16 graphs (fp32 inputs and outputs kept) for TensorRT 11's strongly typed builds."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from rmtdeploy.exporting.graph import fp16_copy
 
     for stem in stems:
-        model = convert_float_to_float16(onnx.load(folder.path(f"{stem}.onnx")), keep_io_types=True)
-        onnx.save(model, folder.path(f"{stem}.fp16.onnx"))
+        fp16_copy(folder.path(f"{stem}.onnx"), folder.path(f"{stem}.fp16.onnx"))
     return True
 
 

@@ -32,7 +32,8 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--backend",
         default="onnxruntime",
-        help=f"{' | '.join(stage.BENCH_BACKENDS)} (default onnxruntime, CPU)",
+        help=f"{' | '.join(stage.BENCH_BACKENDS)} (default onnxruntime, CPU; tensorrt where TensorRT and a "
+        "CUDA GPU are present)",
     )
     parser.add_argument("--batch", type=int, default=1, metavar="N", help="images per inference (default 1)")
     parser.add_argument("--threads", type=int, metavar="N", help="CPU threads (default: every core)")
@@ -43,7 +44,11 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda"), help="PyTorch backends: where to run"
     )
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="PyTorch on CUDA: fp16")
+    parser.add_argument("--precision", choices=("fp32", "fp16"),
+                        help="PyTorch on CUDA: fp16 (default fp32); TensorRT: instead of the target's")  # fmt: skip
+    parser.add_argument("--target", metavar="T",
+                        help=f"--backend tensorrt: the target whose engine build is timed (default "
+                        f"{stage.DEFAULT_TENSORRT_TARGET}); the engines are built here, on this GPU")  # fmt: skip
     parser.add_argument("--compile-mode", metavar="MODE",
                         help="torch-compile: default | reduce-overhead (CUDA graphs) | max-autotune")  # fmt: skip
     parser.set_defaults(handler=run)
@@ -53,7 +58,11 @@ def run(args) -> int:
     from rmtdeploy.benchmark.stage import bench, import_results
 
     if args.import_file is not None:
-        extra = [f for f in ("int8", "threads", "compile_mode") if getattr(args, f) is not None]
+        extra = [
+            f
+            for f in ("int8", "threads", "compile_mode", "target", "precision")
+            if getattr(args, f) is not None
+        ]
         if extra:
             raise RmtdeployError(
                 f"{ui.flag(extra[0])} measures; --import only renders results measured elsewhere"
@@ -63,7 +72,7 @@ def run(args) -> int:
         with ui.spinner("benchmarking", enabled=not args.json) as status:
             result = bench(args.pruned, args.out, int8=args.int8, backend=args.backend, batch=args.batch,
                            threads=args.threads, runs=args.runs, warmup=args.warmup, device=args.device,
-                           compile_mode=args.compile_mode, precision=args.precision, force=args.force,
+                           compile_mode=args.compile_mode, precision=args.precision, target=args.target, force=args.force,
                            status=status)  # fmt: skip
     data = result.to_dict()
     if args.json:

@@ -76,8 +76,8 @@ def _add_budget_arguments(parser) -> None:
                         "bundle's on-device results): its dense latency ÷ each trial's speedup measured here, an "
                         "estimate to confirm on the device")  # fmt: skip
     parser.add_argument("--latency-aware", action="store_true", default=None,
-                        help="experimental, off in every recipe: steer widths by measured per-block cost; "
-                        "measured not faster and less accurate (docs/strategies.md#latency-aware-allocation)")  # fmt: skip
+                        help="experimental, off in every recipe: keep the allocation measured fastest on ONNX Runtime "
+                        "CPU among MAC-only and four tilted ones (docs/strategies.md#latency-aware-allocation)")  # fmt: skip
 
 
 def run(args) -> int:

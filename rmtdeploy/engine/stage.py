@@ -11,6 +11,7 @@ bundle builds on the device (``rmtdeploy bundle``).
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,43 +52,66 @@ def check_engine_request(onnx: str | os.PathLike, target) -> tuple[Any, bool, st
         raise RmtdeployError(f"cannot read {path} as ONNX: {str(exc).splitlines()[0][:160]}") from exc
     qdq = any(n.op_type == "QuantizeLinear" for n in graph.node)
     build_settings("10.0", profile.precision, dla=profile.dla, qdq=qdq)  # INT8 without Q/DQ fails here
+    return profile, qdq, usable_tensorrt(profile, "build")
+
+
+def usable_tensorrt(profile, doing: str) -> str:
+    """The installed TensorRT's version if ``profile`` accepts it; else the one line that says why not
+    and where to ``doing`` (build, time) instead."""
     version = installed_tensorrt()
     if version is None:
         raise RmtdeployError(
-            "TensorRT is not installed here (import tensorrt failed): build on the GPU machine with "
-            "`pip install rmtdeploy[tensorrt]`, or on the device with the script of `rmtdeploy bundle`"
+            f"TensorRT is not installed here (import tensorrt failed): {doing} on a GPU machine with "
+            "`pip install rmtdeploy[tensorrt]`, or on a Jetson with the script of `rmtdeploy bundle`"
         )
     if not profile.accepts_tensorrt(version):
         raise RmtdeployError(
             f"target {profile.name} wants TensorRT {profile.tensorrt}; this machine has {version}"
         )
-    return profile, qdq, version
+    return version
 
 
 def build_engine(
     onnx: str | os.PathLike, out: str | os.PathLike, *, target: str, force: bool = False
 ) -> EngineRun:
     """Build ``onnx`` into a TensorRT engine for ``target`` in the folder ``out``."""
-    from rmtdeploy.engine.build import build_serialized
-
     profile, qdq, version = check_engine_request(onnx, target)
-    settings = build_settings(version, profile.precision, dla=profile.dla, qdq=qdq)
-    shape, static = _input_shape(Path(onnx))
     with OutputFolder(out, ENGINE_FILES, force=force, stage="engine") as folder:
-        import torch
-
-        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown GPU"
-        CACHE.mkdir(parents=True, exist_ok=True)
-        cache = CACHE / timing_cache_name(version, gpu, profile.name)
-        serialized, facts = build_serialized(Path(onnx), settings, shape=shape, max_batch=profile.max_batch,
-                                             static=static, workspace_mib=profile.workspace_mib, timing_cache=cache)  # fmt: skip
-        record = {"onnx": str(onnx), "target": profile.name, "gpu": gpu, "settings": settings.__dict__,
-                  "timing_cache": str(cache), **facts}  # fmt: skip
+        serialized, record = build_for_target(Path(onnx), profile, version, qdq=qdq)
         folder.write_bytes("model.engine", serialized)
         folder.write_json("engine.json", record)
         run = EngineRun(Path(out), record)
         run.files = folder.commit()
     return run
+
+
+def build_for_target(
+    onnx: Path, profile, version: str, *, qdq: bool, precision: str | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """The serialized engine of ``onnx`` for ``profile`` (at ``precision``, default the profile's) and its
+    record: settings, GPU, timing cache, the graph precision built and the inspector's layer facts.
+
+    TensorRT 11 builds strongly typed networks: an fp16 target's fp32 graph is converted to fp16 first
+    (inputs and outputs stay fp32), else the engine would silently run fp32."""
+    import torch
+
+    from rmtdeploy.engine.build import build_serialized
+    from rmtdeploy.exporting.graph import fp16_copy, graph_precision
+
+    settings = build_settings(version, precision or profile.precision, dla=profile.dla, qdq=qdq)
+    shape, static = _input_shape(onnx)
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "unknown GPU"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cache = CACHE / timing_cache_name(version, gpu, profile.name)
+    with tempfile.TemporaryDirectory(prefix="rmtdeploy-engine-") as tmp:
+        source, built = onnx, graph_precision(onnx)
+        if settings.onnx_precision == "fp16" and built == "fp32":
+            source, built = fp16_copy(onnx, Path(tmp) / f"{onnx.stem}.fp16.onnx"), "fp16"
+        serialized, facts = build_serialized(source, settings, shape=shape, max_batch=profile.max_batch,
+                                             static=static, workspace_mib=profile.workspace_mib, timing_cache=cache)  # fmt: skip
+    record = {"onnx": str(onnx), "onnx_precision_built": built, "target": profile.name, "gpu": gpu,
+              "settings": settings.__dict__, "timing_cache": str(cache), **facts}  # fmt: skip
+    return serialized, record
 
 
 def _input_shape(path: Path) -> tuple[tuple[int, ...], bool]:

@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -604,3 +605,30 @@ def _rebatch(batches: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tenso
         while len(pending) >= size:
             yield torch.stack(pending[:size])
             del pending[:size]
+
+
+def fp16_copy(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """An fp16 copy of an fp32 graph, inputs and outputs kept fp32: TensorRT 11 builds strongly typed
+    networks, so a graph's precision is the engine's (no FP16 builder flag any more)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    atomic_save(Path(destination), lambda tmp: onnx.save(model, str(tmp)))
+    return Path(destination)
+
+
+def graph_precision(path: str | os.PathLike) -> str:
+    """``int8`` (Q/DQ nodes), ``fp16`` (fp16 weights, no fp32 ones) or ``fp32``: what a strongly typed
+    TensorRT build of this graph would run."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(node.op_type == "QuantizeLinear" for node in graph.node):
+        return "int8"
+    counts = {onnx.TensorProto.FLOAT: 0, onnx.TensorProto.FLOAT16: 0}
+    for init in graph.initializer:
+        if init.data_type in counts:
+            counts[init.data_type] += int(np.prod(init.dims)) if init.dims else 1
+    # The converter leaves a few small fp32 constants (blocked ops' inputs): judge by the bulk.
+    return "fp16" if counts[onnx.TensorProto.FLOAT16] > counts[onnx.TensorProto.FLOAT] else "fp32"

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from rmtdeploy.benchmark.stage import BENCH_BACKENDS
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.finetuning.recipe import FinetuneRecipe
 from rmtdeploy.finetuning.scratch import ScratchRecipe
@@ -29,7 +30,6 @@ DEFAULT_KEEP_MACS = 0.5
 DEFAULT_TARGET = "jetson"
 WEIGHTS = ("pretrained", "random", "trained", "checkpoint")
 INT8_CHOICES = ("auto", True, False)  # auto: when the target's precision is int8
-BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile")
 
 EXPORT_DEFAULTS: dict[str, Any] = {"int8": "auto", "parity_images": 256, "calibration_images": 256}
 BENCH_DEFAULTS: dict[str, Any] = {

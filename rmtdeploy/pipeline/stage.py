@@ -145,7 +145,20 @@ def _check(recipe, overrides: dict[str, Any]) -> _Checked:
         from rmtdeploy.pipeline.budget import read_reference
 
         reference = read_reference(resolved.latency_reference)
+    if (
+        resolved.bench["backend"] == "tensorrt"
+    ):  # refused now where TensorRT cannot time, not after a fine-tune
+        from rmtdeploy.benchmark.stage import check_tensorrt_bench
+
+        check_tensorrt_bench(None, "cpu", None, _tensorrt_bench_target(target))
     return _Checked(resolved, target, strategy, data, target.channel_multiple, reference)
+
+
+def _tensorrt_bench_target(target) -> str:
+    """The run's target when it builds TensorRT engines, else the bench stage's default GPU target."""
+    from rmtdeploy.benchmark.stage import DEFAULT_TENSORRT_TARGET
+
+    return target.name if target.backend == "tensorrt" else DEFAULT_TENSORRT_TARGET
 
 
 def _recipe_for(model: str | None) -> str | None:
@@ -355,7 +368,16 @@ class _Pipeline:
 
     def bench(self) -> None:
         options = dict(self.recipe.bench)
-        int8 = self.root / "model.int8.onnx" if self.int8 and options["backend"] == "onnxruntime" else None
+        target = self.checked.target
+        # The INT8 graph is in the target's form: ORT's U8S8 for ONNX Runtime, TensorRT's S8S8 for TensorRT.
+        int8_backend = "tensorrt" if target.backend == "tensorrt" else "onnxruntime"
+        int8 = (
+            self.root / "model.int8.onnx"
+            if self.int8 and options["backend"] in ("onnxruntime", int8_backend)
+            else None
+        )
+        if options["backend"] == "tensorrt":
+            options["target"] = _tensorrt_bench_target(target)
 
         def run(force: bool) -> dict[str, Any]:
             import rmtdeploy

@@ -1,17 +1,25 @@
-"""Latency-aware allocation: measured cost per component steers which components shrink.
+"""Latency-aware allocation: at the same MAC budget, the allocation that runs fastest on the target backend.
 
-A MAC budget treats every MAC alike, but a backend does not: on ONNX Runtime's CPU kernels an attention
-sub-block spends time on softmax and on q·kᵀ / attn·v products the MAC count of its Linear layers does
-not see, an early high-resolution stage moves more memory per MAC than a late one, and so on. Removing
-a fraction r of a component removes about r of its time and r of its MACs, so at an equal MAC budget
-the model is faster when components with a high time per MAC are cut harder.
+A MAC budget treats every MAC alike, but a backend does not: an early high-resolution stage moves more
+memory per MAC than a late one, attention spends time on softmax and reshapes its Linear layers' MACs do
+not count, and which of these costs more differs between CPUs (AVX2 vs AVX-512 changed which shapes were
+cheap by several percent in benchmarks/results/latency_allocation*.md). A first version weighed each
+component by its time per MAC in a profile of the dense model; it measured no faster (×0.97–1.03) and
+cost accuracy, because a dense profile's average cost is not what removing MACs there saves, and fused
+kernels (GELU, LayerNorm) carry no scope to credit. So the allocation is now chosen by measuring the
+candidates themselves, whole, on the backend:
 
-:func:`component_cost_weights` profiles the dense model once on the target backend (ONNX Runtime CPU,
-per-node kernel times grouped by component) and divides by the component's MACs: weight 1.0 is the
-model's average time per MAC. :func:`weighted_ratios` multiplies each pruning unit's base ratio by its
-component's weight (clipped, to a power ``strength``) before the usual factor search meets the budget.
+* :func:`tilted_weights`: the MAC-only allocation and a few tilted ones: each unit's base ratio times
+  ``tilt`` in one part of the model and ÷ ``tilt`` in the other, for two splits: the first half of
+  the components in model order against the second, and attention against the rest. The budget search
+  then meets the same MACs for each.
+* :func:`fastest_allocation`: the candidates exported in ONNX Runtime's form and timed interleaved on
+  one shared pool; the fastest at equal MACs wins if it beats MAC-only by at least ``MIN_GAIN`` (below
+  that, the difference is within a short run's noise and MAC-only stays).
+
 Components are a top-level block with its attention apart (``blocks.3.attn`` and ``blocks.3``;
-``layer2.0``; Swin's and ConvNeXt's stages), the same key for ONNX node names and PyTorch module names.
+``layer2.0``; Swin's and ConvNeXt's stages). Explicit ``{component: weight}`` maps still scale the base
+ratios (:func:`weighted_ratios`), for experiments and for the benchmarks' extremes.
 """
 
 from __future__ import annotations
@@ -19,24 +27,14 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from rmtdeploy.errors import RmtdeployError
-
 WEIGHT_CLIP = (0.5, 2.0)  # a component is cut at most twice as hard (or half as hard) as average
-
-
-def onnx_node_component(node_name: str) -> str:
-    """``/blocks/blocks.3/attn/qkv/MatMul`` -> ``blocks.3.attn``; ``/blocks/blocks.3/mlp/fc1/MatMul`` ->
-    ``blocks.3``; ``/layer2/layer2.0/conv1/Conv`` -> ``layer2.0``."""
-    from rmtdeploy.benchmark.profile import onnx_node_scope
-
-    scope = onnx_node_scope(node_name)
-    if scope.startswith("("):
-        return scope
-    return _with_attention(scope, node_name.split("/")[1:-1])
+TILT = 1.5  # the measured candidates' tilt: 2 bought more speed in the headroom runs, and cost more accuracy
+MIN_GAIN = 1.02  # a tilted allocation must beat MAC-only by this at equal MACs to be chosen
 
 
 def module_component(model: nn.Module, module_name: str) -> str:
@@ -61,28 +59,6 @@ def component_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return macs_by_key(model, example, lambda name: module_component(model, name))
 
 
-def component_cost_weights(
-    model: nn.Module, example: torch.Tensor, *, threads: int = 2, runs: int = 20
-) -> dict[str, float]:
-    """Each component's time per MAC on ONNX Runtime CPU relative to the model's (1.0 = average)."""
-    from rmtdeploy.benchmark.profile import group_profile_events, profile_traces
-    from rmtdeploy.exporting import export_onnx
-
-    macs = component_macs(model, example)
-    with tempfile.TemporaryDirectory(prefix="rmtdeploy-latency-") as tmp:
-        path = Path(tmp) / "dense.onnx"
-        export_onnx(
-            model, path, backend="onnxruntime", dynamic_batch=False, input_shape=tuple(example.shape[1:])
-        )
-        events, warmup = profile_traces({"dense": path}, threads=threads, runs=runs)
-    ms = group_profile_events(events["dense"], onnx_node_component, warmup, runs)
-    timed = {k: v for k, v in ms.items() if macs.get(k)}
-    if not timed:
-        raise RmtdeployError("the profile matched no component of the model: cannot weigh latency")
-    average = sum(timed.values()) / sum(macs[k] for k in timed)
-    return {k: round((v / macs[k]) / average, 4) for k, v in sorted(timed.items())}
-
-
 def weighted_ratios(
     model: nn.Module,
     owners: Sequence[Sequence[str]],
@@ -99,3 +75,58 @@ def weighted_ratios(
         weight = sum(found) / len(found) if found else 1.0
         out.append(base * min(max(weight, low), high) ** strength)
     return out
+
+
+def tilted_weights(
+    model: nn.Module, example: torch.Tensor, tilt: float = TILT
+) -> dict[str, dict[str, float]]:
+    """Candidate ``{component: weight}`` maps: the first half of the components (in model order) cut
+    ``tilt`` times harder and the rest ``tilt`` times softer, the reverse, and the same for attention
+    against the rest where the model has attention."""
+    components = list(component_macs(model, example))
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    components.sort(key=lambda c: order.get(c.removesuffix(".attn"), len(order)))
+    first = set(components[: len(components) // 2])
+    attention = {c for c in components if c.endswith(".attn")}
+    splits = {"front": first, "back": set(components) - first}
+    if attention:
+        splits.update({"attention": attention, "non-attention": set(components) - attention})
+    return {
+        f"{name}-first": {c: tilt if c in part else 1 / tilt for c in components}
+        for name, part in splits.items()
+    }
+
+
+def fastest_allocation(
+    candidates: Mapping[str, tuple[nn.Module, int]],
+    example: torch.Tensor,
+    *,
+    baseline: str,
+    threads: int = 2,
+    runs: int = 30,
+) -> tuple[str, dict[str, Any]]:
+    """Time ``candidates`` ({label: (pruned model, MACs)}) interleaved on ONNX Runtime CPU at batch 1; the
+    label chosen and the record: each candidate's latency ratio to ``baseline`` at equal MACs (> 1:
+    faster), and how it was measured. Latency is taken as proportional to MACs over the budget's ±3%."""
+    from rmtdeploy.benchmark import measure_onnx_latency
+    from rmtdeploy.exporting import export_onnx
+
+    with tempfile.TemporaryDirectory(prefix="rmtdeploy-allocation-") as tmp:
+        paths = {}
+        for label, (model, _) in candidates.items():
+            paths[label] = str(Path(tmp) / f"{label}.onnx")
+            export_onnx(model, paths[label], backend="onnxruntime", dynamic_batch=False,
+                        input_shape=tuple(example.shape[1:]), verify=False)  # fmt: skip
+        others = [label for label in candidates if label != baseline]
+        report = measure_onnx_latency(paths, threads=threads, runs=runs, warmup=5,
+                                      pairs=[(baseline, label) for label in others])  # fmt: skip
+    base_macs = candidates[baseline][1]
+    gains = {
+        s.candidate: round(s.median * candidates[s.candidate][1] / base_macs, 4) for s in report.speedups
+    }
+    best = max(gains, key=gains.get) if gains else baseline
+    chosen = best if gains.get(best, 0.0) >= MIN_GAIN else baseline
+    record = {"chosen": chosen, "gain_at_equal_macs": gains, "min_gain": MIN_GAIN,
+              "measured": f"ONNX Runtime CPU, batch 1, {threads} threads, {runs} interleaved rounds, median of per-round ratios",
+              "cpu": report.conditions.get("cpu_model")}  # fmt: skip
+    return chosen, record

@@ -26,6 +26,7 @@ from rmtdeploy.pruning.graph import (
     layer_widths,
     unit_operation,
 )
+from rmtdeploy.pruning.latency import fastest_allocation, tilted_weights
 from rmtdeploy.pruning.plan import build_plan
 from rmtdeploy.pruning.result import PruneResult, count_macs_params
 
@@ -66,8 +67,10 @@ def prune_model(
     ``round_to`` and at least ``min_channels`` per layer; heads keep their head_dim (at least one head stays).
     ``head_rounding``: at a ratio r a unit of h heads loses floor(r·h) heads (default: a head goes only when
     r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
-    ``latency_weights`` ({component: relative time per MAC} or ``"measure"``: profiled on ONNX Runtime
-    CPU) cuts costly components harder at the same budget (:mod:`rmtdeploy.pruning.latency`).
+    ``latency_weights``: ``"measure"`` meets the budget with the MAC-only allocation and a few tilted ones
+    and keeps the one that runs fastest on ONNX Runtime CPU at equal MACs (recorded in the plan's
+    ``settings.latency_allocation``); a ``{component: weight}`` map scales each component's base ratios
+    as given (:mod:`rmtdeploy.pruning.latency`).
     ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``. ``strategy`` and ``provenance``
     go into the plan as they are (see :func:`rmtdeploy.pruning.plan.build_plan`).
     """
@@ -91,17 +94,32 @@ def prune_model(
     dense_cost = count_macs_params(dense, example_inputs)
     rules = WidthRules(round_to=round_to, min_channels=min_channels, prune_heads=prune_heads,
                        head_rounding=head_rounding, global_pruning=global_pruning)  # fmt: skip
-    weights = _latency_weights(latency_weights, dense, example_inputs, global_pruning)
-    allocator = WidthAllocator(units, rules, _unit_ratios(model, dense, units, pruning_ratio_dict, weights))
-    builder = _TrialBuilder(dense, adapter, units, example_inputs)
-    candidate, factor = _meet_budget(builder, allocator, keep_macs, keep_params, dense_cost)
+    weights = _latency_weights(latency_weights, global_pruning)
+    if weights == "measure":
+        maps = {"mac-only": None, **tilted_weights(dense, example_inputs[:1])}
+    else:
+        maps = {"given": weights}
+    trials = {}
+    for label, weight_map in maps.items():
+        allocator = WidthAllocator(
+            units, rules, _unit_ratios(model, dense, units, pruning_ratio_dict, weight_map)
+        )
+        builder = _TrialBuilder(dense, adapter, units, example_inputs)
+        trials[label] = _meet_budget(builder, allocator, keep_macs, keep_params, dense_cost)
+    latency = {}
+    if weights == "measure":
+        chosen, latency = fastest_allocation({k: (t.model, t.macs) for k, (t, _) in trials.items()},
+                                             example_inputs[:1], baseline="mac-only")  # fmt: skip
+        latency["weights"] = maps[chosen]
+    candidate, factor = trials[chosen if weights == "measure" else "given"]
     candidate.model.train(model.training)
     settings = {
         **_rule_settings(rules),
         "importance": type(importance).__name__,
         "budget": _budget_json(keep_macs, keep_params),
         "factor": round(float(factor), 6),
-        **({"latency_weights": dict(weights)} if weights else {}),
+        **({"latency_weights": dict(weights)} if isinstance(weights, Mapping) else {}),
+        **({"latency_allocation": latency} if latency else {}),
     }
     plan = _plan(
         model_name, dense, candidate, adapter, example_inputs, dense_cost, settings, strategy, provenance
@@ -121,9 +139,7 @@ def _unit_ratios(model, dense, units, pruning_ratio_dict, weights) -> list[float
     return weighted_ratios(dense, [u.owners for u in units], ratios, weights)
 
 
-def _latency_weights(
-    weights, dense: nn.Module, example_inputs, global_pruning: bool
-) -> dict[str, float] | None:
+def _latency_weights(weights, global_pruning: bool) -> dict[str, float] | str | None:
     if weights is None:
         return None
     if global_pruning:
@@ -131,9 +147,7 @@ def _latency_weights(
             "latency-aware allocation weighs per-unit ratios; it cannot be combined with global_pruning"
         )
     if weights == "measure":
-        from rmtdeploy.pruning.latency import component_cost_weights
-
-        return component_cost_weights(dense, example_inputs[:1])
+        return weights
     if isinstance(weights, str) or not all(isinstance(v, (int, float)) and v > 0 for v in weights.values()):
         raise RmtdeployError("latency_weights must be 'measure' or a mapping of component -> positive weight")
     return dict(weights)

@@ -127,8 +127,8 @@ def prune(
     ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
     between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
     steps per pruning step; default :data:`SHORT_DISTILL_STEPS` with calibration images, else none).
-    ``latency_aware`` profiles the dense model on ONNX Runtime CPU first and cuts components with a high
-    time per MAC harder at the same budget (:mod:`rmtdeploy.pruning.latency`).
+    ``latency_aware`` meets the budget with the MAC-only allocation and four tilted ones and keeps the one
+    that runs fastest on ONNX Runtime CPU at equal MACs (:mod:`rmtdeploy.pruning.latency`).
     For a TensorRT target the pruned model's attention head sizes are checked against TensorRT's fused
     attention kernels (:mod:`rmtdeploy.engine.attention`): reported, or refused with ``strict``.
     An existing output is replaced only with ``force``. ``status(text)`` receives progress lines.

@@ -51,6 +51,7 @@ class TorchRunner(Runner):
         self.backend = "torch-compile" if compile_mode else "torch-cuda-graph" if cuda_graph else "torch"
         self.device = device
         self.threads, self.compile_mode, self.precision = threads, compile_mode, precision
+        self.batch = batch
         self.input = torch.randn(batch, *input_shape, generator=torch.Generator().manual_seed(seed))
         self.modules: dict[str, Any] = {}
         self._stack = ExitStack()
