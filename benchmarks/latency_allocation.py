@@ -2,7 +2,7 @@
 
 For each model (random weights: speed does not depend on the values), the default strategy (hybrid)
 prunes to keep-macs 0.5 for target ``cpu-ort`` with the MAC-only allocation (every unit its base ratio)
-and latency-aware (``latency_weights="measure"``: MAC-only and four tilted allocations met at the same
+and latency-aware (``latency_weights="measure"``: MAC-only and up to six tilted allocations met at the same
 budget and timed on ORT CPU while pruning, the fastest kept; ``rmtdeploy.pruning.latency``). With
 ``--headroom`` the same tilts at ×2 and a doubled channel multiple are timed too: how much any
 reallocation of the same MACs could buy on this CPU. All graphs (and the dense one) are exported in ONNX
@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 from rmtdeploy.benchmark import machine_conditions, measure_onnx_latency  # noqa: E402
 from rmtdeploy.exporting import export_onnx  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
-from rmtdeploy.pruning.latency import TILT, tilted_weights  # noqa: E402
+from rmtdeploy.pruning.latency import OWN, SHARED, TILT, tilted_weights  # noqa: E402
 
 MODELS = ("vit_tiny_patch16_224", "deit_small_distilled_patch16_224", "swin_tiny_patch4_window7_224",
           "convnext_atto", "hiera_tiny_224", "resnet18")  # fmt: skip
@@ -53,16 +53,22 @@ def run_model(name: str, args, tmp: Path) -> dict:
     strategy = get_strategy("hybrid")
     # label -> prune keyword arguments; "mac-only" is the baseline every ratio is taken against.
     variants: dict[str, dict] = {"mac-only": {}, "latency-aware": {"latency_weights": "measure"}}
+    started = time.perf_counter()
+    pruned = {
+        label: strategy.prune(dense, keep_macs=args.keep, round_to=round_to, **kw)
+        for label, kw in variants.items()
+    }
     if args.headroom:  # the extremes, any accuracy cost ignored: what could any reallocation buy here?
         example = torch.randn(1, *dense.default_cfg.get("input_size", (3, 224, 224)))
         extremes = tilted_weights(dense, example, tilt=HEADROOM_TILT)
-        variants.update(
-            {f"{label}-x{HEADROOM_TILT:g}": {"latency_weights": w} for label, w in extremes.items()}
-        )
-        variants[f"round-to-{2 * round_to}"] = {"round_to": 2 * round_to}
-    started = time.perf_counter()
-    pruned = {label: strategy.prune(dense, keep_macs=args.keep, **{"round_to": round_to, **kw})
-              for label, kw in variants.items()}  # fmt: skip
+        if "shared-first" in pruned["latency-aware"].plan["latency_allocation"]["gain_at_equal_macs"]:
+            extremes.update({"shared-first": {SHARED: HEADROOM_TILT, OWN: 1 / HEADROOM_TILT},
+                             "own-first": {SHARED: 1 / HEADROOM_TILT, OWN: HEADROOM_TILT}})  # fmt: skip
+        more = {f"{label}-x{HEADROOM_TILT:g}": {"latency_weights": w} for label, w in extremes.items()}
+        more[f"round-to-{2 * round_to}"] = {"round_to": 2 * round_to}
+        pruned.update({label: strategy.prune(dense, keep_macs=args.keep, **{"round_to": round_to, **kw})
+                       for label, kw in more.items()})  # fmt: skip
+        variants.update(more)
     prune_s = time.perf_counter() - started
     paths = {}
     for label, model in (("dense", dense), *((k, r.model) for k, r in pruned.items())):
@@ -143,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "At equal MACs: the ratio × (this allocation's MACs ÷ MAC-only MACs), since the budget search lands "
         "within ±3% of the target; latency is taken as proportional to MACs over that small gap.",
-        f'latency-aware: `latency_weights="measure"`: the MAC-only allocation and four tilted by ×{TILT:g} '
-        "(first half of the components in model order cut harder, the second, attention, the rest), timed "
+        f'latency-aware: `latency_weights="measure"`: the MAC-only allocation and up to six tilted by ×{TILT:g} '
+        "(first half of the components in model order cut harder, the second, attention, the rest, shared "
+        "residual widths, each block's own), timed "
         "while pruning; the fastest kept if it gains 2% (its choice is in the JSON). The *-x2 columns: the same "
         "tilts at ×2, any accuracy cost ignored: about the most a reallocation of these MACs buys here. "
         "round-to: twice the target's channel multiple.",

@@ -66,7 +66,15 @@ def test_tilted_candidates_split_the_model_front_back_and_attention_rest():
         w == pytest.approx(1 / v)
         for w, v in zip(candidates["back-first"].values(), front.values(), strict=True)
     )
-    assert set(tilted_weights(_resnet(), torch.zeros(1, 3, 64, 64))) == {"front-first", "back-first"}
+    resnet, example = _resnet(), torch.zeros(1, 3, 64, 64)
+    assert set(tilted_weights(resnet, example)) == {"front-first", "back-first"}
+    # With the units' owners: a stage's residual width (shared by blocks) against a block's own width.
+    owners = [("conv1", "layer1.0.bn2", "layer1.1.bn2"), ("layer1.0.conv1", "layer1.0.bn1")]
+    by_kind = tilted_weights(resnet, example, owners=owners)
+    assert by_kind["shared-first"] == {latency.SHARED: 1.5, latency.OWN: 1 / 1.5}
+    assert weighted_ratios(resnet, owners, [0.4, 0.4], by_kind["shared-first"]) == pytest.approx(
+        [0.6, 0.4 / 1.5]
+    )
 
 
 class _Speedup:
@@ -102,12 +110,8 @@ def test_a_measured_allocation_is_recorded_and_is_the_one_built():
     plain = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224")
     aware = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224", latency_weights="measure")
     record = aware.plan["latency_allocation"]
-    assert set(record["gain_at_equal_macs"]) == {
-        "front-first",
-        "back-first",
-        "attention-first",
-        "non-attention-first",
-    }
+    tilts = {"front-first", "back-first", "attention-first", "non-attention-first"}
+    assert tilts <= set(record["gain_at_equal_macs"]) <= tilts | {"shared-first", "own-first"}
     assert (
         record["chosen"] in {"mac-only", *record["gain_at_equal_macs"]}
         and "ONNX Runtime CPU" in record["measured"]
@@ -117,4 +121,8 @@ def test_a_measured_allocation_is_recorded_and_is_the_one_built():
     if record["chosen"] == "mac-only":
         assert record["weights"] is None and widths(aware) == widths(plain)
     else:
-        assert record["weights"] == tilted_weights(model, torch.zeros(1, 3, 32, 32))[record["chosen"]]
+        # The recorded weights are the chosen candidate's, and they changed the widths.
+        candidates = tilted_weights(model, torch.zeros(1, 3, 32, 32))
+        candidates["shared-first"] = {latency.SHARED: latency.TILT, latency.OWN: 1 / latency.TILT}
+        candidates["own-first"] = {latency.SHARED: 1 / latency.TILT, latency.OWN: latency.TILT}
+        assert record["weights"] == candidates[record["chosen"]] and widths(aware) != widths(plain)

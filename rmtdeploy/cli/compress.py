@@ -77,7 +77,7 @@ def _add_budget_arguments(parser) -> None:
                         "estimate to confirm on the device")  # fmt: skip
     parser.add_argument("--latency-aware", action="store_true", default=None,
                         help="experimental, off in every recipe: keep the allocation measured fastest on ONNX Runtime "
-                        "CPU among MAC-only and four tilted ones (docs/strategies.md#latency-aware-allocation)")  # fmt: skip
+                        "CPU among MAC-only and up to six tilted ones (docs/strategies.md#latency-aware-allocation)")  # fmt: skip
 
 
 def run(args) -> int:

@@ -10,9 +10,10 @@ kernels (GELU, LayerNorm) carry no scope to credit. So the allocation is now cho
 candidates themselves, whole, on the backend:
 
 * :func:`tilted_weights`: the MAC-only allocation and a few tilted ones: each unit's base ratio times
-  ``tilt`` in one part of the model and ÷ ``tilt`` in the other, for two splits: the first half of
-  the components in model order against the second, and attention against the rest. The budget search
-  then meets the same MACs for each.
+  ``tilt`` in one part of the model and ÷ ``tilt`` in the other, for three splits: the first half of
+  the components in model order against the second, attention against the rest, and shared widths (a
+  stage's residual channels) against each block's own. The budget search then meets the same MACs for
+  each.
 * :func:`fastest_allocation`: the candidates exported in ONNX Runtime's form and timed interleaved on
   one shared pool; the fastest at equal MACs wins if it beats MAC-only by at least ``MIN_GAIN`` (below
   that, the difference is within a short run's noise and MAC-only stays).
@@ -35,6 +36,7 @@ from torch import nn
 WEIGHT_CLIP = (0.5, 2.0)  # a component is cut at most twice as hard (or half as hard) as average
 TILT = 1.5  # the measured candidates' tilt: 2 bought more speed in the headroom runs, and cost more accuracy
 MIN_GAIN = 1.02  # a tilted allocation must beat MAC-only by this at equal MACs to be chosen
+SHARED, OWN = "(shared width)", "(own width)"  # weight keys by unit kind, not by component
 
 
 def module_component(model: nn.Module, module_name: str) -> str:
@@ -67,22 +69,30 @@ def weighted_ratios(
     strength: float = 1.0,
 ) -> list[float]:
     """Each unit's base ratio times its component's clipped weight to the power ``strength`` (units of
-    unweighed components, and units left whole, keep theirs)."""
+    unweighed components, and units left whole, keep theirs). A map with :data:`SHARED` and :data:`OWN`
+    weighs by kind instead: a unit whose channels several components share (a stage's residual width)
+    against one inside a single component (an MLP's hidden width, a block's heads)."""
     low, high = WEIGHT_CLIP
     out = []
     for names, base in zip(owners, base_ratios, strict=True):
-        found = [weights[c] for c in (module_component(model, n) for n in names) if c in weights]
+        components = [module_component(model, n) for n in names]
+        if SHARED in weights:
+            found = [weights[SHARED] if len(set(components)) > 1 else weights[OWN]]
+        else:
+            found = [weights[c] for c in components if c in weights]
         weight = sum(found) / len(found) if found else 1.0
         out.append(base * min(max(weight, low), high) ** strength)
     return out
 
 
 def tilted_weights(
-    model: nn.Module, example: torch.Tensor, tilt: float = TILT
+    model: nn.Module, example: torch.Tensor, tilt: float = TILT, owners: Sequence[Sequence[str]] = ()
 ) -> dict[str, dict[str, float]]:
-    """Candidate ``{component: weight}`` maps: the first half of the components (in model order) cut
-    ``tilt`` times harder and the rest ``tilt`` times softer, the reverse, and the same for attention
-    against the rest where the model has attention."""
+    """Candidate weight maps: the first half of the components (in model order) cut ``tilt`` times harder
+    and the rest ``tilt`` times softer, and the reverse; the same for attention against the rest where
+    the model has attention; and for shared widths (a stage's residual channels, which every block's
+    depthwise conv, norm and residual add carry) against each block's own, where ``owners`` (the pruning
+    units' owner modules) has both kinds."""
     components = list(component_macs(model, example))
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     components.sort(key=lambda c: order.get(c.removesuffix(".attn"), len(order)))
@@ -91,10 +101,13 @@ def tilted_weights(
     splits = {"front": first, "back": set(components) - first}
     if attention:
         splits.update({"attention": attention, "non-attention": set(components) - attention})
-    return {
-        f"{name}-first": {c: tilt if c in part else 1 / tilt for c in components}
-        for name, part in splits.items()
-    }
+    candidates = {f"{name}-first": {c: tilt if c in part else 1 / tilt for c in components}
+                  for name, part in splits.items()}  # fmt: skip
+    spans = {len({module_component(model, n) for n in names}) > 1 for names in owners}
+    if spans == {True, False}:
+        candidates["shared-first"] = {SHARED: tilt, OWN: 1 / tilt}
+        candidates["own-first"] = {SHARED: 1 / tilt, OWN: tilt}
+    return candidates
 
 
 def fastest_allocation(

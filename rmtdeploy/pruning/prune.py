@@ -95,23 +95,10 @@ def prune_model(
     rules = WidthRules(round_to=round_to, min_channels=min_channels, prune_heads=prune_heads,
                        head_rounding=head_rounding, global_pruning=global_pruning)  # fmt: skip
     weights = _latency_weights(latency_weights, global_pruning)
-    if weights == "measure":
-        maps = {"mac-only": None, **tilted_weights(dense, example_inputs[:1])}
-    else:
-        maps = {"given": weights}
-    trials = {}
-    for label, weight_map in maps.items():
-        allocator = WidthAllocator(
-            units, rules, _unit_ratios(model, dense, units, pruning_ratio_dict, weight_map)
-        )
-        builder = _TrialBuilder(dense, adapter, units, example_inputs)
-        trials[label] = _meet_budget(builder, allocator, keep_macs, keep_params, dense_cost)
-    latency = {}
-    if weights == "measure":
-        chosen, latency = fastest_allocation({k: (t.model, t.macs) for k, (t, _) in trials.items()},
-                                             example_inputs[:1], baseline="mac-only")  # fmt: skip
-        latency["weights"] = maps[chosen]
-    candidate, factor = trials[chosen if weights == "measure" else "given"]
+    candidate, factor, latency = _allocate(
+        model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs,
+        (keep_macs, keep_params, dense_cost),
+    )  # fmt: skip
     candidate.model.train(model.training)
     settings = {
         **_rule_settings(rules),
@@ -127,6 +114,26 @@ def prune_model(
     result = PruneResult(candidate.model, plan, *_pairs(dense_cost, candidate))
     result.timings["scores_s"] = scoring_s
     return result
+
+
+def _allocate(model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs, budget):
+    """The trial meeting the budget, its factor, and the latency-aware record: with ``weights`` "measure",
+    MAC-only and the tilted allocations each meet the budget and the one measured fastest is kept."""
+    if weights == "measure":
+        owners = [u.owners for u in units]
+        maps = {"mac-only": None, **tilted_weights(dense, example_inputs[:1], owners=owners)}
+    else:
+        maps = {"given": weights}
+    trials = {}
+    for label, weight_map in maps.items():
+        ratios = _unit_ratios(model, dense, units, pruning_ratio_dict, weight_map)
+        builder = _TrialBuilder(dense, adapter, units, example_inputs)
+        trials[label] = _meet_budget(builder, WidthAllocator(units, rules, ratios), *budget)
+    if weights != "measure":
+        return (*trials["given"], {})
+    chosen, record = fastest_allocation({k: (t.model, t.macs) for k, (t, _) in trials.items()},
+                                        example_inputs[:1], baseline="mac-only")  # fmt: skip
+    return (*trials[chosen], {**record, "weights": maps[chosen]})
 
 
 def _unit_ratios(model, dense, units, pruning_ratio_dict, weights) -> list[float]:

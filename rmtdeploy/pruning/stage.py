@@ -127,7 +127,7 @@ def prune(
     ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
     between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
     steps per pruning step; default :data:`SHORT_DISTILL_STEPS` with calibration images, else none).
-    ``latency_aware`` meets the budget with the MAC-only allocation and four tilted ones and keeps the one
+    ``latency_aware`` meets the budget with the MAC-only allocation and up to six tilted ones and keeps the one
     that runs fastest on ONNX Runtime CPU at equal MACs (:mod:`rmtdeploy.pruning.latency`).
     For a TensorRT target the pruned model's attention head sizes are checked against TensorRT's fused
     attention kernels (:mod:`rmtdeploy.engine.attention`): reported, or refused with ``strict``.
