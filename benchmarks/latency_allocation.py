@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 from rmtdeploy.benchmark import machine_conditions, measure_onnx_latency  # noqa: E402
 from rmtdeploy.exporting import export_onnx  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
-from rmtdeploy.pruning.latency import OWN, SHARED, TILT, tilted_weights  # noqa: E402
+from rmtdeploy.pruning.latency import TILT, tilted_weights, width_kind_weights  # noqa: E402
 
 MODELS = ("vit_tiny_patch16_224", "deit_small_distilled_patch16_224", "swin_tiny_patch4_window7_224",
           "convnext_atto", "hiera_tiny_224", "resnet18")  # fmt: skip
@@ -62,8 +62,7 @@ def run_model(name: str, args, tmp: Path) -> dict:
         example = torch.randn(1, *dense.default_cfg.get("input_size", (3, 224, 224)))
         extremes = tilted_weights(dense, example, tilt=HEADROOM_TILT)
         if "shared-first" in pruned["latency-aware"].plan["latency_allocation"]["gain_at_equal_macs"]:
-            extremes.update({"shared-first": {SHARED: HEADROOM_TILT, OWN: 1 / HEADROOM_TILT},
-                             "own-first": {SHARED: 1 / HEADROOM_TILT, OWN: HEADROOM_TILT}})  # fmt: skip
+            extremes.update(width_kind_weights(HEADROOM_TILT))
         more = {f"{label}-x{HEADROOM_TILT:g}": {"latency_weights": w} for label, w in extremes.items()}
         more[f"round-to-{2 * round_to}"] = {"round_to": 2 * round_to}
         pruned.update({label: strategy.prune(dense, keep_macs=args.keep, **{"round_to": round_to, **kw})
@@ -110,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "--headroom",
         action="store_true",
         help="also time hand-set extreme allocations (attention vs the rest, early vs late "
-        "components, twice the channel multiple): the most any reallocation buys here",
+        "components, shared vs own widths, twice the channel multiple): the most any reallocation buys here",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--stem", default="latency_allocation", help="results file names (one per CPU kind)")
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{args.stem}.json", {"conditions": conditions, "results": rows})
     met = sum(r["ratio_equal_macs"] >= GOAL for r in rows)
-    labels = [k for k in rows[0]["versus_mac_only"]]
+    labels = list(dict.fromkeys(k for r in rows for k in r["versus_mac_only"]))  # every model's columns
     lines = [
         "# Latency-aware vs MAC-only allocation (ONNX Runtime CPU)", "",
         f"`{what}` on {conditions['cpu']} ({conditions['cpu_count']} cores), ORT {conditions['onnxruntime']}, "

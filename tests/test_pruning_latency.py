@@ -123,6 +123,5 @@ def test_a_measured_allocation_is_recorded_and_is_the_one_built():
     else:
         # The recorded weights are the chosen candidate's, and they changed the widths.
         candidates = tilted_weights(model, torch.zeros(1, 3, 32, 32))
-        candidates["shared-first"] = {latency.SHARED: latency.TILT, latency.OWN: 1 / latency.TILT}
-        candidates["own-first"] = {latency.SHARED: 1 / latency.TILT, latency.OWN: latency.TILT}
+        candidates.update(latency.width_kind_weights())
         assert record["weights"] == candidates[record["chosen"]] and widths(aware) != widths(plain)

@@ -619,7 +619,7 @@ def fp16_copy(source: str | os.PathLike, destination: str | os.PathLike) -> Path
 
 
 def graph_precision(path: str | os.PathLike) -> str:
-    """``int8`` (Q/DQ nodes), ``fp16`` (fp16 weights, no fp32 ones) or ``fp32``: what a strongly typed
+    """``int8`` (Q/DQ nodes), ``fp16`` (most weight values fp16) or ``fp32``: what a strongly typed
     TensorRT build of this graph would run."""
     import onnx
 

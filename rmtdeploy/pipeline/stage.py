@@ -145,9 +145,8 @@ def _check(recipe, overrides: dict[str, Any]) -> _Checked:
         from rmtdeploy.pipeline.budget import read_reference
 
         reference = read_reference(resolved.latency_reference)
-    if (
-        resolved.bench["backend"] == "tensorrt"
-    ):  # refused now where TensorRT cannot time, not after a fine-tune
+    # A TensorRT bench is refused now where TensorRT cannot time, not after a fine-tune.
+    if resolved.bench["backend"] == "tensorrt":
         from rmtdeploy.benchmark.stage import check_tensorrt_bench
 
         check_tensorrt_bench(None, "cpu", None, _tensorrt_bench_target(target))

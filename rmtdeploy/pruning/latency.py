@@ -75,14 +75,19 @@ def weighted_ratios(
     low, high = WEIGHT_CLIP
     out = []
     for names, base in zip(owners, base_ratios, strict=True):
-        components = [module_component(model, n) for n in names]
         if SHARED in weights:
-            found = [weights[SHARED] if len(set(components)) > 1 else weights[OWN]]
+            found = [weights[SHARED] if shares_width(model, names) else weights[OWN]]
         else:
-            found = [weights[c] for c in components if c in weights]
+            found = [weights[c] for c in (module_component(model, n) for n in names) if c in weights]
         weight = sum(found) / len(found) if found else 1.0
         out.append(base * min(max(weight, low), high) ** strength)
     return out
+
+
+def shares_width(model: nn.Module, owners: Sequence[str]) -> bool:
+    """Whether a unit's channels are shared by several components (a stage's residual width), not owned
+    by one (an MLP's hidden width, a block's heads)."""
+    return len({module_component(model, n) for n in owners}) > 1
 
 
 def tilted_weights(
@@ -103,11 +108,14 @@ def tilted_weights(
         splits.update({"attention": attention, "non-attention": set(components) - attention})
     candidates = {f"{name}-first": {c: tilt if c in part else 1 / tilt for c in components}
                   for name, part in splits.items()}  # fmt: skip
-    spans = {len({module_component(model, n) for n in names}) > 1 for names in owners}
-    if spans == {True, False}:
-        candidates["shared-first"] = {SHARED: tilt, OWN: 1 / tilt}
-        candidates["own-first"] = {SHARED: 1 / tilt, OWN: tilt}
+    if {shares_width(model, names) for names in owners} == {True, False}:
+        candidates.update(width_kind_weights(tilt))
     return candidates
+
+
+def width_kind_weights(tilt: float = TILT) -> dict[str, dict[str, float]]:
+    """The two candidates that weigh by unit kind: shared widths cut ``tilt`` times harder, or own ones."""
+    return {"shared-first": {SHARED: tilt, OWN: 1 / tilt}, "own-first": {SHARED: 1 / tilt, OWN: tilt}}
 
 
 def fastest_allocation(

@@ -69,7 +69,7 @@ def prune_model(
     r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
     ``latency_weights``: ``"measure"`` meets the budget with the MAC-only allocation and a few tilted ones
     and keeps the one that runs fastest on ONNX Runtime CPU at equal MACs (recorded in the plan's
-    ``settings.latency_allocation``); a ``{component: weight}`` map scales each component's base ratios
+    ``latency_allocation``); a ``{component: weight}`` map scales each component's base ratios
     as given (:mod:`rmtdeploy.pruning.latency`).
     ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``. ``strategy`` and ``provenance``
     go into the plan as they are (see :func:`rmtdeploy.pruning.plan.build_plan`).

@@ -38,7 +38,6 @@ class TensorRTRunner(Runner):
             self.cuda = bench_on_device.Cuda()
         except bench_on_device.DeviceBenchError as exc:
             raise RmtdeployError(f"cannot time TensorRT engines here: {exc}") from None
-        self.engines: list[str] = []
 
     def bind(self, label: str, model: Any) -> Callable[[], object]:
         if not isinstance(model, (bytes, bytearray)) and not Path(model).is_file():
@@ -47,7 +46,6 @@ class TensorRTRunner(Runner):
             call = self.on_device.load_engine(self.trt, self.runtime, self.cuda, model, self.batch)
         except self.on_device.DeviceBenchError as exc:
             raise RmtdeployError(f"cannot run the engine of '{label}': {exc}") from None
-        self.engines.append(label)
         return call
 
     def conditions(self) -> dict[str, Any]:
