@@ -2,8 +2,9 @@
 
 A MAC budget treats every MAC alike, but a backend does not: an early high-resolution stage moves more
 memory per MAC than a late one, attention spends time on softmax and reshapes its Linear layers' MACs do
-not count, and which of these costs more differs between CPUs (AVX2 vs AVX-512 changed which shapes were
-cheap by several percent in benchmarks/results/latency_allocation*.md). A first version weighed each
+not count, and which of these costs more differs between CPUs (the same MAC-only ConvNeXt-atto widths
+keep 0.88 of proportional speedup on an AVX-512 EPYC, 0.81 on an AVX2 one:
+benchmarks/results/deploy_speedup*.md). A first version weighed each
 component by its time per MAC in a profile of the dense model; it measured no faster (×0.97–1.03) and
 cost accuracy, because a dense profile's average cost is not what removing MACs there saves, and fused
 kernels (GELU, LayerNorm) carry no scope to credit. So the allocation is now chosen by measuring the
