@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from rmtdeploy.benchmark import conditions as machine
+from rmtdeploy import machine
 from rmtdeploy.io import atomic_write_json, atomic_write_text
 
 
 def machine_conditions(what: str, goal_s: float) -> dict:
-    """``what`` was measured against ``goal_s``, on this machine (:mod:`rmtdeploy.benchmark.conditions`).
+    """``what`` was measured against ``goal_s``, on this machine (:mod:`rmtdeploy.machine`).
 
     ``cpu`` is the CPU's model name; the rest of the machine's facts (vector extensions, platform,
     Python and library versions) follow the keys the result tables read.

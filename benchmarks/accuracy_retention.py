@@ -1,8 +1,9 @@
 """Benchmark: how much accuracy each pruning criterion keeps, on real images, at equal achieved MACs.
 
 One small model per family (ViT, DeiT, Swin, ConvNeXt, Hiera, ResNet), trained from scratch on a built-in
-real dataset (``rmtdeploy.data``, MNIST-5k by default) by this script (cached per seed), is pruned to
-keep-macs 0.75 / 0.5 / 0.3 by every criterion through the same pruner, adapters and width rules:
+real dataset (``rmtdeploy.data``, MNIST-5k by default) by the trainer ``compress --weights trained`` uses
+(cached per seed), is pruned to keep-macs 0.75 / 0.5 / 0.3 by every criterion through the same pruner,
+adapters and width rules:
 
 * rmtdeploy's strategies: magnitude, rmt, hybrid, edge-budget, dynamic (its between-step distillation off,
   so every criterion gets the same fine-tune budget; it switches scoring by depth);
@@ -16,6 +17,10 @@ With ``--finetune default`` the second column is the fine-tune stage's default r
 (``FinetuneRecipe()``: KD from the dense model over the whole training split, augmented, its default
 epochs), written to ``results/accuracy_retention_finetuned.*``.
 
+The families, the criteria, the evaluation and the criteria table are library (``rmtdeploy.retention``);
+this script parses the command line, runs the (family, seed) tasks in worker processes and writes the
+results, the Markdown and the plot.
+
     python benchmarks/accuracy_retention.py                # the full run (make bench-accuracy)
     python benchmarks/accuracy_retention.py --finetune default --criteria magnitude rmt hybrid edge-budget dynamic \
         --keeps 0.5 0.3                                    # after the default fine-tune recipe (~1.5 h)
@@ -25,10 +30,7 @@ epochs), written to ``results/accuracy_retention_finetuned.*``.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
-import functools
-import hashlib
 import json
 import math
 import multiprocessing
@@ -38,388 +40,36 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from rmtdeploy.finetuning.scratch import CACHE
+
+# benchmarks/finetune_recovery.py, int8_accuracy.py and int8_modelopt.py read the trained models through
+# this module: CACHE, Settings, FAMILIES, train_dense and _seeded_draw stay importable from here.
+from rmtdeploy.retention import (
+    ABLATIONS,
+    CRITERIA,
+    FAMILIES,
+    SPECTRAL,
+    Settings,
+    family_macs,
+    recipe_conditions,
+    run_family_seed,
+    summarise,
+    train_dense,  # noqa: F401
+    val_image_count,
+)
+from rmtdeploy.retention.evaluate import seeded_draw as _seeded_draw  # noqa: F401
 
 RESULTS = Path(__file__).parent / "results"
-CACHE = Path(os.environ.get("RMTDEPLOY_CACHE", Path.home() / ".cache" / "rmtdeploy")) / "accuracy_retention"
-SPECTRAL = ("rmt", "hybrid", "edge-budget", "dynamic")
-STRATEGIES = ("magnitude", *SPECTRAL)
-PEERS = ("tp-l1", "tp-taylor", "tp-hessian", "tp-random")
-CRITERIA = (*STRATEGIES, *PEERS)
-# Ablations (``--criteria``), not in the default run: rmt as it was before the benchmark (one global
-# ranking, norm layers ignored) and each change alone; the "flow" score; and dynamic without its switch to
-# spectral scoring (is its gain the spectrum's, or the progressive steps'?); and the head rounding of the
-# width rules (torch-pruning's: any ratio > 0 takes a head). Each: (strategy, knobs, pruner options).
-ABLATIONS = {
-    "rmt-global": ("rmt", {"allocation": "global", "norm_scales": False}, {}),
-    "rmt-global-scaled": ("rmt", {"allocation": "global", "norm_scales": True}, {}),
-    "rmt-unscaled": ("rmt", {"allocation": "uniform", "norm_scales": False}, {}),
-    "rmt-flow": ("rmt", {"score": "flow"}, {}),
-    "dynamic-magnitude": ("dynamic", {"then": "magnitude"}, {}),
-    # Latency-aware allocation (rmtdeploy.pruning.latency): does steering widths by measured cost lose accuracy?
-    "hybrid-latency": ("hybrid", {}, {"latency_weights": "measure"}),
-    **{f"{name}-ceil-heads": (name, {}, {"head_rounding": "ceil"}) for name in STRATEGIES},
-}
 LABELS = {"magnitude": "magnitude (= TP group L2)", "tp-l1": "TP group L1", "tp-taylor": "TP Taylor",
           "tp-hessian": "TP Hessian", "tp-random": "TP random"}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class ModelRecipe:
-    """A small member of a family at the benchmark's input size, and how it is trained from scratch."""
-
-    timm_name: str
-    kwargs: dict = field(default_factory=dict)
-    epochs: int = 8
-    lr: float = 2e-3
-    batch_size: int = 64
-    fixed_size: bool = True  # built for one input size (patch embeddings); CNNs take any size
-
-    def key(self, dataset: str, image_size: int, seed: int) -> str:
-        text = json.dumps([self.timm_name, self.kwargs, self.epochs, self.lr, self.batch_size, dataset,
-                           image_size, seed, TRAIN_RECIPE_VERSION], sort_keys=True)  # fmt: skip
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-TRAIN_RECIPE_VERSION = 1
-VIT_KWARGS = {"patch_size": 8, "depth": 6}
-FAMILIES = {
-    "vit": ModelRecipe("vit_tiny_patch16_224", VIT_KWARGS, epochs=10, lr=1e-3),
-    "deit": ModelRecipe("deit_tiny_patch16_224", VIT_KWARGS, epochs=10, lr=1e-3),
-    "swin": ModelRecipe(
-        "swin_tiny_patch4_window7_224",
-        {"window_size": 4, "embed_dim": 48, "depths": (2, 2, 2, 2), "num_heads": (2, 4, 8, 16)},
-        epochs=10,
-        lr=1e-3,
-    ),
-    "convnext": ModelRecipe("convnext_atto", epochs=8, fixed_size=False),
-    "hiera": ModelRecipe("hiera_tiny_224", {"embed_dim": 48, "num_heads": 1}, epochs=10, lr=1e-3),
-    "resnet": ModelRecipe("resnet18", epochs=6, fixed_size=False),
-}
-
-
-@dataclass(frozen=True)
-class Settings:
-    dataset: str = "mnist5k"
-    image_size: int = 32
-    keeps: tuple[float, ...] = (0.75, 0.5, 0.3)
-    criteria: tuple[str, ...] = CRITERIA
-    calibration_images: int = 256  # BN recalibration, Taylor / Hessian gradients (a seeded draw per seed)
-    hessian_samples: int = 64  # per-sample gradients averaged into the Hessian diagonal
-    distill_images: int = 1024  # the distillation set (a seeded draw of the training split)
-    distill_steps: int = 32  # AdamW steps of batch 32: one pass over the distillation set
-    distill_batch: int = 32
-    distill_lr: float = 1e-4
-    val_images: int | None = None  # None: the whole validation split
-    round_to: int = 8
-    epochs_scale: float = 1.0  # quick mode trains for a fraction of the recipe's epochs
-    finetune: str = "distill"  # after pruning: the short distillation above, or "default" (FinetuneRecipe())
-    finetune_epochs: int | None = None  # None: the default recipe's epochs
-
-    @property
-    def after_key(self) -> str:
-        return "top1_distilled" if self.finetune == "distill" else "top1_finetuned"
-
-    @property
-    def after_name(self) -> str:
-        return "distillation" if self.finetune == "distill" else "fine-tuning"
-
-
-def build_model(recipe: ModelRecipe, image_size: int, num_classes: int) -> torch.nn.Module:
-    import timm
-
-    size = {"img_size": image_size} if recipe.fixed_size else {}
-    model = timm.create_model(recipe.timm_name, num_classes=num_classes, **size, **recipe.kwargs)
-    # The model's own config says what it expects, so the adapter, data loaders and MAC counts agree.
-    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, image_size, image_size)}
-    return model
-
-
-def _loader(settings: Settings, split: str, model, *, seed=None, augment=False, max_images=None):
-    from rmtdeploy.data import builtin_loader
-
-    return builtin_loader(settings.dataset, split, model=model, augment=augment, seed=seed,
-                          max_images=max_images, shuffle=split == "train" and max_images is None)  # fmt: skip
-
-
-def train_dense(family: str, seed: int, settings: Settings, cache: Path, log) -> tuple[torch.nn.Module, dict]:
-    """The family's model trained on the dataset's training split with ``seed``; cached by recipe + seed."""
-    from safetensors.torch import load_file, save_file
-
-    from rmtdeploy.data import get_dataset
-    from rmtdeploy.io import atomic_write_json
-
-    recipe = FAMILIES[family]
-    epochs = max(1, round(recipe.epochs * settings.epochs_scale))
-    recipe = dataclasses.replace(recipe, epochs=epochs)
-    dataset = get_dataset(settings.dataset)
-    key = recipe.key(settings.dataset, settings.image_size, seed)
-    weights, record_path = (
-        cache / f"{family}-s{seed}-{key}.safetensors",
-        cache / f"{family}-s{seed}-{key}.json",
-    )
-    torch.manual_seed(seed)
-    model = build_model(recipe, settings.image_size, dataset.num_classes)
-    if weights.exists() and record_path.exists():
-        model.load_state_dict(load_file(weights))
-        return model.eval(), json.loads(record_path.read_text())
-    from rmtdeploy.finetuning.scratch import ScratchRecipe, train_from_scratch
-
-    scratch = ScratchRecipe(dataset=settings.dataset, image_size=settings.image_size, epochs=epochs,
-                            lr=recipe.lr, batch_size=recipe.batch_size, seed=seed)  # fmt: skip
-    trained = train_from_scratch(
-        model, scratch, val_images=settings.val_images,
-        on_epoch=lambda epoch, total, top1: log(f"{family} seed {seed}: epoch {epoch}/{total} val top-1 {top1:.1f}"),
-    )  # fmt: skip
-    curve = trained["val_curve"]
-    record = {
-        "family": family,
-        "seed": seed,
-        "timm_name": recipe.timm_name,
-        "kwargs": recipe.kwargs,
-        "epochs": epochs,
-        "lr": recipe.lr,
-        "val_curve": curve,
-        "top1": curve[-1],
-        "train_s": trained["train_s"],
-    }
-    cache.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
-    atomic_write_json(record_path, record)
-    return model.eval(), record
-
-
-def _batches(loader) -> list:
-    return [(images, labels) for images, labels in loader]
-
-
-def _seeded_draw(settings: Settings, seed: int, count: int, salt: int, batch_size: int = 64) -> list:
-    """``count`` training images drawn with ``seed`` (a different draw per seed and purpose)."""
-    from rmtdeploy.data import builtin_dataset
-
-    dataset = builtin_dataset(settings.dataset, "train", image_size=settings.image_size)
-    generator = torch.Generator().manual_seed(seed * 1000 + salt)
-    indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
-    subset = torch.utils.data.Subset(dataset, indices)
-    return _batches(torch.utils.data.DataLoader(subset, batch_size=batch_size))
-
-
-def _gradient_copy(model, batches, per_sample: int | None) -> torch.nn.Module:
-    """A copy of ``model`` whose ``.grad`` holds what TP's gradient importances read: the summed
-    cross-entropy gradient (Taylor), or the mean squared per-sample gradient — the empirical Fisher
-    diagonal that ``GroupHessianImportance`` expects — over ``per_sample`` images (Hessian).
-
-    TP's own ``accumulate_grad`` keys its running sum by name but stores by parameter, so it keeps only
-    the last sample; and ``prune_model`` scores a deep copy, which the accumulator would not reach. The
-    Hessian diagonal is therefore put in ``.grad`` here, where the copy's scores read it."""
-    copy_ = copy.deepcopy(model).eval()
-    copy_.zero_grad(set_to_none=True)
-    if per_sample is None:
-        for images, labels in batches:
-            F.cross_entropy(copy_(images), labels).backward()
-        return copy_
-    squares = {name: torch.zeros_like(p) for name, p in copy_.named_parameters()}
-    images = torch.cat([b[0] for b in batches])[:per_sample]
-    labels = torch.cat([b[1] for b in batches])[:per_sample]
-    for image, label in zip(images, labels, strict=True):
-        copy_.zero_grad(set_to_none=True)
-        F.cross_entropy(copy_(image[None]), label[None]).backward()
-        for name, p in copy_.named_parameters():
-            if p.grad is not None:
-                squares[name] += p.grad.pow(2)
-    for name, p in copy_.named_parameters():
-        p.grad = squares[name] / len(images)
-    return copy_
-
-
-def prune_with(criterion: str, model, keep: float, calibration: list, settings: Settings, seed: int):
-    """Prune ``model`` to ``keep`` MACs with ``criterion``; returns (result, scoring seconds)."""
-    import torch_pruning as tp
-
-    from rmtdeploy.pruning import prune_model, recalibrate_batchnorm
-    from rmtdeploy.scores import get_strategy
-
-    example = torch.zeros(1, 3, settings.image_size, settings.image_size)
-    options = {"keep_macs": keep, "round_to": settings.round_to, "example_inputs": example}
-    if criterion in STRATEGIES or criterion in ABLATIONS:
-        name, knobs, extra = ABLATIONS.get(criterion, (criterion, {}, {}))
-        result = get_strategy(name, **knobs).prune(model, calibration_batches=calibration, **options, **extra)
-        return result, result.timings.get("spectra_s", 0.0) + result.timings["scores_s"]
-    started = time.perf_counter()
-    if criterion == "tp-l1":
-        source, importance = model, tp.importance.GroupMagnitudeImportance(p=1)
-    elif criterion == "tp-taylor":
-        source, importance = _gradient_copy(model, calibration, None), tp.importance.GroupTaylorImportance()
-    elif criterion == "tp-hessian":
-        source = _gradient_copy(model, calibration, settings.hessian_samples)
-        importance = tp.importance.GroupHessianImportance()
-    elif criterion == "tp-random":
-        torch.manual_seed(seed)
-        source, importance = model, tp.importance.RandomImportance()
-    else:
-        raise ValueError(f"unknown criterion {criterion}")
-    gradients_s = time.perf_counter() - started
-    result = prune_model(source, importance=importance, **options)
-    recalibrate_batchnorm(result.model, calibration)
-    return result, gradients_s + result.timings["scores_s"]
-
-
-def run_family_seed(family: str, seed: int, settings: Settings, cache: Path, events=None) -> dict:
-    """Train (or load) one dense model and score every criterion at every keep on it."""
-    torch.set_num_threads(1)
-    from rmtdeploy.finetuning import distill, evaluate_top1, teacher_outputs
-
-    parent = os.getppid()
-
-    def log(message):
-        # A worker outlives a killed driver until its task ends (minutes, both cores): stop with it.
-        if events is not None:
-            if os.getppid() != parent:
-                os._exit(1)
-            events.put(("log", message))
-        else:
-            print(message, flush=True)
-
-    dense, record = train_dense(family, seed, settings, cache, log)
-    val = _batches(_loader(settings, "val", dense, max_images=settings.val_images))
-    calibration = _seeded_draw(settings, seed, settings.calibration_images, salt=1)
-    distill_set = _seeded_draw(
-        settings, seed, settings.distill_images, salt=2, batch_size=settings.distill_batch
-    )
-    teacher_logits = teacher_outputs(dense, distill_set)
-    dense_top1 = evaluate_top1(dense, val)
-    points = []
-    for keep in settings.keeps:
-        for criterion in settings.criteria:
-            started = time.perf_counter()
-            result, scoring_s = prune_with(criterion, dense, keep, calibration, settings, seed)
-            prune_s = time.perf_counter() - started
-            pruned_top1 = evaluate_top1(result.model, val)
-            point = {
-                "family": family, "seed": seed, "keep": keep, "criterion": criterion,
-                "macs_kept": round(result.macs_kept, 4), "params_kept": round(result.params_kept, 4),
-                "top1_pruned": round(pruned_top1, 2), "scoring_s": round(scoring_s, 3), "prune_s": round(prune_s, 2),
-                "widths": _width_summary(result),
-            }  # fmt: skip
-            if settings.finetune == "distill":
-                fine = distill(result.model, dense, distill_set, steps=settings.distill_steps,
-                               lr=settings.distill_lr, seed=seed, teacher_logits=teacher_logits)  # fmt: skip
-                point |= {"top1_distilled": round(evaluate_top1(result.model, val), 2),
-                          "kd_loss_before": round(fine.loss_before, 4), "kd_loss_after": round(fine.loss_after, 4)}  # fmt: skip
-            else:
-                point |= _finetune_default(result.model, dense, settings, seed)
-            points.append(point)
-            if events is not None:
-                events.put(("point", family))
-            log(f"{family} s{seed} keep {keep} {criterion:12s} MACs {result.macs_kept:.3f} "
-                f"top-1 {pruned_top1:5.1f} -> {point[settings.after_key]:5.1f} (dense {dense_top1:.1f})")  # fmt: skip
-    return {"dense": {**record, "top1_eval": round(dense_top1, 2)}, "points": points}
-
-
-def _finetune_default(model, dense, settings: Settings, seed: int) -> dict:
-    """The fine-tune stage's default recipe on the whole training split, keeping the last epoch (what a
-    user gets without a validation split to pick by); the start is the trainer's own (BN recalibrated)."""
-    from rmtdeploy.finetuning.recipe import FinetuneRecipe
-    from rmtdeploy.finetuning.trainer import train_in_memory
-
-    epochs = {"epochs": settings.finetune_epochs} if settings.finetune_epochs else {}
-    started = time.perf_counter()
-    trainer = train_in_memory(
-        model, dense, settings.dataset, recipe=FinetuneRecipe(seed=seed, **epochs), keep="last"
-    )
-    curve = [m["val_top1"] for m in trainer.metrics if m["event"] == "epoch"]
-    start = next(m for m in trainer.metrics if m["event"] == "start")
-    return {"top1_finetuned": round(curve[-1], 2), "top1_finetune_start": round(start["val_top1"], 2),
-            "finetune_curve": [round(v, 2) for v in curve], "finetune_s": round(time.perf_counter() - started, 1)}  # fmt: skip
-
-
-def _width_summary(result) -> dict:
-    """Kept fraction of output channels per module (the allocation a criterion chose), for diagnosis."""
-    dense, pruned = result.plan["widths"]["dense"], result.plan["widths"]["pruned"]
-    return {name: round(pruned[name] / width, 3) for name, width in dense.items() if pruned[name] != width}
-
-
-# -- statistics and rendering ---------------------------------------------------------------------------
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def summarise(points: list[dict], families: list[str], settings: Settings) -> dict:
-    """Mean ± std over seeds per (family, criterion, keep), and the goal's status per family."""
-    table: dict = {}
-    for family in families:
-        for criterion in settings.criteria:
-            for keep in settings.keeps:
-                rows = [
-                    p for p in points if (p["family"], p["criterion"], p["keep"]) == (family, criterion, keep)
-                ]
-                if not rows:
-                    continue
-                table.setdefault(family, {}).setdefault(criterion, {})[str(keep)] = {
-                    "macs_kept": _mean_std([r["macs_kept"] for r in rows]),
-                    "pruned": _mean_std([r["top1_pruned"] for r in rows]),
-                    "distilled": _mean_std([r[settings.after_key] for r in rows]),
-                    "scoring_s": _mean_std([r["scoring_s"] for r in rows]),
-                    "kd_below_start": sum(r[settings.after_key] < r["top1_pruned"] for r in rows),
-                    "seeds": len(rows),
-                }
-    goals = {family: _goal(points, family, settings) for family in families}
-    return {"table": table, "goals": goals}
-
-
-def _paired(points, family, keep, criterion, column) -> dict[int, float]:
-    return {p["seed"]: p[column] for p in points
-            if (p["family"], p["keep"], p["criterion"]) == (family, keep, criterion)}  # fmt: skip
-
-
-def _goal(points: list[dict], family: str, settings: Settings) -> dict:
-    """The issue's goal for one family: the best spectral strategy (highest mean pre-fine-tune top-1 over
-    the curve) vs group L2 (``magnitude``): above it at every keep, ≥ 2 points ahead at the deepest keep
-    with the per-seed paired gap positive in every seed; after distillation, level with every TP criterion
-    (mean within one std of the best of them, or above)."""
-    spectral = [c for c in SPECTRAL if c in settings.criteria]
-    if "magnitude" not in settings.criteria or not spectral:
-        return {}
-
-    def curve_mean(criterion):
-        return statistics.fmean(
-            statistics.fmean(_paired(points, family, k, criterion, "top1_pruned").values())
-            for k in settings.keeps
-        )
-
-    best = max(spectral, key=curve_mean)
-    gaps = {}
-    for keep in settings.keeps:
-        ours, l2 = (_paired(points, family, keep, c, "top1_pruned") for c in (best, "magnitude"))
-        diffs = [ours[s] - l2[s] for s in ours if s in l2]
-        gaps[str(keep)] = {"mean": statistics.fmean(diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
-                           "min": min(diffs)}  # fmt: skip
-    deepest = str(min(settings.keeps))
-    peers = [c for c in ("magnitude", *PEERS) if c in settings.criteria]
-    after = {}
-    for keep in settings.keeps:
-        column = settings.after_key
-        ours = _mean_std(list(_paired(points, family, keep, best, column).values()))
-        top_peer = max(
-            peers, key=lambda c: statistics.fmean(_paired(points, family, keep, c, column).values())
-        )
-        theirs = _mean_std(list(_paired(points, family, keep, top_peer, column).values()))
-        after[str(keep)] = {"ours": ours[0], "best_peer": top_peer, "peer": theirs[0],
-                            "level": ours[0] >= theirs[0] - max(ours[1], theirs[1])}  # fmt: skip
-    return {
-        "best_spectral": best,
-        "gap_pruned_vs_l2": gaps,
-        "above_l2_every_keep": all(g["mean"] > 0 for g in gaps.values()),
-        "deep_gap_met": gaps[deepest]["mean"] >= 2.0 and gaps[deepest]["min"] > 0,
-        "after_distill": after,
-        "level_after_distill": all(a["level"] for a in after.values()),
-    }
+# -- rendering --------------------------------------------------------------------------------------------
 
 
 def _cell(stats) -> str:
@@ -550,14 +200,6 @@ def plot(points: list[dict], families: list[str], settings: Settings, path: Path
 # -- driver -----------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _macs_of(family: str, image_size: int) -> float:
-    from rmtdeploy.pruning import count_macs_params
-
-    model = build_model(FAMILIES[family], image_size, 10)
-    return count_macs_params(model, torch.zeros(1, 3, image_size, image_size))[0] / 1e6
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -583,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, help="an earlier results JSON whose rows join this table")
     parser.add_argument("--baseline-criteria", nargs="+", default=["magnitude", "rmt"], metavar="C")
     args = parser.parse_args(argv)
-    from rmtdeploy.benchmark import cpu_model
     from rmtdeploy.io import atomic_write_json, atomic_write_text
+    from rmtdeploy.machine import cpu_model
 
     settings = Settings(dataset=args.dataset, keeps=tuple(args.keeps), criteria=tuple(args.criteria),
                         finetune=args.finetune, finetune_epochs=args.finetune_epochs)  # fmt: skip
@@ -620,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     dense: dict[str, list] = {}
     for family, seed in tasks:
         record = results[(family, seed)]["dense"]
-        dense.setdefault(family, []).append({**record, "macs_m": _macs_of(family, settings.image_size)})
+        dense.setdefault(family, []).append({**record, "macs_m": family_macs(family, settings.image_size)})
     summary = summarise(points, families, settings)
     conditions = {
         "what": " ".join(["benchmarks/accuracy_retention.py", *(sys.argv[1:] if argv is None else argv)]),
@@ -632,14 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "wall_s": round(wall_s, 1),
         "seeds": seeds,
-        "val_images": len(_loader(settings, "val", None, max_images=settings.val_images).dataset),
+        "val_images": val_image_count(settings),
         "settings": asdict(settings),
     }
     if settings.finetune == "default":
-        from rmtdeploy.finetuning.recipe import FinetuneRecipe
-
-        epochs = {"epochs": settings.finetune_epochs} if settings.finetune_epochs else {}
-        conditions["recipe"] = {k: v for k, v in FinetuneRecipe(**epochs).to_dict().items() if k != "seed"}
+        conditions["recipe"] = recipe_conditions(settings)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"{args.stem}.json",
                       {"conditions": conditions, "dense": dense, "summary": summary, "points": points})  # fmt: skip
@@ -674,7 +313,7 @@ def _run(tasks, settings: Settings, cache: Path, workers: int) -> dict:
         manager = multiprocessing.get_context("spawn").Manager()
         events = manager.Queue()
         # Heaviest first, so the two workers finish together.
-        order = sorted(tasks, key=lambda t: -FAMILIES[t[0]].epochs * _macs_of(t[0], settings.image_size))
+        order = sorted(tasks, key=lambda t: -FAMILIES[t[0]].epochs * family_macs(t[0], settings.image_size))
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_family_seed, f, s, settings, cache, events): (f, s) for f, s in order}
             pending = set(futures)

@@ -30,6 +30,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from rmtdeploy.benchmark import machine_conditions, measure_onnx_latency  # noqa: E402
+from rmtdeploy.benchmark.allocation import fastest_allocation  # noqa: E402
 from rmtdeploy.exporting import export_onnx  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
 from rmtdeploy.pruning.latency import TILT, tilted_weights, width_kind_weights  # noqa: E402
@@ -52,7 +53,7 @@ def run_model(name: str, args, tmp: Path) -> dict:
     round_to = load_target("cpu-ort").channel_multiple
     strategy = get_strategy("hybrid")
     # label -> prune keyword arguments; "mac-only" is the baseline every ratio is taken against.
-    variants: dict[str, dict] = {"mac-only": {}, "latency-aware": {"latency_weights": "measure"}}
+    variants: dict[str, dict] = {"mac-only": {}, "latency-aware": {"latency_weights": fastest_allocation}}
     started = time.perf_counter()
     pruned = {
         label: strategy.prune(dense, keep_macs=args.keep, round_to=round_to, **kw)

@@ -27,7 +27,6 @@ import torch
 from _results import machine_conditions, write_results
 from torch import nn
 
-from rmtdeploy.benchmark.conditions import loadavg
 from rmtdeploy.coverage import (
     ATTENTION_ATOL,
     ISSUE_MODELS,
@@ -37,6 +36,7 @@ from rmtdeploy.coverage import (
     fused_vs_explicit,
 )
 from rmtdeploy.coverage import CASE_KNOBS as KNOBS
+from rmtdeploy.machine import loadavg
 from rmtdeploy.models import load_model
 from rmtdeploy.pruning import TARGET_TOLERANCE
 from rmtdeploy.scores import get_strategy, strategy_names

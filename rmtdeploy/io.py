@@ -1,11 +1,12 @@
 """Output handling shared by every stage: a stage's folder is written as one unit, under a lock.
 
-:class:`OutputFolder` is how a stage writes: it checks the destination before any work (not a file, not
-already holding this stage's outputs without ``force``, writable), holds a lock on it for the run, lets
-the stage write into a private sibling folder, and swaps the result in at the end with a
-``manifest.json`` written last (file name -> sha256). A reader (:func:`verify_output_folder`) refuses a
-folder without a manifest, a run that was interrupted, or a file changed after the run wrote it. Single
-files outside a stage folder (benchmark results) use the atomic writers below.
+:class:`OutputFolder` is how a stage writes: it checks the destination before any work (one rule for
+every stage, :func:`check_output_dir`: new, empty, or written by this stage and replaced only with
+``force``; never a folder of the user's own files), holds a lock on it for the run, lets the stage write
+into a private sibling folder, and swaps the result in at the end with a ``manifest.json`` written last
+(file name -> sha256). A reader (:func:`verify_output_folder`) refuses a folder without a manifest, a
+run that was interrupted, or a file changed after the run wrote it. Single files outside a stage folder
+(benchmark results) use the atomic writers below.
 """
 
 from __future__ import annotations
@@ -26,21 +27,77 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "rmtdeploy-output"
 MANIFEST_VERSION = 1
 _STAGING_INFIX = ".partial-"
+# While a run replaces an earlier one in place, the old manifest waits under this name: readers find no
+# manifest (and refuse), while the stage that wrote the folder still knows it as its own.
+_REPLACED_MANIFEST = ".manifest.replaced.json"
 
 
-def check_output_dir(out: str | os.PathLike, produces: Iterable[str], force: bool = False) -> Path:
-    """Refuse (before any work is done) when ``out`` is a file or already holds a file this stage writes."""
+def check_output_dir(
+    out: str | os.PathLike, produces: Iterable[str], force: bool = False, *, stage: str
+) -> Path:
+    """Refuse, before any work, an output folder ``stage`` may not write: the one rule of every stage.
+
+    ``out`` may be new, empty (dot files aside) or a folder this stage wrote (its manifest says so);
+    ``force`` replaces the files that folder's manifest lists and leaves any other file in it alone.
+    Anything else is refused, ``force`` or not: a file, a folder of the user's own files, another stage's
+    output. So a stage never deletes or mixes into what it did not write."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RmtdeployError(f"{{param}} {out} exists and is not a directory", param="out")
+    entries = visible_entries(out)
+    if not entries:
+        return out
+    written_by = _manifest_stage(out)
+    if written_by is None:
+        raise foreign_folder_error(out, entries, "output")
+    if written_by != stage:
+        raise RmtdeployError(
+            f"{out} holds the output of the {written_by} stage ({_listing(entries)}); {{param}} replaces only "
+            f"a folder the {stage} stage wrote: choose another output folder",
+            param="force",
+        )
     existing = [name for name in (*produces, MANIFEST_FILE) if (out / name).exists()]
-    if existing and not force:
+    if not force:
         raise RmtdeployError(
             f"{out} already holds {', '.join(existing[:3])}; allow overwriting ({{param}}) or choose "
             "another output folder",
             param="force",
         )
     return out
+
+
+def visible_entries(out: str | os.PathLike) -> list[str]:
+    """The sorted names in the folder ``out`` that decide whether it is empty (dot files aside: a file
+    browser's or an editor's); ``[]`` where it does not exist. A path that is a file is refused."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RmtdeployError(f"{{param}} {out} exists and is not a directory", param="out")
+    if not out.exists():
+        return []
+    try:
+        return sorted(path.name for path in out.iterdir() if not path.name.startswith("."))
+    except OSError as exc:
+        raise RmtdeployError(
+            f"cannot read the output folder {out}: {exc.strerror or exc}", param="out"
+        ) from exc
+
+
+def foreign_folder_error(out: str | os.PathLike, entries: list[str], kind: str) -> RmtdeployError:
+    """The refusal of a folder holding files rmtdeploy did not write (``kind``: output, run)."""
+    return RmtdeployError(
+        f"{out} holds files that are not an rmtdeploy {kind} ({_listing(entries)}); {{param}} replaces only "
+        f"an rmtdeploy {kind}, never files of your own: choose another output folder",
+        param="force",
+    )
+
+
+def _listing(names: list[str], shown: int = 3) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
+
+
+def _manifest_stage(directory: Path) -> str | None:
+    """The stage that wrote ``directory`` by its manifest, or None (no manifest, or not one of ours)."""
+    stage = (_own_manifest(directory) or {}).get("stage")
+    return stage if isinstance(stage, str) else None
 
 
 class OutputFolder:
@@ -66,7 +123,7 @@ class OutputFolder:
         self.committed = False
 
     def __enter__(self) -> OutputFolder:
-        check_output_dir(self.out, self.produces, self.force)
+        check_output_dir(self.out, self.produces, self.force, stage=self.stage)
         _make_dirs(self.out.parent)
         self._lock = _FolderLock(self.out)
         self._lock.acquire()
@@ -131,16 +188,19 @@ class OutputFolder:
         return [self.out / name for name in names]
 
     def _replace_files(self, names: list[str]) -> None:
-        # ``out`` holds other files (an earlier run, or the user's): replace ours one by one. The old
-        # manifest goes first, so a crash in between leaves a folder readers refuse, never a mix they trust.
+        # ``out`` holds an earlier run of this stage (perhaps with files the user added, which stay): replace
+        # ours one by one. The old manifest goes first, so a crash in between leaves a folder readers refuse,
+        # never a mix they trust, and one this stage still recognises as its own.
         previous = _manifest_files(self.out)
-        (self.out / MANIFEST_FILE).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.out / MANIFEST_FILE, self.out / _REPLACED_MANIFEST)
         for name in previous:
             if name not in names:
                 (self.out / name).unlink(missing_ok=True)
         for name in names:
             os.replace(self.staging / name, self.out / name)
         os.replace(self.staging / MANIFEST_FILE, self.out / MANIFEST_FILE)
+        (self.out / _REPLACED_MANIFEST).unlink(missing_ok=True)
         self.staging.rmdir()
 
 
@@ -191,11 +251,24 @@ def json_text(obj: Any) -> str:
 
 
 def _manifest_files(directory: Path) -> list[str]:
-    try:
-        files = json.loads((directory / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
-        return [name for name in files if "/" not in name and name != MANIFEST_FILE]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+    files = (_own_manifest(directory) or {}).get("files")
+    return (
+        [name for name in files if "/" not in name and name != MANIFEST_FILE]
+        if isinstance(files, dict)
+        else []
+    )
+
+
+def _own_manifest(directory: Path) -> dict[str, Any] | None:
+    """The folder's output manifest (or the one a replacing run left when it stopped); None if neither."""
+    for name in (MANIFEST_FILE, _REPLACED_MANIFEST):
+        try:
+            manifest = json.loads((directory / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT:
+            return manifest
+    return None
 
 
 def _make_dirs(path: Path) -> None:

@@ -10,14 +10,24 @@ import contextlib
 import difflib
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
+from rmtdeploy.checkpoints import (  # noqa: F401 (re-exported: the model zoo's checkpoint helpers)
+    check_checkpoint_file,
+    head_classes,
+    load_checkpoint_strict,
+    read_saved_config,
+    read_state_dict,
+    state_dict_mismatch,
+)
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.preprocessing import InputConfig
 
 # Short names users type; anything else is passed to timm as a full model name.
 MODEL_ALIASES: dict[str, str] = {
@@ -81,6 +91,8 @@ class LoadedModel:
     name: str  # full timm name
     family: str
     weights: str  # "pretrained", "random" or "checkpoint:<path>"
+    labels: tuple[str, ...] | None = None  # class names in index order, when the source says them
+    facts: dict[str, Any] = field(default_factory=dict)  # how classes, size and preprocessing were decided
 
     @property
     def is_random(self) -> bool:
@@ -112,7 +124,9 @@ def model_family(model: nn.Module) -> str:
         family = _TIMM_MODULE_FAMILY.get(cls.__module__.rsplit(".", 1)[-1])
         if family:
             return family
-    return "other"
+    # Any other timm model: its timm file names its family (``mobilenetv3``, ``eva``, ``byobnet``, ...).
+    module = type(model).__module__
+    return module.rsplit(".", 1)[-1] if module.startswith("timm.models.") else "other"
 
 
 @dataclass(frozen=True)
@@ -121,12 +135,17 @@ class ModelSource:
 
     ``weights``: ``"pretrained"`` (timm's hub), ``"random"`` (seeded, labelled so everywhere) or
     ``"checkpoint"``; left ``None`` it is ``checkpoint`` when a checkpoint is given, else ``pretrained``.
+    ``num_classes``: the classifier's width (a checkpoint's own head says it when not given);
+    ``model_kwargs``: timm create kwargs; ``input``: the input size and preprocessing the model was trained
+    with (a timm config beside a checkpoint fills what is not given: :mod:`rmtdeploy.checkpoints`).
     """
 
     name: str
     weights: str | None = None
     checkpoint: str | os.PathLike | None = None
     num_classes: int | None = None
+    model_kwargs: dict[str, Any] | None = None
+    input: InputConfig | None = None
 
     def check(self) -> str:
         """Raise on anything wrong that can be seen without building the model; returns the timm name."""
@@ -143,12 +162,22 @@ class ModelSource:
         if self.weights == "checkpoint" and self.checkpoint is None:
             raise RmtdeployError("weights 'checkpoint' needs a checkpoint file ({param})", param="checkpoint")
         if self.checkpoint is not None:
-            _check_checkpoint_file(Path(self.checkpoint))
-        if self.num_classes is not None and (isinstance(self.num_classes, bool) or self.num_classes < 1):
+            check_checkpoint_file(Path(self.checkpoint))
+        if self.num_classes is not None and (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
             raise RmtdeployError(
                 f"{{param}} must be a positive integer (the classifier width), got {self.num_classes}",
                 param="num_classes",
             )
+        if self.model_kwargs is not None and not isinstance(self.model_kwargs, dict):
+            raise RmtdeployError("{param} must be a mapping of timm create kwargs", param="model_kwargs")
+        if "num_classes" in (self.model_kwargs or {}):
+            raise RmtdeployError("give the class count as {param}, not in model_kwargs", param="num_classes")
+        if self.input is not None:
+            self.input.check()
         return full
 
     @property
@@ -157,21 +186,119 @@ class ModelSource:
             return self.weights
         return "checkpoint" if self.checkpoint is not None else "pretrained"
 
+    def resolve(self) -> ResolvedSource:
+        """Checked, and for a checkpoint read (once): its state dict, its head's class count and the config
+        saved beside it, merged with what was given (given values win; a disagreement on the class count
+        or the architecture is an error). Nothing is built."""
+        full = self.check()
+        given_input = self.input or InputConfig()
+        if self.source != "checkpoint":
+            decided = "num_classes" if self.num_classes else "timm's default"
+            return ResolvedSource(
+                self, full, self.num_classes, decided, dict(self.model_kwargs or {}), given_input
+            )
+        state = read_state_dict(self.checkpoint)
+        saved = read_saved_config(self.checkpoint)
+        if saved is not None and saved.architecture and _timm_name_or_none(saved.architecture) != full:
+            raise RmtdeployError(
+                f"{saved.path} says the checkpoint is a {saved.architecture}, not {full}: give the model it was "
+                "trained as ({param})",
+                param="model",
+            )
+        head = head_classes(full, state)
+        classes, decided_by = self.num_classes, "num_classes"
+        if head is not None:
+            if classes is not None and classes != head[0]:
+                raise RmtdeployError(
+                    f"{{param}} {classes} disagrees with the checkpoint's head {head[1]} ({head[0]} classes)",
+                    param="num_classes",
+                )
+            classes, decided_by = head[0], f"the checkpoint's head {head[1]}"
+        elif classes is None and saved is not None and saved.num_classes:
+            classes, decided_by = saved.num_classes, str(saved.path)
+        kwargs = {**(saved.model_kwargs if saved else {}), **(self.model_kwargs or {})}
+        kwargs.pop("num_classes", None)
+        merged_input = given_input.over(saved.input) if saved is not None else given_input
+        labels = saved.labels if saved is not None and saved.labels and len(saved.labels) == classes else None
+        return ResolvedSource(self, full, classes, decided_by if classes else "timm's default", kwargs,
+                              merged_input, labels, saved.path if saved else None, state)  # fmt: skip
+
     def load(self) -> LoadedModel:
-        return load_model(self.name, self.weights, self.checkpoint, self.num_classes)
+        return self.resolve().load()
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A :class:`ModelSource` with everything a checkpoint says read and merged; :meth:`load` builds it."""
+
+    source: ModelSource
+    name: str  # full timm name
+    num_classes: int | None
+    classes_from: str
+    model_kwargs: dict[str, Any]
+    input: InputConfig
+    labels: tuple[str, ...] | None = None
+    saved_config: Path | None = None
+    state: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    def expected_classes(self) -> int:
+        """The classifier width the built model will have."""
+        if self.num_classes is not None:
+            return self.num_classes
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(self.name)
+        return int(getattr(cfg, "num_classes", None) or 1000)
+
+    def check(self) -> str:
+        return self.name
+
+    def create_kwargs(self) -> dict[str, Any]:
+        kwargs = {**self.model_kwargs, **_size_kwargs(self.name, self.input, self.model_kwargs)}
+        return kwargs if self.num_classes is None else {**kwargs, "num_classes": self.num_classes}
+
+    def check_architecture(self) -> None:
+        """Build the architecture without memory (meta tensors) and run it at the input size: kwargs timm
+        refuses or a size it cannot take are found before any weights load or any work starts."""
+        with torch.device("meta"):
+            model = _build(self.name, self.create_kwargs())
+            self.input.apply(model)
+            check_input_size(model, self.name)
+
+    def load(self) -> LoadedModel:
+        kind = self.source.source
+        kwargs = self.create_kwargs()
+        if kind == "pretrained":
+            model = _create_pretrained(self.name, kwargs)
+            label = "pretrained"
+        else:
+            # Seeded, so two runs on "random" weights analyse and prune the same model.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_WEIGHTS_SEED)
+                model = _build(self.name, kwargs)
+            label = "random"
+        self.input.apply(model)
+        check_input_size(model, self.name)
+        if kind == "checkpoint":
+            load_checkpoint_strict(model, self.source.checkpoint, self.state)
+            label = f"checkpoint:{self.source.checkpoint}"
+        model.eval()
+        facts = {"classes_from": self.classes_from, "input_from": self.input.source,
+                 "saved_config": str(self.saved_config) if self.saved_config else None}  # fmt: skip
+        return LoadedModel(model, self.name, model_family(model), label, self.labels, facts)
+
+
+def _timm_name_or_none(name: str) -> str | None:
+    try:
+        return resolve_model_name(name)
+    except RmtdeployError:
+        return None
 
 
 def model_source(model: str | ModelSource | LoadedModel) -> ModelSource | LoadedModel:
     """What a stage takes as its model, as something with ``check()`` (before the work) and ``load()``:
     a name becomes a :class:`ModelSource` with its default weight source."""
-    return model if isinstance(model, (ModelSource, LoadedModel)) else ModelSource(model)
-
-
-def _check_checkpoint_file(path: Path) -> None:
-    if not path.is_file():
-        raise RmtdeployError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise RmtdeployError(f"checkpoint {path} is empty")
+    return model if isinstance(model, (ModelSource, ResolvedSource, LoadedModel)) else ModelSource(model)
 
 
 def load_model(
@@ -179,26 +306,66 @@ def load_model(
     weights: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     num_classes: int | None = None,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    input: InputConfig | None = None,
 ) -> LoadedModel:
     """Build ``name`` with timm and load weights from the chosen source (see :class:`ModelSource`)."""
-    source = ModelSource(name, weights, checkpoint, num_classes)
-    full = source.check()
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
-    if source.source == "pretrained":
-        model = _create_pretrained(full, kwargs)
-        label = "pretrained"
-    elif source.source == "checkpoint":
-        model = build_timm_model(full, **kwargs)
-        load_checkpoint_strict(model, checkpoint)
-        label = f"checkpoint:{checkpoint}"
-    else:
-        # Seeded, so two runs on "random" weights analyse and prune the same model.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = build_timm_model(full, **kwargs)
-        label = "random"
-    model.eval()
-    return LoadedModel(model=model, name=full, family=model_family(model), weights=label)
+    return ModelSource(name, weights, checkpoint, num_classes, model_kwargs, input).load()
+
+
+def _build(full: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return build_timm_model(full, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:  # kwargs timm does not take
+        shown = {k: v for k, v in kwargs.items() if k != "num_classes"}
+        raise RmtdeployError(
+            f"cannot build {full} with {shown or 'its defaults'} ({{param}}): {str(exc).splitlines()[0][:160]}",
+            param="model_kwargs",
+        ) from exc
+
+
+def _size_kwargs(full: str, given: InputConfig, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``img_size`` / ``in_chans`` for architectures built for one input size (timm's ``fixed_input_size``:
+    ViT position tables, Swin windows) when the input differs from timm's default."""
+    from timm.models import get_pretrained_cfg
+
+    if given.input_size is None:
+        return {}
+    cfg = get_pretrained_cfg(full)
+    default = tuple(getattr(cfg, "input_size", None) or (3, 224, 224))
+    extra: dict[str, Any] = {}
+    if given.input_size[0] != default[0] and "in_chans" not in kwargs:
+        extra["in_chans"] = given.input_size[0]
+    fixed = getattr(cfg, "fixed_input_size", False)
+    if fixed and "img_size" not in kwargs and tuple(given.input_size[1:]) != tuple(default[1:]):
+        extra["img_size"] = list(given.input_size[1:])
+    return extra
+
+
+def check_input_size(model: nn.Module, name: str) -> None:
+    """The model takes its configured input size: a patch embedding's patches tile it, and a forward pass
+    at that size runs (one line naming the size otherwise, before any work)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    chans, height, width = cfg.get("input_size", (3, 224, 224))
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is not None:
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)[:2]
+        if height % ph or width % pw:
+            raise RmtdeployError(
+                f"{name} cuts its input into {ph}×{pw} patches: {{param}} {height}×{width} is not a multiple",
+                param="input_size",
+            )
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, chans, height, width))
+    except NotImplementedError:  # an op without a meta kernel (check_architecture): loading will tell
+        return
+    except Exception as exc:  # noqa: BLE001 (timm's shape asserts, reshapes and window checks)
+        raise RmtdeployError(
+            f"{name} does not run at {{param}} {chans}×{height}×{width}: {str(exc).splitlines()[0][:160]}",
+            param="input_size",
+        ) from exc
 
 
 def _create_pretrained(full: str, kwargs: dict) -> nn.Module:
@@ -248,63 +415,3 @@ def _hub_offline(offline: bool):
         yield
     finally:
         constants.HF_HUB_OFFLINE = previous
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors or a torch file, unwrapping common training wrappers."""
-    path = Path(path)
-    _check_checkpoint_file(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise RmtdeployError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from exc
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RmtdeployError(f"checkpoint {path} does not hold a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def state_dict_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
-    """One-line description of missing / unexpected / wrongly shaped keys, or None when they match."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-        if items:
-            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-            parts.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
-    return "; ".join(parts) or None
-
-
-def load_checkpoint_strict(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a checkpoint into ``model``; any key or shape mismatch is an error, not a silent partial load."""
-    state = read_state_dict(path)
-    problem = state_dict_mismatch(model, state)
-    if problem:
-        # Checkpoints in an upstream layout (original repos) are converted by timm's per-family filter.
-        module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
-        filter_fn = getattr(module, "checkpoint_filter_fn", None)
-        if filter_fn is not None:
-            try:
-                converted = filter_fn(state, model)
-                if state_dict_mismatch(model, converted) is None:
-                    state, problem = converted, None
-            except Exception:
-                pass
-    if problem:
-        raise RmtdeployError(f"checkpoint {path} does not fit {type(model).__name__}: {problem}")
-    model.load_state_dict(state, strict=True)

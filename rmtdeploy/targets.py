@@ -74,9 +74,12 @@ class TargetProfile:
     static_shapes: bool = True
     # export: the static batch, or the bound on an explicit batch; engine/benchmark (coming): largest batch.
     max_batch: int = 1
+    # engine: the dynamic-batch profile's opt batch (TensorRT picks kernels for it); None = max_batch.
+    opt_batch: int | None = None
     workspace_mib: int | None = None  # engine (coming): builder memory pool (--memPoolSize=workspace:N)
     opset: int = 17  # export: ONNX opset (>= 17: LayerNorm is one op)
-    # engine (coming): accepted TensorRT versions (accepts_tensorrt), e.g. ">=10.3,<11"; None otherwise.
+    # engine: accepted TensorRT versions (accepts_tensorrt), e.g. ">=10.3,<11"; alternatives joined by
+    # "||" (">=10.3,<11 || >=11.4.1"); None for other backends.
     tensorrt: str | None = None
     jetpack: str | None = None  # engine/report (coming): JetPack line the TensorRT range comes from
     threads: int | None = None  # benchmark (coming): CPU threads for onnxruntime; None = runtime default
@@ -90,7 +93,33 @@ class TargetProfile:
         if self.tensorrt is None:
             return self.backend != "tensorrt"
         have = _version_tuple(version)
-        return all(_compare(have, op, _version_tuple(v)) for op, v in _parse_spec(self.tensorrt))
+        return any(
+            all(_compare(have, op, _version_tuple(v)) for op, v in clauses)
+            for clauses in _parse_alternatives(self.tensorrt)
+        )
+
+    def accepts_tensorrt_major(self, major: int) -> bool:
+        """Whether some TensorRT ``major``.x meets the range (">=10.3,<11 || >=11.4.1" admits 11): tries
+        ``major``.0 and each bound the range names within that major, and just above it."""
+        bounds = [
+            (*v, 0, 0)[:3] for clauses in self.tensorrt_alternatives() for _, v in clauses if v[0] == major
+        ]
+        tries = [(major, 0, 0), *bounds, *((a, b, c + 1) for a, b, c in bounds)]
+        return any(self.accepts_tensorrt(".".join(map(str, version))) for version in tries)
+
+    def tensorrt_alternatives(self) -> list[list[tuple[str, tuple[int, ...]]]]:
+        """The ``tensorrt`` range as alternatives of (operator, version) clauses, for checks written
+        elsewhere (the bundle's build script); empty for other backends."""
+        if self.tensorrt is None:
+            return []
+        return [
+            [(op, _version_tuple(v)) for op, v in clauses] for clauses in _parse_alternatives(self.tensorrt)
+        ]
+
+    @property
+    def profile_opt_batch(self) -> int:
+        """The batch a dynamic-batch engine is tuned for: ``opt_batch``, else ``max_batch``."""
+        return self.opt_batch or self.max_batch
 
     def precision_in_onnx(self, tensorrt_version: str) -> bool:
         """True when the ONNX itself must carry the precision (fp16 weights, int8 Q/DQ).
@@ -189,7 +218,7 @@ def host_cpu_channel_multiple(cpu_flags: set[str] | None = None) -> tuple[int, s
 
 
 def _host_cpu_flags() -> set[str]:
-    from rmtdeploy.benchmark.conditions import cpu_flags
+    from rmtdeploy.machine import cpu_flags
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return set()
@@ -243,6 +272,7 @@ def _profile_from_file(path: Path | Traversable, expected_name: str | None) -> T
         dla=dla,
         static_shapes=static_shapes,
         max_batch=_positive(data, "max_batch", where, default=1),
+        opt_batch=_opt_batch(data, where),
         workspace_mib=_positive(data, "workspace_mib", where, default=None),
         opset=opset,
         tensorrt=_tensorrt_range(data, backend, where),
@@ -327,10 +357,18 @@ def _tensorrt_range(data: dict[str, Any], backend: str, where: str) -> str | Non
     if tensorrt is None:
         raise RmtdeployError(f"{where}: backend tensorrt needs a 'tensorrt' version range such as '>=10.3'")
     try:
-        _parse_spec(str(tensorrt))
+        _parse_alternatives(str(tensorrt))
     except ValueError as exc:
         raise RmtdeployError(f"{where}: tensorrt {exc}") from exc
     return str(tensorrt)
+
+
+def _opt_batch(data: dict[str, Any], where: str) -> int | None:
+    opt = _positive(data, "opt_batch", where, default=None)
+    max_batch = _positive(data, "max_batch", where, default=1)
+    if opt is not None and opt > max_batch:
+        raise RmtdeployError(f"{where}: opt_batch {opt} exceeds max_batch {max_batch}")
+    return opt
 
 
 def _typed(data: dict[str, Any], key: str, kind: type, where: str, default: Any = None) -> Any:
@@ -373,6 +411,11 @@ def _parse_spec(spec: str) -> list[tuple[str, str]]:
             raise ValueError(f"version range '{spec}' is not like '>=10.3,<11'")
         clauses.append((match.group(1), match.group(2)))
     return clauses
+
+
+def _parse_alternatives(spec: str) -> list[list[tuple[str, str]]]:
+    """'>=10.3,<11 || >=11.4.1' -> one clause list per alternative (any may hold)."""
+    return [_parse_spec(part) for part in spec.split("||")]
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

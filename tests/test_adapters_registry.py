@@ -16,7 +16,18 @@ from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.pruning import load_pruned, prune_model, save_pruned
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
-PLUG_INS = {"convnext", "hiera", "resnet", "swin", "vit"}
+PLUG_INS = {
+    "byobnet",
+    "convnext",
+    "edgenext",
+    "eva",
+    "generic",
+    "hiera",
+    "metaformer",
+    "resnet",
+    "swin",
+    "vit",
+}
 CNN_AT_64 = {"pretrained_cfg_overlay": {"input_size": (3, 64, 64)}}
 
 
@@ -31,8 +42,12 @@ def test_registry_and_base_import_no_adapter(module):
 
 
 def test_every_family_is_served_by_an_adapter_module():
-    assert sorted(ADAPTERS) == ["convnext", "deit", "hiera", "resnet", "swin", "vit"]
-    assert {cls.__module__.rsplit(".", 1)[-1] for cls in ADAPTERS.values()} == PLUG_INS
+    assert sorted(ADAPTERS) == [
+        "byobnet", "convnext", "deit", "edgenext", "eva", "hiera", "metaformer", "mobilevit", "resnet", "swin",
+        "vit",
+    ]  # fmt: skip
+    # Every other timm family: the generic adapter, registered as the fallback.
+    assert {cls.__module__.rsplit(".", 1)[-1] for cls in ADAPTERS.values()} == PLUG_INS - {"generic"}
 
 
 @pytest.mark.parametrize(

@@ -29,10 +29,12 @@ def pruned_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory, pruned_dir):
-    """One ORT run with a third graph as the INT8 slot (any ONNX file of the pruned model times there)."""
+    """One ORT run with the pruned model's Q/DQ graph as the INT8 slot."""
     root = tmp_path_factory.mktemp("bench")
-    rmtdeploy.export(pruned_dir, root / "pruned.onnx")
-    run = rmtdeploy.bench(pruned_dir, root / "out", int8=root / "pruned.onnx", runs=3, warmup=1, threads=1)
+    rmtdeploy.export(pruned_dir, root / "pruned.onnx", int8=True, calibration_images=8)
+    run = rmtdeploy.bench(
+        pruned_dir, root / "out", int8=root / "pruned.int8.onnx", runs=3, warmup=1, threads=1
+    )
     return run, root
 
 
@@ -99,6 +101,8 @@ BAD_CASES = [
     (["--pruned", "PRUNED", "--backend", "tensorrt", "--target", "cpu-ort"], "runs on onnxruntime, not TensorRT"),
     (["--pruned", "PRUNED", "--backend", "tensorrt", "--target", "no-gpu"], "unknown target 'no-gpu'"),
     (["--pruned", "PRUNED", "--backend", "tensorrt", "--int8", "FP32ONNX"], "has no Q/DQ nodes"),
+    (["--pruned", "PRUNED", "--int8", "FP32ONNX"], "fp32.onnx has no Q/DQ nodes (a plain fp32 graph), so it is not an INT8 model; --int8 takes"),
+    (["--pruned", "PRUNED", "--int8", "NOTJSON"], "not.json as ONNX"),
     (["--import", "NOSAMPLES", "--target", "gpu-fp16"], "--import only renders"),
     (["--pruned", "PRUNED", "--int8", "/no/int8.onnx"], "INT8 ONNX file not found"),
     (["--pruned", "PRUNED", "--runs", "0"], "runs must be >= 1"),
@@ -114,7 +118,15 @@ BAD_CASES = [
 
 
 @pytest.mark.parametrize(("args", "phrase"), BAD_CASES)
-def test_bad_bench_input_is_one_line_and_writes_nothing(tmp_path, pruned_dir, capsys, args, phrase):
+def test_bad_bench_input_is_one_line_and_writes_nothing(
+    tmp_path, pruned_dir, capsys, monkeypatch, args, phrase
+):
+    import rmtdeploy.pruning.plan
+
+    def never(*args, **kwargs):
+        raise AssertionError("the models were loaded before the input was checked")
+
+    monkeypatch.setattr(rmtdeploy.pruning.plan, "load_dense_and_pruned", never)
     (tmp_path / "not.json").write_text("{")
     (tmp_path / "other.json").write_text('{"format": "something-else"}')
     (tmp_path / "nosamples.json").write_text('{"format": "rmtdeploy-bench", "samples_ms": {"dense": []}}')

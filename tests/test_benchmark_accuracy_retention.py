@@ -1,6 +1,7 @@
 """The accuracy-retention benchmark's quick mode: every criterion prunes real data to the budget, and the
 table, the goal check and the plot are written (the full run is `make bench-accuracy`). About 45 s: it runs in
-`make test-slow`; the training and pruning code it drives runs in every suite through tests/test_compress.py."""
+`make test-slow`; the library it drives (rmtdeploy.retention: training, criteria, evaluation, the table) runs in
+every suite through tests/test_retention.py."""
 
 from __future__ import annotations
 

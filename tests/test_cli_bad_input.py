@@ -32,7 +32,16 @@ def files(tmp_path_factory):
     (root / "text.pth").write_text("not a checkpoint")
     torch.save({"epoch": 3}, root / "no_tensors.pth")
     (root / "a_file").write_text("x")
+    import timm
+
+    with torch.device("meta"):  # only the shapes matter: the head's width is what is checked
+        head = timm.create_model("resnet18", num_classes=14).fc
+    torch.save(
+        {"fc.weight": torch.zeros(head.weight.shape), "fc.bias": torch.zeros(14)}, root / "r18_14cls.pth"
+    )
     (root / "empty_folder").mkdir()
+    samples = {"dense": [2.0, 2.1, 2.2], "pruned": [1.0, 1.1, 1.2]}
+    (root / "bench.json").write_text(json.dumps({"format": "rmtdeploy-bench", "samples_ms": samples}))
     (root / "no_images" / "cat").mkdir(parents=True)
     broken = root / "broken_images" / "cat"
     broken.mkdir(parents=True)
@@ -72,7 +81,15 @@ ANALYZE_CASES = [
     ([*RANDOM_RESNET, "--num-classes", "x"], "invalid int value"),
     ([*RANDOM_RESNET, "--sigma-method", "mean"], "invalid choice: 'mean'"),
     (["--weights", "random"], "the following arguments are required: --model"),
-]
+    (["--model", "resnet18", "--checkpoint", "{inputs}/r18_14cls.pth", "--num-classes", "10"],
+     "--num-classes 10 disagrees with the checkpoint's head fc.weight (14 classes)"),
+    (["--model", "vit_t", "--weights", "random", "--input-size", "100"],
+     "cuts its input into 16×16 patches: --input-size 100×100 is not a multiple"),
+    (["--model", "vit_t", "--weights", "random", "--input-size", "3", "64", "64", "1"], "--input-size must be N, HxW or CxHxW"),
+    ([*RANDOM_RESNET, "--interpolation", "cubic"], "invalid choice: 'cubic'"),
+    ([*RANDOM_RESNET, "--std", "0", "1", "1"], "--std must be > 0 per channel"),
+    ([*RANDOM_RESNET, "--model-kwargs", "depth"], "--model-kwargs expects KEY=VALUE"),
+]  # fmt: skip
 
 PRUNE_CASES = [
     ([*RANDOM_RESNET], "one of the arguments --keep-macs --keep-params is required"),
@@ -274,3 +291,137 @@ def test_load_pruned_names_what_is_wrong(tmp_path, pruned_run, kind, phrase):
     _break(kind, run)
     with pytest.raises(RmtdeployError, match=phrase.replace("(", r"\(").replace(")", r"\)")):
         rmtdeploy.load_pruned(run)
+
+
+# -- output folders: one rule for every stage (rmtdeploy.io.check_output_dir) ----------------------------
+
+# Each command that writes a folder, with inputs good enough that only --out is wrong.
+STAGE_COMMANDS = [
+    ("analyze", ["analyze", *RANDOM_RESNET, "--no-plots"]),
+    ("prune", ["prune", *RANDOM_RESNET, "--keep-macs", "0.5"]),
+    ("finetune", ["finetune", "--pruned", "{pruned}", "--data", "digits", "--epochs", "1"]),
+    ("bench", ["bench", "--pruned", "{pruned}", "--runs", "3", "--warmup", "1", "--threads", "1"]),
+    ("bench", ["bench", "--import", "{inputs}/bench.json"]),
+    ("bundle", ["bundle", "--pruned", "{pruned}", "--target", "jetson-orin-nano"]),
+    ("engine", ["engine", "--onnx", "{inputs}/a_file", "--target", "gpu-fp16"]),
+]
+STAGE_IDS = ["analyze", "prune", "finetune", "bench", "bench-import", "bundle", "engine"]
+
+
+def _stage_args(args: list[str], inputs: Path, pruned: Path) -> list[str]:
+    return [arg.replace("{pruned}", str(pruned)) for arg in _expand(args, inputs)]
+
+
+@pytest.fixture
+def models_never_load(monkeypatch):
+    import rmtdeploy.models
+    import rmtdeploy.pruning.plan
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output folder was checked")
+
+    monkeypatch.setattr(rmtdeploy.models, "load_model", never)
+    monkeypatch.setattr(rmtdeploy.pruning.plan, "load_pruned", never)
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["plain", "force"])
+@pytest.mark.parametrize(("stage", "args"), STAGE_COMMANDS, ids=STAGE_IDS)
+def test_a_folder_of_the_users_own_files_is_refused_by_every_stage(
+    tmp_path, files, pruned_run, models_never_load, capsys, stage, args, force
+):
+    """Until this rule, bundle, finetune and prune wrote their outputs in among the user's files (exit 0)."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own\n")
+    code = main([*_stage_args(args, files, pruned_run), *(["--force"] if force else []), "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert (
+        f"{out} holds files that are not an rmtdeploy output (notes.txt); --force replaces only an rmtdeploy "
+        "output, never files of your own: choose another output folder" in lines[0]
+    ), err
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (
+        out / "notes.txt"
+    ).read_text() == "the user's own\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no staging, no lock, no checkpoints
+
+
+@pytest.mark.parametrize(
+    ("stage", "args"),
+    [c for c in STAGE_COMMANDS if c[0] != "prune"],
+    ids=[i for i in STAGE_IDS if i != "prune"],
+)
+def test_force_never_replaces_another_stages_output(
+    tmp_path, files, pruned_run, models_never_load, capsys, stage, args
+):
+    """``bench --pruned P --out P --force`` used to delete the pruned model it had just timed."""
+    import shutil
+
+    out = tmp_path / "pruned"
+    shutil.copytree(pruned_run, out)
+    before = _snapshot(out)
+    code = main([*_stage_args(args, files, pruned_run), "--force", "--out", str(out)])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert (
+        f"{out} holds the output of the prune stage (manifest.json, model.safetensors, plan.json and 1 more); "
+        f"--force replaces only a folder the {stage} stage wrote: choose another output folder" in lines[0]
+    ), err
+    assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["pruned"]
+
+
+# -- device sweeps: the bundle's sweep and a budget picked from a device's measured curve -----------------------
+def _curve_file(path: Path, dense_macs: int, target: str = "jetson-orin-nano") -> str:
+    """A device's bench.json holding a sweep: dense at 6 ms, keep 0.3/0.5/0.7 at 2/3/4 ms."""
+    medians = {"dense": 6.0, "keep-0.3": 2.0, "keep-0.5": 3.0, "keep-0.7": 4.0}
+    models = {"dense": {"macs": dense_macs}, **{label: {"keep_macs": float(label[5:]), "macs": int(dense_macs * float(label[5:]))}
+                                                for label in medians if label != "dense"}}  # fmt: skip
+    path.write_text(json.dumps({
+        "format": "rmtdeploy-bench", "models": models, "samples_ms": {k: [0.95 * v, v, 1.05 * v] for k, v in medians.items()},
+        "conditions": {"backend": "tensorrt", "interleave": True, "board": "NVIDIA Jetson Orin Nano", "target": target},
+    }))  # fmt: skip
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def device_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("device")
+    return {"curve": _curve_file(root / "curve.json", 1_800_000_000),
+            "other_model": _curve_file(root / "other.json", 123_000_000),
+            "agx": _curve_file(root / "agx.json", 1_800_000_000, target="jetson-agx-orin")}  # fmt: skip
+
+
+SWEEP_BUNDLE = ["bundle", "--pruned", "{pruned}", "--target", "jetson"]
+# --json: no progress lines (a case refused after the model loaded still prints one line only)
+DEVICE_BUDGET = ["compress", "--json", *RANDOM_RESNET, "--target", "jetson", "--latency-budget"]
+DEVICE_CASES = [
+    ([*SWEEP_BUNDLE, "--sweep", "0.3,1.5", *RANDOM_RESNET], "--sweep ratios must lie in (0, 1], got 1.5"),
+    ([*SWEEP_BUNDLE, "--sweep", "0,0.5", *RANDOM_RESNET], "--sweep ratios must lie in (0, 1], got 0.0"),
+    ([*SWEEP_BUNDLE, "--sweep", "0.3,half", *RANDOM_RESNET], "--sweep takes comma-separated keep ratios"),
+    ([*SWEEP_BUNDLE, "--sweep", "0.5,0.5", *RANDOM_RESNET], "--sweep names a keep ratio twice"),
+    ([*SWEEP_BUNDLE, "--sweep", "0.3,0.5"], "a sweep prunes its candidates from the dense model"),
+    ([*SWEEP_BUNDLE, *RANDOM_RESNET], "--model is the dense model a sweep's candidates are pruned from"),
+    ([*SWEEP_BUNDLE, "--sweep", "0.5", "--model", "resnet34", "--weights", "random"],
+     "--model names resnet34, but {pruned} was pruned from resnet18"),
+    (["compress", *RANDOM_RESNET, "--sweep", "0.3,1.5"], "bundle.sweep ratios must lie in (0, 1], got 1.5"),
+    (["compress", *RANDOM_RESNET, "--target", "cpu-ort", "--sweep", "0.5"], "bundle.sweep adds candidates to the Jetson bundle"),
+    (["compress", *RANDOM_RESNET, "--device-results", "{curve}"], "device_results picks the keep ratio for a latency budget"),
+    ([*DEVICE_BUDGET, "5", "--device-results", "{other_model}"],
+     "was measured on a dense model of 0.123 GMACs; resnet18 here has 1.8"),
+    ([*DEVICE_BUDGET, "1.5", "--device-results", "{curve}"],
+     "below the sweep's fastest point on NVIDIA Jetson Orin Nano: the closest is keep 0.3 at 2.000 ms"),
+    ([*DEVICE_BUDGET, "5", "--device-results", "{inputs}/bench.json"], "too few points for a measured curve"),
+    ([*DEVICE_BUDGET, "5", "--device-results", "{agx}"], "was measured for target jetson-agx-orin"),
+    ([*DEVICE_BUDGET, "5", "--device-results", "{curve}", "--latency-reference", "{curve}"], "give one device file"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "phrase"), DEVICE_CASES)
+def test_bad_sweep_and_device_curve_input(tmp_path, files, pruned_run, device_files, earlier_result, capsys, args,
+                                          phrase):  # fmt: skip
+    out, before = tmp_path / "out", _snapshot(earlier_result)
+    args = [a.format(**device_files) if a.startswith("{") and a[1:-1] in device_files else a for a in args]
+    code = main([*_stage_args(args, files, pruned_run), "--out", str(out)])
+    _assert_refused(capsys, code, phrase.replace("{pruned}", str(pruned_run)), out, earlier_result, before)

@@ -9,8 +9,8 @@ import torch
 
 import rmtdeploy
 from rmtdeploy.cli import build_parser, main
-from rmtdeploy.pruning.stage import SHORT_DISTILL_STEPS, _finetune_steps
 from rmtdeploy.scores import get_strategy
+from rmtdeploy.scores.request import SHORT_DISTILL_STEPS, _finetune_steps
 
 
 def test_prune_writes_a_model_that_load_pruned_rebuilds(tmp_path, capsys):

@@ -53,7 +53,7 @@ def quick_run(tmp_path_factory):
 
 
 # -- recipes -----------------------------------------------------------------------------------------
-def test_every_shipped_recipe_resolves_and_covers_the_six_families():
+def test_every_shipped_recipe_resolves_and_covers_the_six_families_and_an_edge_cnn():
     import timm
 
     from rmtdeploy.models import model_family, resolve_model_name
@@ -64,7 +64,8 @@ def test_every_shipped_recipe_resolves_and_covers_the_six_families():
         recipe.scratch_recipe().check()
         with torch.device("meta"):
             families.add(model_family(timm.create_model(resolve_model_name(recipe.model))))
-    assert families == {"vit", "deit", "swin", "convnext", "hiera", "resnet"}
+    # mobilenetv3: no family adapter, the generic one (verified before it is accepted).
+    assert families == {"vit", "deit", "swin", "convnext", "hiera", "resnet", "mobilenetv3"}
 
 
 @pytest.mark.parametrize(
@@ -157,22 +158,22 @@ def test_resume_reuses_finished_stages_and_reruns_changed_ones(quick_run, tmp_pa
 
 
 def test_a_stage_interrupted_midway_is_recorded_and_resume_finishes_the_run(quick_run, tmp_path, monkeypatch):
-    import rmtdeploy.pipeline.stage as stage
+    import rmtdeploy.pipeline.steps as steps
 
     out = tmp_path / "run"
     shutil.copytree(quick_run[0], out)
     recipe = {**QUICK, "bench": {**QUICK["bench"], "runs": 7}}  # the bench stage must run again
-    finish = stage._Pipeline.bench
+    finish = steps.CompressSteps.bench
 
     def interrupted(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(stage._Pipeline, "bench", interrupted)
+    monkeypatch.setattr(steps.CompressSteps, "bench", interrupted)
     with pytest.raises(KeyboardInterrupt):
         compress(out, recipe=recipe, resume=True)
     manifest = read_run(out)
     assert manifest["finished"] is None
-    monkeypatch.setattr(stage._Pipeline, "bench", finish)
+    monkeypatch.setattr(steps.CompressSteps, "bench", finish)
     finished = compress(out, recipe=recipe, resume=True)
     assert finished.stages["export"].status == "reused" and finished.stages["bench"].status == "done"
     assert read_run(out)["finished"]
@@ -212,12 +213,12 @@ def test_ctrl_c_inside_the_fine_tune_continues_from_its_checkpoint_on_resume(qui
 def test_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):
     import errno
 
-    import rmtdeploy.pipeline.stage as stage
+    import rmtdeploy.pipeline.steps as steps
 
     def full(self):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(stage._Pipeline, "analyze", full)
+    monkeypatch.setattr(steps.CompressSteps, "analyze", full)
     with pytest.raises(RmtdeployError, match="disk is full .* --resume"):
         compress(tmp_path / "run", recipe={**QUICK, "finetune": {"epochs": 0}})
 
@@ -233,7 +234,26 @@ def test_report_rerenders_with_device_results(quick_run, tmp_path):
         main(["bench", "--import", str(tmp_path / "device.json"), "--out", str(copy / "device-bench")]) == 0
     )
     assert main(["report", str(copy)]) == 0
-    assert "Measured on the device (imported)" in (copy / "report.md").read_text()
+    report = (copy / "report.md").read_text()
+    assert "Measured on the device (imported)" in report
+    assert "measured on the device on" in report.split("## Overview")[0]  # the headline takes the board's
+
+
+def test_the_report_opens_with_its_answer(quick_run):
+    out, _ = quick_run
+    report = (out / "report.md").read_text()
+    head = report.split("## Overview")[0]
+    assert report.splitlines()[2] == "## Summary"
+    manifest = {s["name"]: s.get("summary") or {} for s in read_run(out)["stages"]}
+    top1 = manifest["finetune"]["top1"]
+    dense = manifest["evaluate"]["dense_top1"]
+    assert f"dense {dense:.1f} → pruned {top1['start']:.1f} → fine-tuned {top1['best']:.1f}" in head
+    speedup = manifest["bench"]["speedups"][0]
+    assert f"×{speedup['median']:.2f} (p10–p90 ×{speedup['p10']:.2f}–×{speedup['p90']:.2f})" in head
+    assert "measured here on" in head and "onnxruntime, batch 1, 1 threads, 5 interleaved rounds" in head
+    kept = manifest["prune"]["macs"]["kept"]
+    assert f"MACs {kept:.3f}" in head and "keep-macs 0.5: met" in head and "`model.onnx`" in head
+    assert "A small model" in head  # a 16-px ResNet-18: per-call overhead, said so
 
 
 # -- bad input: one line, exit 2, nothing written ---------------------------------------------------

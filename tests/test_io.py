@@ -1,4 +1,5 @@
-"""Outputs are written atomically, with ordinary permissions, and never clobbered without --force."""
+"""Outputs are written atomically, with ordinary permissions, into a folder that is new, empty or the
+stage's own, and never clobbered without force."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import stat
 import pytest
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.io import OutputFolder, atomic_save, atomic_write_text, check_output_dir
+from rmtdeploy.io import (
+    OutputFolder,
+    atomic_save,
+    atomic_write_text,
+    check_output_dir,
+    file_sha256,
+    verify_output_folder,
+)
 
 
 def test_atomic_writes_leave_no_temporary_files_and_use_the_umask_mode(tmp_path):
@@ -38,11 +46,83 @@ def test_a_failed_save_keeps_the_previous_file(tmp_path):
 
 def test_existing_outputs_need_force_and_checking_creates_nothing(tmp_path):
     out = tmp_path / "run"
-    check_output_dir(out, ["plan.json"])
+    check_output_dir(out, ["plan.json"], stage="prune")
     assert not out.exists()
     with OutputFolder(out, ["plan.json"], force=False, stage="prune") as folder:
         folder.write_text("plan.json", "{}")
         folder.commit()
     with pytest.raises(RmtdeployError, match=r"allow overwriting \(force\)"):
-        check_output_dir(out, ["plan.json"])
-    assert check_output_dir(out, ["plan.json"], force=True) == out
+        check_output_dir(out, ["plan.json"], stage="prune")
+    assert check_output_dir(out, ["plan.json"], force=True, stage="prune") == out
+
+
+def _written_by(stage: str, out, files: dict[str, str]) -> None:
+    with OutputFolder(out, list(files), force=False, stage=stage) as folder:
+        for name, text in files.items():
+            folder.write_text(name, text)
+        folder.commit()
+
+
+def test_one_rule_for_every_output_folder_new_empty_or_this_stages_own(tmp_path):
+    """New, empty (dot files aside) or written by this stage (force replaces it); anything else is refused
+    with one line naming the folder and what it holds, force or not, and left as it was."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"a file browser's")
+    for out in (tmp_path / "new", empty):
+        assert check_output_dir(out, ["bench.json"], stage="bench") == out
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("notes.txt", "photo.png", "plan.json", "todo.md"):
+        (mine / name).write_text("the user's own")
+    for force in (False, True):
+        with pytest.raises(RmtdeployError) as refused:
+            check_output_dir(mine, ["plan.json"], force=force, stage="prune")
+        assert str(refused.value) == (
+            f"{mine} holds files that are not an rmtdeploy output (notes.txt, photo.png, plan.json and 1 more); "
+            "force replaces only an rmtdeploy output, never files of your own: choose another output folder"
+        )
+        with (
+            pytest.raises(RmtdeployError, match="not an rmtdeploy output"),
+            OutputFolder(mine, ["plan.json"], force=force, stage="prune"),
+        ):
+            pass
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "photo.png", "plan.json", "todo.md"]
+    assert all((mine / name).read_text() == "the user's own" for name in ("notes.txt", "plan.json"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "mine"]  # no lock, no staging left
+
+    pruned = tmp_path / "pruned"
+    _written_by("prune", pruned, {"plan.json": "{}"})
+    for force in (False, True):  # another stage's output: force replaces only what this stage wrote
+        with pytest.raises(RmtdeployError, match=f"{pruned} holds the output of the prune stage "
+                           r"\(manifest.json, plan.json\); force replaces only a folder the bench stage wrote"):  # fmt: skip
+            check_output_dir(pruned, ["bench.json"], force=force, stage="bench")
+    assert check_output_dir(pruned, ["plan.json"], force=True, stage="prune") == pruned
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(RmtdeployError, match="out .*/a_file exists and is not a directory"):
+        check_output_dir(tmp_path / "a_file", ["plan.json"], force=True, stage="prune")
+
+
+def test_a_replace_that_stopped_half_way_is_still_this_stages_folder(tmp_path):
+    """The old manifest is moved aside, not deleted, while a run replaces files in place: readers refuse
+    the folder, but the stage still knows it as its own, so force cleans it up, stale files included."""
+    out = tmp_path / "run"
+    _written_by("analyze", out, {"spectra.json": "old", "old-plot.png": "old"})
+    (out / "notes.txt").write_text("the user's")
+    (out / "manifest.json").rename(out / ".manifest.replaced.json")  # where a crash would leave it
+    (out / "spectra.json").write_text("half new")
+    with pytest.raises(RmtdeployError, match="no manifest.json"):
+        verify_output_folder(out, "analyze")
+    with pytest.raises(RmtdeployError, match=r"already holds spectra.json; allow overwriting \(force\)"):
+        check_output_dir(out, ["spectra.json"], stage="analyze")
+    with pytest.raises(RmtdeployError, match="holds the output of the analyze stage"):
+        check_output_dir(out, ["bench.json"], force=True, stage="bench")  # only the stage that wrote it
+    with OutputFolder(out, ["spectra.json"], force=True, stage="analyze") as folder:
+        folder.write_text("spectra.json", "new")
+        folder.commit()
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "notes.txt", "spectra.json"]
+    assert verify_output_folder(out, "analyze")["files"] == {
+        "spectra.json": file_sha256(out / "spectra.json")
+    }

@@ -62,7 +62,7 @@ def test_checkpoint_round_trip_gives_identical_weights(tmp_path, suffix):
 def test_checkpoint_mismatches_are_named(tmp_path):
     state = timm.create_model("resnet18", pretrained=False).state_dict()
     state.pop("fc.bias")
-    state["fc.weight"] = torch.zeros(10, 512)
+    state["layer1.0.conv1.weight"] = torch.zeros(32, 64, 3, 3)
     state["extra.weight"] = torch.zeros(1)
     path = tmp_path / "bad.pth"
     torch.save(state, path)
@@ -70,7 +70,7 @@ def test_checkpoint_mismatches_are_named(tmp_path):
         load_model("resnet18", checkpoint=path)
     message = str(info.value)
     assert "1 missing: fc.bias" in message and "1 unexpected: extra.weight" in message
-    assert "fc.weight (10, 512) vs model (1000, 512)" in message
+    assert "layer1.0.conv1.weight (32, 64, 3, 3) vs model (64, 64, 3, 3)" in message
 
 
 def test_checkpoint_with_own_classifier_width_loads_with_num_classes(tmp_path):
@@ -78,6 +78,7 @@ def test_checkpoint_with_own_classifier_width_loads_with_num_classes(tmp_path):
     path = tmp_path / "ten.pth"
     torch.save(source.state_dict(), path)
     assert load_model("resnet18", checkpoint=path, num_classes=10).model.fc.out_features == 10
+    assert load_model("resnet18", checkpoint=path).model.fc.out_features == 10  # the head says it
 
 
 def test_missing_or_unreadable_checkpoint_is_a_clear_error(tmp_path):

@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 
+from rmtdeploy.benchmark.allocation import fastest_allocation
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.pruning import latency, prune_model
 from rmtdeploy.pruning.latency import module_component, tilted_weights, weighted_ratios
@@ -100,7 +101,7 @@ def test_the_fastest_allocation_at_equal_macs_is_chosen_past_the_noise(monkeypat
     monkeypatch.setattr(benchmark, "measure_onnx_latency", fake_measure)
     model = _vit()
     candidates = {"base": (model, 100), **{k: (model, m) for k, m in macs.items()}}
-    label, record = latency.fastest_allocation(candidates, torch.zeros(1, 3, 32, 32), baseline="base", runs=3)
+    label, record = fastest_allocation(candidates, torch.zeros(1, 3, 32, 32), baseline="base", runs=3)
     assert label == chosen and record["chosen"] == chosen and seen["labels"] == ["a", "b", "base"]
     assert record["gain_at_equal_macs"]["a"] == pytest.approx(ratios["a"] * macs["a"] / 100)
 
@@ -108,7 +109,7 @@ def test_the_fastest_allocation_at_equal_macs_is_chosen_past_the_noise(monkeypat
 def test_a_measured_allocation_is_recorded_and_is_the_one_built():
     model = _vit()
     plain = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224")
-    aware = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224", latency_weights="measure")
+    aware = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224", latency_weights=fastest_allocation)
     record = aware.plan["latency_allocation"]
     tilts = {"front-first", "back-first", "attention-first", "non-attention-first"}
     assert tilts <= set(record["gain_at_equal_macs"]) <= tilts | {"shared-first", "own-first"}

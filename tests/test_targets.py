@@ -69,6 +69,24 @@ def test_precision_moves_into_the_onnx_from_tensorrt_11():
     assert not load_target("cpu-ort").precision_in_onnx("11.0.0")
 
 
+def test_the_dla_target_says_dla_is_absent_from_tensorrt_11_0_to_11_4_0():
+    # NVIDIA's TensorRT 11.4.1 release notes: DLA is back in 11.4.1, on AGX Orin with JetPack >= 7.2.2.
+    dla = load_target("jetson-agx-orin-dla")
+    accepted = {
+        v: dla.accepts_tensorrt(v) for v in ("8.6.2", "10.3.0", "10.7.0", "11.0.0", "11.4.0", "11.4.1")
+    }
+    assert accepted == {"8.6.2": False, "10.3.0": True, "10.7.0": True, "11.0.0": False, "11.4.0": False,
+                        "11.4.1": True}  # fmt: skip
+    assert dla.accepts_tensorrt_major(11) and not load_target("jetson-orin-nano").accepts_tensorrt_major(11)
+    assert [[(op, v) for op, v in clauses] for clauses in dla.tensorrt_alternatives()] == [
+        [(">=", (10, 3)), ("<", (11,))], [(">=", (11, 4, 1))]]  # fmt: skip
+
+
+def test_the_profile_is_tuned_for_the_targets_opt_batch(tmp_path):
+    assert load_target("gpu-datacenter").profile_opt_batch == 128  # opt = max unless the target says
+    assert load_target(_write(tmp_path, max_batch=32, opt_batch=8)).profile_opt_batch == 8
+
+
 def test_int8_and_dla_targets_use_wider_channel_multiples():
     assert load_target("gpu-int8").channel_multiple >= 16
     dla = [target for target in map(load_target, list_targets()) if target.dla]
@@ -125,6 +143,8 @@ def test_loads_a_yaml_path(tmp_path):
         ({"backend": "onnxruntime", "precision": "fp16", "tensorrt": None}, "not available with backend"),
         ({"backend": "onnxruntime", "precision": "fp32"}, "only applies to backend tensorrt"),
         ({"opset": 13}, "opset must be >= 17"),
+        ({"max_batch": 8, "opt_batch": 16}, "opt_batch 16 exceeds max_batch 8"),
+        ({"tensorrt": ">=10.3 || 11"}, "version range"),
         ({"description": None}, "missing required field 'description'"),
     ],
 )

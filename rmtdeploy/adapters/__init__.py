@@ -6,7 +6,19 @@ attributes to repair after removal, the variants it cannot prune); the removal m
 itself with ``@register_adapter`` and is imported here, so the registry is complete once this package is.
 """
 
-from rmtdeploy.adapters import convnext, hiera, resnet, swin, vit  # noqa: F401  (they register)
+from rmtdeploy.adapters import (  # noqa: F401  (they register)
+    byobnet,
+    convnext,
+    edgenext,
+    eva,
+    generic,
+    hiera,
+    levit,
+    metaformer,
+    resnet,
+    swin,
+    vit,
+)
 from rmtdeploy.adapters.base import ArchitectureAdapter
 from rmtdeploy.adapters.registry import ADAPTERS, find_adapter, get_adapter, register_adapter
 

@@ -27,6 +27,10 @@ class ArchitectureAdapter:
     """
 
     family: str = "other"
+    # True for an adapter that prunes models it was not written for (the generic one): the prune stage then
+    # accepts a pruned model only once ``rmtdeploy.coverage.verify_pruned`` passes, and refuses it naming
+    # the failed check.
+    needs_verification: ClassVar[bool] = False
     # Layer types of some variants of the family that this adapter cannot prune -> why (for the user).
     unsupported_layers: ClassVar[dict[type[nn.Module], str]] = {}
 
@@ -71,6 +75,19 @@ class ArchitectureAdapter:
     def attention_heads(self, model: nn.Module) -> dict[nn.Module, int]:
         """Fused qkv Linear -> number of heads, for head-wise pruning. Empty for CNNs."""
         return {}
+
+    def group_problem(self, graph: Any, group: Any, names: dict[nn.Module, str]) -> str | None:
+        """Why a torch-pruning group of the dense model must be left whole, or None to prune it.
+
+        ``graph`` and ``group`` are torch-pruning's; ``names`` maps the model's modules to their names.
+        Families whose adapters know every layer return None (default); the generic adapter refuses the
+        groups it cannot prune exactly (see ``rmtdeploy.adapters.generic``)."""
+        return None
+
+    def reroot_group(self, graph: Any, group: Any) -> Any:
+        """The group to prune instead of ``group`` (rooted elsewhere, e.g. at the layer that reads a gated
+        hidden layer), or ``group`` itself (default)."""
+        return group
 
     def customized_pruners(self, model: nn.Module) -> dict:
         """Module type (or instance) -> torch_pruning BasePruningFunc for layers TP cannot handle."""

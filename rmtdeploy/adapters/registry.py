@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from rmtdeploy.adapters.base import ArchitectureAdapter
 
 ADAPTERS: dict[str, type[ArchitectureAdapter]] = {}
+# The adapter of timm models whose family has none (at most one; ``rmtdeploy.adapters.generic``).
+_FALLBACK: list[type[ArchitectureAdapter]] = []
 
 
 def register_adapter(*families: str):
@@ -31,18 +33,34 @@ def register_adapter(*families: str):
     return wrap
 
 
-def get_adapter(model: nn.Module) -> ArchitectureAdapter:
-    """The adapter of ``model``'s family, once it has checked that it can prune this model.
+def register_fallback_adapter(cls):
+    """Class decorator: the adapter of every timm model whose family no adapter serves."""
+    _FALLBACK[:] = [cls]
+    return cls
 
-    RmtdeployError for a model outside every family, or of a family whose adapter refuses it (a variant
-    built from blocks the adapter cannot prune, see ``ArchitectureAdapter.check_supported``)."""
+
+def _adapter_class(model: nn.Module) -> type[ArchitectureAdapter] | None:
     family = model_family(model)
-    if family not in ADAPTERS:
+    if family in ADAPTERS:
+        return ADAPTERS[family]
+    # A timm model of another family (model_family names its timm file); "other" is not a timm model.
+    return _FALLBACK[0] if _FALLBACK and family != "other" else None
+
+
+def get_adapter(model: nn.Module) -> ArchitectureAdapter:
+    """The adapter of ``model``'s family (the fallback one for other timm models), once it has checked
+    that it can prune this model.
+
+    RmtdeployError for a model that is not a timm model of a known family, or that its adapter refuses (a
+    variant built from blocks the adapter cannot prune, see ``ArchitectureAdapter.check_supported``)."""
+    cls = _adapter_class(model)
+    if cls is None:
         known = ", ".join(sorted(ADAPTERS))
         raise RmtdeployError(
-            f"no pruning adapter for {type(model).__name__} (family '{family}'); known: {known}"
+            f"no pruning adapter for {type(model).__name__} (family '{model_family(model)}'); known: "
+            f"{known}, and any other timm model through the generic adapter"
         )
-    adapter = ADAPTERS[family]()
+    adapter = cls()
     adapter.check_supported(model)
     return adapter
 
@@ -52,5 +70,5 @@ def find_adapter(model: nn.Module) -> ArchitectureAdapter | None:
 
     No support check: these stages (export, data transforms) read only what every model of the family
     has, so a variant the adapter cannot prune is still served."""
-    adapter = ADAPTERS.get(model_family(model))
-    return adapter() if adapter is not None else None
+    cls = _adapter_class(model)
+    return cls() if cls is not None else None

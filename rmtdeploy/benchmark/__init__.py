@@ -15,7 +15,7 @@ protocol (:mod:`~rmtdeploy.benchmark.protocol`) makes the numbers usable:
 
 docs/benchmarks.md gives the protocol in full, with the measurements behind these choices. Every
 report carries the conditions it was measured under (backend, providers, batch, threads, runs,
-library versions, CPU model, load average: :mod:`~rmtdeploy.benchmark.conditions`) so no number
+library versions, CPU model, load average: :mod:`~rmtdeploy.machine`) so no number
 travels without saying how it was obtained.
 
 Modules: ``stats`` (what a measurement returns), ``conditions`` (the machine), ``protocol`` (timing,
@@ -24,16 +24,8 @@ the same for every backend), ``runners`` (one per backend: how to run one infere
 package imports neither torch nor onnxruntime; the runners do when they run.
 """
 
-from rmtdeploy.benchmark.conditions import (
-    cpu_flags,
-    cpu_model,
-    library_versions,
-    loadavg,
-    machine_conditions,
-    read_cpuinfo,
-)
 from rmtdeploy.benchmark.latency import measure_onnx_latency, measure_tensorrt_latency, measure_torch_latency
-from rmtdeploy.benchmark.profile import module_scope, onnx_node_scope, profile_onnx_ops
+from rmtdeploy.benchmark.profile import onnx_node_scope, profile_onnx_ops
 from rmtdeploy.benchmark.runners import (
     DEFAULT_INPUT_SHAPE,
     THREAD_POOLS,
@@ -43,6 +35,15 @@ from rmtdeploy.benchmark.runners import (
     cpu_session,
 )
 from rmtdeploy.benchmark.stats import LatencyReport, LatencyStats, SpeedupStats
+from rmtdeploy.machine import (
+    cpu_flags,
+    cpu_model,
+    library_versions,
+    loadavg,
+    machine_conditions,
+    read_cpuinfo,
+)
+from rmtdeploy.macs import module_scope
 
 __all__ = [
     "DEFAULT_INPUT_SHAPE",

@@ -117,7 +117,7 @@ def onnx_node_scope(node_name: str) -> str:
 
     ``/blocks/blocks.1/attn/qkv/MatMul`` -> ``blocks.1``; ``/layer2/layer2.2/conv1/Conv`` -> ``layer2.2``;
     ``/blocks.3/mlp/fc1/MatMul`` -> ``blocks.3``; ``/Add`` -> ``(top)``; a name ORT made up -> ``(unscoped)``.
-    Matches :func:`module_scope` for PyTorch module names.
+    Matches :func:`rmtdeploy.macs.module_scope` for PyTorch module names.
     """
     if not node_name.startswith("/"):
         return "(unscoped)"
@@ -126,15 +126,4 @@ def onnx_node_scope(node_name: str) -> str:
         return "(top)"
     if len(parts) > 1 and parts[1].startswith(parts[0] + "."):
         return parts[1]  # a container's child: the exporter repeats the full dotted name
-    return parts[0]
-
-
-def module_scope(model, module_name: str) -> str:
-    """Top-level block of a PyTorch module name, the same key :func:`onnx_node_scope` gives its nodes."""
-    from torch import nn
-
-    parts = module_name.split(".")
-    child = getattr(model, parts[0], None)
-    if len(parts) > 1 and isinstance(child, (nn.Sequential, nn.ModuleList)):
-        return f"{parts[0]}.{parts[1]}"
     return parts[0]

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rmtdeploy.benchmark.conditions import loadavg, machine_conditions
 from rmtdeploy.benchmark.stats import LatencyReport, LatencyStats, SpeedupStats
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.machine import loadavg, machine_conditions
 
 if TYPE_CHECKING:  # the runners import this module
     from rmtdeploy.benchmark.runners.base import Runner

@@ -7,12 +7,12 @@ protocol of :mod:`rmtdeploy.benchmark.protocol`, and written as one unit to ``ou
 weights: latency does not depend on the values, and the dense checkpoint need not be at hand.
 
 Results measured elsewhere (the Jetson bundle's on-device script writes the same ``bench.json``
-format) come in with :func:`import_results` and land in the same tables.
+format) come in with :func:`import_results` and land in the same tables; a bundle's sweep (candidates at
+several keep ratios) comes back as a measured curve, tabled in ``bench.md`` and drawn in ``curve.png``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,13 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rmtdeploy.benchmark.stats import LatencyReport, LatencyStats, SpeedupStats
+from rmtdeploy.benchmark.results import (
+    BENCH_FORMAT,
+    BENCH_VERSION,
+    efficiency,
+    read_results,
+    report_from_samples,
+)
+from rmtdeploy.benchmark.stats import LatencyReport
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import OutputFolder
 
-BENCH_FORMAT = "rmtdeploy-bench"
-BENCH_VERSION = 1
 BENCH_FILES = ("bench.json", "bench.md", "bench.png")
+CURVE_PLOT = "curve.png"  # beside them when the results hold a sweep (latency and speedup vs keep ratio)
 BENCH_BACKENDS = ("onnxruntime", "torch", "torch-compile", "tensorrt")
 DEFAULT_TENSORRT_TARGET = "gpu-fp16"
 DEFAULT_RUNS = 100
@@ -46,7 +52,10 @@ class BenchRun:
 
     def to_dict(self) -> dict[str, Any]:
         """``bench.json``: the format the on-device script writes too."""
+        from rmtdeploy.benchmark.curve import curve_points
+
         report = self.report.to_dict(include_samples=True)
+        curve = curve_points(self.report, self.models)  # a sweep's candidates, by keep ratio
         return {
             "format": BENCH_FORMAT,
             "version": BENCH_VERSION,
@@ -54,6 +63,7 @@ class BenchRun:
             "latency": report["models"],
             "speedups": report["speedups"],
             "efficiency": efficiency(self.report, self.models),
+            **({"curve": curve} if curve else {}),
             "conditions": report["conditions"],
             "samples_ms": report["samples_ms"],
         }
@@ -87,6 +97,8 @@ def bench(
     PyTorch backends (precision default fp32); for TensorRT ``precision`` overrides the target's.
     ``threads`` defaults to the machine's cores.
     """
+    from rmtdeploy.pruning.plan import load_dense_and_pruned
+
     say = status or (lambda text: None)
     threads = threads or os.cpu_count() or 1
     engine_target = _check_request(
@@ -129,61 +141,6 @@ def import_results(results: str | os.PathLike, out: str | os.PathLike, *, force:
     return run
 
 
-def read_results(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RmtdeployError(f"results file not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise RmtdeployError(f"cannot read {path} as JSON: {str(exc).splitlines()[0][:160]}") from exc
-    if not isinstance(data, dict) or data.get("format") != BENCH_FORMAT:
-        raise RmtdeployError(f"{path} is not an rmtdeploy benchmark result (format '{BENCH_FORMAT}')")
-    samples = data.get("samples_ms")
-    if (
-        not isinstance(samples, dict)
-        or not samples
-        or not all(
-            isinstance(v, list) and v and all(isinstance(x, (int, float)) and x > 0 for x in v)
-            for v in samples.values()
-        )
-    ):
-        raise RmtdeployError(f"{path} holds no usable samples_ms (label -> list of positive milliseconds)")
-    if len({len(v) for v in samples.values()}) != 1:
-        raise RmtdeployError(f"{path}: every model needs the same number of interleaved samples")
-    return data
-
-
-def report_from_samples(data: dict[str, Any]) -> LatencyReport:
-    """Statistics recomputed from the samples (never trusted from the file)."""
-    import numpy as np
-
-    samples = {label: np.asarray(v, dtype=float) for label, v in data["samples_ms"].items()}
-    labels = list(samples)
-    conditions = dict(data.get("conditions") or {})
-    paired = bool(conditions.get("interleave", False))
-    pairs = [(labels[0], other) for other in labels[1:]]
-    return LatencyReport(
-        models={label: LatencyStats.from_samples(label, samples[label]) for label in labels},
-        speedups=[SpeedupStats.from_samples(a, b, samples[a], samples[b], paired=paired) for a, b in pairs],
-        conditions=conditions,
-        samples_ms={label: [float(x) for x in v] for label, v in samples.items()},
-    )
-
-
-def efficiency(report: LatencyReport, models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per speedup pair: the MAC reduction and speedup ÷ MAC reduction, where both models' MACs are known."""
-    rows = []
-    for s in report.speedups:
-        base, cand = models.get(s.baseline, {}).get("macs"), models.get(s.candidate, {}).get("macs")
-        reduction = base / cand if base and cand else None
-        rows.append({
-            "baseline": s.baseline, "candidate": s.candidate, "speedup": s.median,
-            "mac_reduction": reduction, "efficiency": s.median / reduction if reduction else None,
-        })  # fmt: skip
-    return rows
-
-
 def _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, precision, target):
     """Everything that can be refused before a model loads; the TensorRT target profile, or None."""
     from rmtdeploy.benchmark.protocol import check_counts
@@ -204,6 +161,7 @@ def _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, 
             )
         if not Path(int8).is_file():
             raise RmtdeployError(f"INT8 ONNX file not found: {int8}", param="int8")
+        check_int8_graph(int8)
     if target is not None and backend != "tensorrt":
         raise RmtdeployError(
             "--target chooses the TensorRT build: it goes with --backend tensorrt", param="target"
@@ -213,7 +171,7 @@ def _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, 
             "--device and --precision apply to the PyTorch and TensorRT backends; ONNX Runtime here is CPU fp32"
         )
     if backend == "tensorrt":
-        return check_tensorrt_bench(int8, device, precision, target or DEFAULT_TENSORRT_TARGET)
+        return check_tensorrt_bench(device, precision, target or DEFAULT_TENSORRT_TARGET)
     if device == "cuda":
         import torch
 
@@ -222,10 +180,9 @@ def _check_request(pruned, int8, backend, batch, threads, runs, warmup, device, 
     return None
 
 
-def check_tensorrt_bench(int8, device, precision, target):
+def check_tensorrt_bench(device, precision, target):
     """``(target profile, TensorRT version)`` for a TensorRT timing, or the one line that says why not."""
-    from rmtdeploy.engine.stage import usable_tensorrt
-    from rmtdeploy.exporting.graph import graph_precision
+    from rmtdeploy.engine.target_build import usable_tensorrt
     from rmtdeploy.targets import load_target
 
     profile = load_target(target)
@@ -237,8 +194,6 @@ def check_tensorrt_bench(int8, device, precision, target):
         )
     if device != "cpu":
         raise RmtdeployError("--device is for the PyTorch backends; TensorRT runs on the GPU")
-    if int8 is not None and graph_precision(int8) != "int8":
-        raise RmtdeployError(f"{int8} has no Q/DQ nodes: an INT8 engine needs `rmtdeploy export --int8` for a TensorRT target", param="int8")  # fmt: skip
     version = usable_tensorrt(profile, "time")
     import torch
 
@@ -247,12 +202,24 @@ def check_tensorrt_bench(int8, device, precision, target):
     return profile, version
 
 
-def load_dense_and_pruned(pruned: Path):
-    """The plan's dense architecture (random weights) and the pruned model, both in eval mode, and the plan."""
-    from rmtdeploy.pruning.plan import dense_architecture, load_pruned
+def check_int8_graph(int8: str | os.PathLike) -> None:
+    """Refuse a graph given as the INT8 model that is not one (no Q/DQ nodes): timed, it would be labelled
+    pruned-int8 while running fp32 (or fp16), on every backend."""
+    from rmtdeploy.exporting.onnx_file import graph_precision
 
-    result = load_pruned(pruned)
-    return dense_architecture(result.plan).eval(), result.model.eval(), result.plan
+    try:
+        precision = graph_precision(int8)
+    except Exception as exc:  # onnx's own parse errors
+        raise RmtdeployError(
+            f"cannot read {int8} as ONNX: {(str(exc).splitlines() or [type(exc).__name__])[0][:160]}",
+            param="int8",
+        ) from exc
+    if precision != "int8":
+        raise RmtdeployError(
+            f"{int8} has no Q/DQ nodes (a plain {precision} graph), so it is not an INT8 model; {{param}} "
+            "takes the Q/DQ graph export writes when asked for INT8 (model.int8.onnx)",
+            param="int8",
+        )
 
 
 def _model_facts(plan: dict[str, Any], pruned: Path, int8) -> dict[str, dict[str, Any]]:
@@ -284,7 +251,7 @@ def _time_onnx(dense, pruned_model, int8, batch: int, threads: int, runs: int, w
 def _time_tensorrt(dense, pruned_model, int8, models, engine_target, precision, batch, runs, warmup, say):
     """Export dense and pruned in the target's form, build their engines (and ``int8``'s) and time them."""
     from rmtdeploy.benchmark.latency import measure_tensorrt_latency
-    from rmtdeploy.engine.stage import build_for_target
+    from rmtdeploy.engine.target_build import build_for_target
     from rmtdeploy.exporting import export_onnx
 
     profile, version = engine_target
@@ -314,9 +281,11 @@ def _engine_facts(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write(folder: OutputFolder, run: BenchRun) -> None:
-    from rmtdeploy.report.latency import plot_latency, render_latency_markdown
+    from rmtdeploy.report.latency import plot_curve, plot_latency, render_latency_markdown
 
     data = run.to_dict()
     folder.write_json("bench.json", data)
     folder.write_text("bench.md", render_latency_markdown(data))
     plot_latency(data, folder.path("bench.png"))
+    if data.get("curve"):
+        plot_curve(data, folder.path(CURVE_PLOT))

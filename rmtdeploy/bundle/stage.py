@@ -5,6 +5,11 @@ The folder holds: ``model.onnx`` (the pruned model, the target's graph form and 
 ``model.int8.onnx`` when asked (Q/DQ, :mod:`rmtdeploy.exporting.int8`), ``model.fp16.onnx`` where the
 target accepts TensorRT 11 (strongly typed: the precision must be in the graph), ``build_engine.sh``,
 ``bench_on_device.py``, ``bundle.json`` and ``README.md``, written as one unit.
+
+A sweep adds ``keep-<ratio>.onnx`` per keep ratio: candidates pruned from the dense model (its real
+weights: the strategy's scores, which choose the widths and so the latency, read them) with the pruned
+folder's strategy, knobs and width rules, the spectra fitted once. The board times them all with dense in
+one interleaved run: a measured curve (:mod:`rmtdeploy.benchmark.curve`) to choose a keep ratio from.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from rmtdeploy.benchmark.curve import check_sweep  # re-exported: the compress recipe checks its sweep
 from rmtdeploy.engine.versions import build_settings, trtexec_command
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import OutputFolder
@@ -47,10 +53,16 @@ def make_bundle(
     int8: bool = False,
     data: str | os.PathLike | None = None,
     calibration_images: int = 256,
+    sweep: list[float] | None = None,
+    model=None,
     force: bool = False,
     status=None,
 ) -> BundleRun:
-    """Write the Jetson bundle of the pruned (or fine-tuned) folder ``pruned`` for ``target``."""
+    """Write the Jetson bundle of the pruned (or fine-tuned) folder ``pruned`` for ``target``.
+
+    ``sweep``: keep ratios in (0, 1]; each becomes a candidate pruned from ``model`` (a model name,
+    :class:`~rmtdeploy.models.ModelSource` or loaded model: the dense model ``pruned`` came from, checked by
+    name and MACs against its plan) and is built and timed on the board beside the others."""
     from rmtdeploy.targets import load_target
 
     profile = load_target(target)
@@ -62,9 +74,12 @@ def make_bundle(
         )
     if not Path(pruned).is_dir():
         raise RmtdeployError(f"pruned-model directory not found: {pruned}", param="pruned")
+    request = _check_sweep(sweep, model, Path(pruned))
     say = status or (lambda text: None)
     with OutputFolder(out, BUNDLE_FILES, force=force, stage="bundle") as folder:
         graphs = _graphs(folder, Path(pruned), profile, int8, data, calibration_images, say)
+        if request is not None:
+            graphs["models"].update(_sweep(folder, graphs, profile, *request, say))
         record = _record(profile, graphs)
         folder.write_text("build_engine.sh", build_script(profile, graphs))
         folder.write_bytes(
@@ -83,17 +98,20 @@ def _graphs(
     folder: OutputFolder, pruned: Path, profile, int8: bool, data, images: int, say
 ) -> dict[str, Any]:
     """Export pruned (+ INT8) and dense graphs into the staging folder; their facts for bundle.json."""
-    from rmtdeploy.benchmark.stage import load_dense_and_pruned
     from rmtdeploy.exporting import export_onnx
-    from rmtdeploy.exporting.stage import export
+    from rmtdeploy.exporting.deployment import DEFAULT_PARITY_IMAGES, check_export, run_export
+    from rmtdeploy.pruning.plan import load_dense_and_pruned
 
     say(f"exporting {pruned} for {profile.name}")
-    run = export(pruned, folder.path("model.onnx"), target=profile.name, data=data, int8=int8,
-                 calibration_images=images, force=True)  # fmt: skip
+    request = check_export(pruned, folder.path("model.onnx"), profile.name, data, DEFAULT_PARITY_IMAGES, True,
+                           lambda text: None, int8, images, "minmax")  # fmt: skip
+    run = run_export(request, calibration_images=images, force=True)
     dense, _, plan = load_dense_and_pruned(pruned)
     say("exporting the dense architecture (the on-device baseline)")
     export_onnx(dense, folder.path("dense.onnx"), target=profile.name, overwrite=True)
     graphs = {
+        "plan": plan,
+        "sweep": [],
         "shape": [d if isinstance(d, int) else 1 for d in run.result.input_shape],
         "static": all(isinstance(d, int) for d in run.result.input_shape),
         "int8": run.int8 is not None,
@@ -106,18 +124,96 @@ def _graphs(
     }  # fmt: skip
     if run.int8 is not None:
         graphs["models"]["pruned-int8"] = {"macs": plan["macs"]["pruned"], "precision": "int8"}
-    if (
-        profile.precision == "fp16"
-        and not profile.accepts_tensorrt("10.99")
-        or profile.accepts_tensorrt("11.0")
-    ):
-        graphs["fp16"] = _fp16_copy(folder, ("model", "dense"))
+    if profile.accepts_tensorrt_major(11) and profile.precision != "fp32":
+        # TensorRT 11 is strongly typed: fp16 graphs, and INT8's Q/DQ graph with fp16 float parts.
+        graphs["fp16"] = _fp16_copy(
+            folder, ("model", "dense", "model.int8") if graphs["int8"] else ("model", "dense")
+        )
     return graphs
+
+
+def _check_sweep(sweep, model, pruned: Path):
+    """``(keep ratios, dense source, strategy)`` for a sweep, checked before the work; None without one."""
+    if sweep is None:
+        if model is not None:
+            raise RmtdeployError("{param} is the dense model a sweep's candidates are pruned from: give a sweep too",
+                                 param="model")  # fmt: skip
+        return None
+    from rmtdeploy.models import model_source
+    from rmtdeploy.pruning.plan import read_plan
+    from rmtdeploy.scores import get_strategy
+
+    ratios = check_sweep(sweep)
+    if model is None:
+        raise RmtdeployError(
+            "a sweep prunes its candidates from the dense model, with its weights (the scores that choose the "
+            f"widths read them): give {{param}}, the model {pruned} was pruned from",
+            param="model",
+        )
+    source = model_source(model)
+    plan = read_plan(pruned)
+    if source.check() != plan["model"]:
+        raise RmtdeployError(
+            f"{{param}} names {source.check()}, but {pruned} was pruned from {plan['model']}: a sweep's candidates "
+            "are pruned from the pruned folder's own dense model",
+            param="model",
+        )
+    recorded = plan.get("strategy") or {}
+    if not recorded.get("name"):
+        raise RmtdeployError(f"{pruned}'s plan names no strategy to prune the sweep's candidates with")
+    return ratios, source, get_strategy(recorded["name"], **(recorded.get("knobs") or {}))
+
+
+def _sweep(folder: OutputFolder, graphs, profile, ratios, source, strategy, say) -> dict[str, dict[str, Any]]:
+    """One candidate per keep ratio, pruned from the dense model as the plan was (strategy, knobs, width
+    rules; the spectra fitted once), exported in the target's form; their facts for bundle.json."""
+    from rmtdeploy.benchmark.allocation import fastest_allocation
+    from rmtdeploy.benchmark.curve import sweep_label
+    from rmtdeploy.exporting import export_onnx
+    from rmtdeploy.scores.channel_spectra import reused_spectra
+
+    plan = graphs["plan"]
+    loaded = source.load()
+    _check_dense(loaded, plan)
+    options = {
+        key: plan[key] for key in ("round_to", "min_channels", "prune_heads", "head_rounding") if key in plan
+    }
+    if plan.get("latency_allocation"):
+        options["latency_weights"] = fastest_allocation
+    models = {}
+    with reused_spectra():
+        for keep in ratios:
+            label = sweep_label(keep)
+            say(f"sweep: pruning {loaded.name} to keep {keep:g} of its MACs ({strategy.name})")
+            result = strategy.prune(loaded.model, keep_macs=keep, model_name=loaded.name, **options)
+            export_onnx(
+                result.model.eval(), folder.path(f"{label}.onnx"), target=profile.name, overwrite=True
+            )
+            models[label] = {"keep_macs": keep, "macs": result.pruned_macs, "params": result.pruned_params,
+                             "source": f"{loaded.name} pruned to keep {keep:g} ({strategy.name})"}  # fmt: skip
+            graphs["sweep"].append(label)
+    if graphs["fp16"]:
+        _fp16_copy(folder, tuple(graphs["sweep"]))
+    return models
+
+
+def _check_dense(loaded, plan: dict[str, Any]) -> None:
+    """The sweep's dense model must be the one the plan was pruned from: same name, same MACs."""
+    from rmtdeploy.adapters import get_adapter
+    from rmtdeploy.pruning.result import count_macs_params
+
+    macs = count_macs_params(loaded.model, get_adapter(loaded.model).example_inputs(loaded.model))[0]
+    if loaded.name != plan["model"] or abs(macs / plan["macs"]["dense"] - 1) > 0.01:
+        raise RmtdeployError(
+            f"the dense model given as {{param}} ({loaded.name}, {macs / 1e9:.3f} GMACs) is not the one the pruned folder was "
+            f"pruned from ({plan['model']}, {plan['macs']['dense'] / 1e9:.3f} GMACs)",
+            param="model",
+        )
 
 
 def _fp16_copy(folder: OutputFolder, stems: tuple[str, ...]) -> bool:
     """fp16 graphs (fp32 inputs and outputs kept) for TensorRT 11's strongly typed builds."""
-    from rmtdeploy.exporting.graph import fp16_copy
+    from rmtdeploy.exporting.fp16 import fp16_copy
 
     for stem in stems:
         fp16_copy(folder.path(f"{stem}.onnx"), folder.path(f"{stem}.fp16.onnx"))
@@ -125,45 +221,69 @@ def _fp16_copy(folder: OutputFolder, stems: tuple[str, ...]) -> bool:
 
 
 def build_script(profile, graphs: dict[str, Any]) -> str:
-    """``build_engine.sh``: picks the TensorRT major version on the board, then trtexec per graph."""
+    """``build_engine.sh``: refuses a TensorRT older than 10 or outside the target's range, then runs
+    trtexec per graph, build only (``--skipInference``), for the board's TensorRT major version."""
     lines = ["#!/usr/bin/env bash", f"# Builds the engines of this bundle for {profile.name} ({profile.description}).",
              "# Written by rmtdeploy bundle; layer info goes to <engine>.layers.json.", "set -euo pipefail",
              'cd "$(dirname "$0")"', 'TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}',
              "TRT=$(python3 -c 'import tensorrt; print(tensorrt.__version__)')",
              'echo "TensorRT $TRT on $(tr -d "\\0" < /proc/device-tree/model 2>/dev/null || uname -m)"',
-             'if [ "${TRT%%.*}" -ge 11 ]; then']  # fmt: skip
-    for major in ("11", "10"):
-        if major == "10":
-            lines.append("else")
-        if major == "11" and not profile.accepts_tensorrt("11.0"):
-            lines += [f'  echo "{profile.name} wants TensorRT {profile.tensorrt} (JetPack {profile.jetpack}); this board has $TRT" >&2',
-                      "  exit 1"]  # fmt: skip
-            continue
+             'if [ "${TRT%%.*}" -lt 10 ]; then',
+             '  echo "TensorRT $TRT is older than 10 (JetPack 6.0 shipped 8.6): these engines need TensorRT 10 or 11 '
+             '(JetPack 6.1 or later)" >&2', "  exit 1", "fi",
+             f"if ! python3 -c {shlex.quote(_range_test(profile))} \"$TRT\"; then",
+             f'  echo "{profile.name} wants TensorRT {profile.tensorrt} (JetPack {profile.jetpack}); this board has $TRT" >&2',
+             "  exit 1", "fi"]  # fmt: skip
+    majors = ["11", "10"] if profile.accepts_tensorrt_major(11) else ["10"]
+    for major in majors:
+        if len(majors) > 1:
+            lines.append('if [ "${TRT%%.*}" -ge 11 ]; then' if major == "11" else "else")
         for label, onnx, engine in _engine_list(graphs, strongly_typed=major == "11"):
             precision = (
                 "int8"
                 if label == "pruned-int8"
-                else profile.precision
-                if profile.precision != "int8"
                 else "fp16"
+                if profile.precision == "int8"
+                else profile.precision
             )
             settings = build_settings(f"{major}.0", precision, dla=profile.dla, qdq=label == "pruned-int8")
             cmd = trtexec_command(settings, onnx, engine, input_name=INPUT_NAME, shape=tuple(graphs["shape"]),
-                                  max_batch=profile.max_batch, static=graphs["static"],
-                                  workspace_mib=profile.workspace_mib, timing_cache="timing.cache")  # fmt: skip
+                                  max_batch=profile.max_batch, opt_batch=profile.profile_opt_batch,
+                                  static=graphs["static"], workspace_mib=profile.workspace_mib,
+                                  timing_cache="timing.cache")  # fmt: skip
             cmd = ["$TRTEXEC", *cmd[1:]]
             cmd[-1] = f"--exportLayerInfo={engine}.layers.json"
             lines.append("  " + " ".join(c if c.startswith("$") else shlex.quote(c) for c in cmd))
-    lines += ["fi", 'echo "engines built; next: python3 bench_on_device.py"', ""]
+    if len(majors) > 1:
+        lines.append("fi")
+    lines += ['echo "engines built; next: python3 bench_on_device.py"', ""]
     return "\n".join(lines)
 
 
+def _range_test(profile) -> str:
+    """A Python one-liner exiting 0 when the version in argv[1] meets the target's TensorRT range."""
+    alternatives = " or ".join(
+        "(" + " and ".join(f"v {op} {list((*want, 0, 0, 0)[:3])}" for op, want in clauses) + ")"
+        for clauses in profile.tensorrt_alternatives()
+    )
+    return ("import re, sys; v = [int(p) for p in re.findall(r'\\d+', sys.argv[1])[:3]]; v += [0] * (3 - len(v)); "
+            f"sys.exit(0 if {alternatives or 'True'} else 1)")  # fmt: skip
+
+
 def _engine_list(graphs: dict[str, Any], strongly_typed: bool) -> list[tuple[str, str, str]]:
+    """``(label, ONNX, engine)`` of every engine, in the order the board times them (dense first)."""
     fp16 = strongly_typed and graphs["fp16"]
     out = [("dense", "dense.fp16.onnx" if fp16 else "dense.onnx", "dense.engine"),
            ("pruned", "model.fp16.onnx" if fp16 else "model.onnx", "model.engine")]  # fmt: skip
     if graphs["int8"]:
-        out.append(("pruned-int8", "model.int8.onnx", "model.int8.engine"))
+        out.append(
+            ("pruned-int8", "model.int8.fp16.onnx" if fp16 else "model.int8.onnx", "model.int8.engine")
+        )
+    # The sweep's candidates run in the target's float precision (fp16 on an INT8 target: no Q/DQ graph).
+    out += [
+        (label, f"{label}.fp16.onnx" if fp16 else f"{label}.onnx", f"{label}.engine")
+        for label in graphs.get("sweep", ())  # build_script takes graphs without a sweep too
+    ]
     return out
 
 
@@ -173,11 +293,20 @@ def _record(profile, graphs: dict[str, Any]) -> dict[str, Any]:
     return {"target": profile.name, "board": profile.description, "precision": profile.precision,
             "dla": profile.dla, "tensorrt": profile.tensorrt, "jetpack": profile.jetpack,
             "batch": graphs["shape"][0], "input_shape": graphs["shape"], "models": graphs["models"],
+            "engines": [[label, engine] for label, _, engine in _engine_list(graphs, strongly_typed=False)],
+            "sweep": [graphs["models"][label]["keep_macs"] for label in graphs["sweep"]],
             "int8": graphs["int8"], "fp16_onnx": graphs["fp16"], "rmtdeploy": __version__}  # fmt: skip
 
 
 def readme(profile, record: dict[str, Any]) -> str:
     models = ", ".join(record["models"])
+    sweep = record.get("sweep") or []
+    curve = (f"""
+The sweep (keep {", ".join(f"{k:g}" for k in sweep)}) is timed in the same interleaved run: `rmtdeploy bench
+--import` draws the measured curve, and `rmtdeploy compress --latency-budget MS --device-results bench.json`
+picks the keep ratio from it. Every engine is loaded at once: on an 8 GB board, sweep fewer ratios if
+memory runs out.
+""" if sweep else "")  # fmt: skip
     return f"""# rmtdeploy bundle for {profile.name}
 
 {profile.description}. Engines: {models}; input {record["input_shape"]} ({profile.precision}{", DLA" if profile.dla else ""}).
@@ -186,12 +315,13 @@ On the board (JetPack {profile.jetpack or "?"}, TensorRT {profile.tensorrt or "?
 
     sudo nvpmodel -m 0 && sudo jetson_clocks     # optional: the highest power mode, clocks pinned (recorded)
     bash build_engine.sh                           # trtexec for this TensorRT (10: --fp16/--int8 flags; 11: strongly typed)
-    python3 bench_on_device.py --runs 200          # dense vs pruned interleaved; writes bench.json
+    python3 bench_on_device.py --runs 200          # every engine, interleaved; writes bench.json
 
 Back on your machine:
 
     rmtdeploy bench --import bench.json --out results/
 
+{curve}
 `model.onnx` carries what an app needs in its metadata (input size, mean/std, labels): see rmtdeploy's
 docs/export.md. `bench_on_device.py` needs only Python and TensorRT (CUDA through ctypes).
 """

@@ -18,7 +18,8 @@ def add_parser(commands) -> None:
         "ONNX file), interleaved round by round so their ratio holds on a noisy machine: warm-up, many rounds, "
         "median, p10-p90, p99, throughput, the speedup's spread and speedup ÷ MAC reduction. Writes bench.json, "
         "bench.md and bench.png to --out. --import renders a bench.json measured elsewhere (the Jetson "
-        "bundle's on-device script) into the same tables. See docs/benchmarks.md.",
+        "bundle's on-device script) into the same tables; a bundle's sweep comes back as a measured curve "
+        "(latency and speedup against the keep ratio, curve.png). See docs/benchmarks.md.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pruned", metavar="DIR", help="a folder written by rmtdeploy prune or finetune")
@@ -91,5 +92,8 @@ def run(args) -> int:
         console.print(
             f"{s['baseline']} → {s['candidate']}: ×{s['median']:.3f} (p10–p90 ×{s['p10']:.3f}–×{s['p90']:.3f}){eff}"
         )
+    if data.get("curve"):
+        console.print("measured curve, keep ratio: median ms, speedup over dense — " + "; ".join(
+            f"{p['keep_macs']:g}: {p['median_ms']:.3f} ms ×{p['speedup']:.2f}" for p in data["curve"]))  # fmt: skip
     console.print(f"wrote {', '.join(p.name for p in result.files)} to {args.out}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from rmtdeploy.cli import ui
+from rmtdeploy.errors import RmtdeployError
 
 
 def add_parser(commands) -> None:
@@ -15,7 +16,10 @@ def add_parser(commands) -> None:
         "--int8, model.fp16.onnx where the target accepts TensorRT 11), dense.onnx as the speed baseline, "
         "build_engine.sh (trtexec flags for the board's TensorRT 10 or 11, DLA when the target has it), "
         "bench_on_device.py (Python + TensorRT only; records nvpmodel, jetson_clocks, JetPack, TensorRT, board) "
-        "and a README. Bring its bench.json back with rmtdeploy bench --import.",
+        "and a README. Bring its bench.json back with rmtdeploy bench --import. --sweep adds one candidate per "
+        "keep ratio, pruned from the dense model (--model with its weights) as the pruned folder was: the board "
+        "times them all in one interleaved run, a measured curve that rmtdeploy compress --device-results picks "
+        "a keep ratio from (docs/deploy.md).",
     )
     parser.add_argument(
         "--pruned", required=True, metavar="DIR", help="a folder written by rmtdeploy prune or finetune"
@@ -28,6 +32,11 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--calibration-images", type=int, default=256, metavar="N", help="INT8 calibration images"
     )
+    parser.add_argument("--sweep", metavar="K,K,...",
+                        help="keep ratios in (0, 1], e.g. 0.3,0.4,0.5,0.6,0.7,0.8,0.9: one candidate each, pruned "
+                        "from --model with the pruned folder's strategy, knobs and channel rules")  # fmt: skip
+    ui.add_model_arguments(parser, required=False,
+                           note=": with --sweep, the dense model the pruned folder came from, with its weights")  # fmt: skip
     parser.set_defaults(handler=run)
 
 
@@ -36,9 +45,14 @@ def run(args) -> int:
     from rmtdeploy.targets import load_target
 
     profile = load_target(args.target)
+    sweep = ui.parse_sweep(args.sweep)
+    if args.model is None and (args.weights or args.checkpoint):
+        raise RmtdeployError("{param} names the dense model a sweep is pruned from", param="model")
+    dense = ui.model_source(args) if args.model is not None else None
     with ui.spinner(f"bundling for {profile.name}", enabled=not args.json) as status:
         result = make_bundle(args.pruned, args.out, target=args.target, int8=args.int8, data=args.data,
-                             calibration_images=args.calibration_images, force=args.force, status=status)  # fmt: skip
+                             calibration_images=args.calibration_images, sweep=sweep, model=dense,
+                             force=args.force, status=status)  # fmt: skip
     if args.json:
         print(json.dumps(result.record, indent=2))
         return 0

@@ -33,6 +33,9 @@ def add_parser(commands) -> None:
                         "only; trained: trained here from scratch on the recipe's built-in dataset (cached; the "
                         "offline default for a real accuracy); checkpoint: --checkpoint FILE")  # fmt: skip
     parser.add_argument("--checkpoint", metavar="PATH", help="timm/torch state dict or .safetensors")
+    ui.add_own_model_arguments(
+        parser.add_argument_group("your own model (with --checkpoint; see docs/compress.md)")
+    )
     parser.add_argument(
         "--target", help="deployment target or alias (jetson, cpu-ort, gpu-fp16, ...); default jetson"
     )
@@ -75,6 +78,13 @@ def _add_budget_arguments(parser) -> None:
                         help="with --latency-budget: judge the budget by the device whose bench.json this is (the "
                         "bundle's on-device results): its dense latency ÷ each trial's speedup measured here, an "
                         "estimate to confirm on the device")  # fmt: skip
+    parser.add_argument("--device-results", metavar="FILE",
+                        help="with --latency-budget: pick the keep ratio from the device's measured curve, the "
+                        "bench.json of a bundle made with --sweep and timed on the board (monotone interpolation "
+                        "between measured points; the report says it was measured there). Nothing is timed here")  # fmt: skip
+    parser.add_argument("--sweep", metavar="K,K,...",
+                        help="Jetson targets: the bundle adds one candidate per keep ratio (e.g. 0.3,0.4,...,0.9), "
+                        "pruned from the dense model, for the board to time as one curve (recipe: bundle.sweep)")  # fmt: skip
     parser.add_argument("--latency-aware", action="store_true", default=None,
                         help="experimental, off in every recipe: keep the allocation measured fastest on ONNX Runtime "
                         "CPU among MAC-only and up to six tilted ones (docs/strategies.md#latency-aware-allocation)")  # fmt: skip
@@ -86,11 +96,16 @@ def run(args) -> int:
     overrides = {
         "model": args.model, "weights": args.weights, "checkpoint": args.checkpoint, "target": args.target,
         "strategy": args.strategy, "keep_macs": args.keep_macs, "latency_budget_ms": args.latency_budget_ms,
-        "latency_reference": args.latency_reference,
+        "latency_reference": args.latency_reference, "device_results": args.device_results,
+        "bundle.sweep": ui.parse_sweep(args.sweep),
         "latency_aware": args.latency_aware, "data": args.data, "finetune.epochs": args.epochs,
         "export.int8": {"on": True, "off": False}.get(args.int8, args.int8), "bench.runs": args.runs,
         "bench.threads": args.threads,
     }  # fmt: skip
+    overrides.update(
+        {"num_classes": args.num_classes, "model_kwargs": ui.parse_model_kwargs(args.model_kwargs)}
+    )
+    overrides.update({f"input.{key}": value for key, value in ui.input_settings(args).items()})
     if args.knob:
         overrides["knobs"] = ui.parse_knobs(args.knob)
     with ui.training_progress(enabled=not args.json) as reporter:

@@ -26,8 +26,7 @@ RECIPE_HELP = {
 
 
 def add_parser(commands) -> None:
-    from rmtdeploy.finetuning.recipe import FinetuneRecipe
-    from rmtdeploy.finetuning.stage import KEEP_CHOICES
+    from rmtdeploy.finetuning.stage import KEEP_CHOICES, FinetuneRecipe
 
     parser = commands.add_parser(
         "finetune",
@@ -71,7 +70,7 @@ def add_parser(commands) -> None:
 
 
 def _add_progressive_arguments(parser) -> None:
-    from rmtdeploy.finetuning.progressive import DEFAULT_PRUNING_FRACTION
+    from rmtdeploy.finetuning.stage import DEFAULT_PRUNING_FRACTION
 
     ui.add_model_arguments(parser, required=False, note="; with --strategy dynamic: the dense model to prune "
                            "while training (instead of --pruned)")  # fmt: skip
@@ -87,7 +86,7 @@ def _add_progressive_arguments(parser) -> None:
 
 
 def _recipe(args):
-    from rmtdeploy.finetuning.recipe import FinetuneRecipe
+    from rmtdeploy.finetuning.stage import FinetuneRecipe
 
     names = [f.name for f in dataclasses.fields(FinetuneRecipe)]
     options = {name: getattr(args, name) for name in names if name != "augment"}
@@ -96,7 +95,7 @@ def _recipe(args):
 
 def _progressive(args):
     from rmtdeploy.errors import RmtdeployError
-    from rmtdeploy.finetuning.progressive import ProgressivePruning
+    from rmtdeploy.finetuning.stage import ProgressivePruning
 
     if args.strategy is None:
         if args.pruned is None:

@@ -9,8 +9,6 @@ from rmtdeploy.cli import ui
 
 def add_parser(commands) -> None:
     from rmtdeploy.pruning import stage
-    from rmtdeploy.pruning.prune import HEAD_ROUNDINGS
-    from rmtdeploy.scores import strategy_names
 
     parser = commands.add_parser(
         "prune",
@@ -23,7 +21,7 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--strategy",
         default=stage.DEFAULT_STRATEGY,
-        help=f"{' | '.join(strategy_names())} (default: {stage.DEFAULT_STRATEGY}, the best of them in the "
+        help=f"{' | '.join(stage.strategy_names())} (default: {stage.DEFAULT_STRATEGY}, the best of them in the "
         "accuracy benchmark); see docs/strategies.md",
     )
     budget = parser.add_mutually_exclusive_group(required=True)
@@ -45,8 +43,8 @@ def add_parser(commands) -> None:
     )
     parser.add_argument(
         "--head-rounding",
-        choices=HEAD_ROUNDINGS,
-        default=HEAD_ROUNDINGS[0],
+        choices=stage.HEAD_ROUNDINGS,
+        default=stage.HEAD_ROUNDINGS[0],
         help="a block loses a head only when its ratio asks for a whole one (floor, default), or at any "
         "ratio > 0 as torch-pruning does (ceil); see docs/strategies.md",
     )

@@ -20,8 +20,8 @@ def run(args) -> int:
     from rmtdeploy.pipeline.run_folder import read_run
     from rmtdeploy.report.run import write_report
 
-    read_run(args.run_dir)
+    read_run(args.run_dir)  # a folder holding no run is one line before the lock
     with locked(args.run_dir):
-        write_report(args.run_dir)
+        write_report(args.run_dir, read_run(args.run_dir))
     print(f"report: {args.run_dir}/report.html")
     return 0

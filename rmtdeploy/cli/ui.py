@@ -39,14 +39,68 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, required: bool = Tru
         "(default: checkpoint when --checkpoint is given, else pretrained)",
     )
     group.add_argument("--checkpoint", metavar="PATH", help="timm/torch state dict or .safetensors to load")
+    add_own_model_arguments(group)
+
+
+def add_own_model_arguments(group) -> None:
+    """What a user's own model was trained with, as timm's train.py names it: class count, create kwargs,
+    input size and preprocessing. Not given: a timm config beside the checkpoint (config.json, args.yaml),
+    else the model's defaults."""
+    from rmtdeploy.preprocessing import INTERPOLATIONS
+
+    group.add_argument("--num-classes", type=int, metavar="N",
+                       help="classifier width (default: the checkpoint's head, else timm's)")  # fmt: skip
+    group.add_argument("--model-kwargs", nargs="+", default=None, metavar="KEY=VALUE",
+                       help="timm create kwargs, e.g. drop_path_rate=0.1 img_size=160 (values are Python literals)")  # fmt: skip
+    group.add_argument("--input-size", nargs="+", metavar="SIZE",
+                       help="input the model was trained at: N, HxW, or C H W as timm's --input-size")  # fmt: skip
     group.add_argument(
-        "--num-classes", type=int, help="classifier width when the checkpoint has its own head"
+        "--mean", type=float, nargs="+", metavar="M", help="per-channel mean (pixels in [0, 1])"
     )
+    group.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std")
+    group.add_argument(
+        "--crop-pct", type=float, metavar="F", help="centre crop fraction of the resized image"
+    )
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter")
+
+
+def parse_model_kwargs(pairs: list[str] | None) -> dict | None:
+    """``KEY=VALUE`` pairs as timm's train.py reads them: values are Python literals, else strings."""
+    import ast
+
+    if pairs is None:
+        return None
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RmtdeployError(f"{{param}} expects KEY=VALUE, got '{pair}'", param="model_kwargs")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    return kwargs
+
+
+def input_settings(args) -> dict:
+    """The preprocessing flags given, as an input section (size, mean, std, interpolation, crop_pct)."""
+    size = getattr(args, "input_size", None)
+    return {
+        key: value
+        for key, value in {
+            "size": (size[0] if len(size) == 1 else size) if size else None,
+            "mean": args.mean,
+            "std": args.std,
+            "interpolation": args.interpolation,
+            "crop_pct": args.crop_pct,
+        }.items()
+        if value is not None
+    }
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--force", action="store_true", help="overwrite outputs already in --out")
+    parser.add_argument("--force", action="store_true", help="replace this command's earlier output in --out")
     parser.add_argument(
         "--json", action="store_true", help="print a machine-readable summary instead of tables"
     )
@@ -54,8 +108,24 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 def model_source(args):
     from rmtdeploy.models import ModelSource
+    from rmtdeploy.preprocessing import InputConfig
 
-    return ModelSource(args.model, args.weights, args.checkpoint, args.num_classes)
+    given = InputConfig.from_mapping(input_settings(args), "the command line")
+    return ModelSource(args.model, args.weights, args.checkpoint, args.num_classes,
+                       parse_model_kwargs(args.model_kwargs), given)  # fmt: skip
+
+
+def parse_sweep(text: str | None) -> list[float] | None:
+    """``--sweep 0.3,0.5,0.7`` as numbers (the library checks their range)."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise RmtdeployError(
+            f"{{param}} takes comma-separated keep ratios in (0, 1], e.g. 0.3,0.5,0.7; got '{text}'",
+            param="sweep",
+        ) from None
 
 
 def parse_knobs(pairs: list[str]) -> dict[str, str]:
@@ -111,7 +181,7 @@ def console():
 def training_progress(enabled: bool):
     """Yields a :class:`rmtdeploy.finetuning.trainer.Reporter` that draws a bar per epoch (loss, accuracy)
     and status lines on stderr; a silent one when disabled."""
-    from rmtdeploy.finetuning.trainer import Reporter
+    from rmtdeploy.finetuning.stage import Reporter
 
     if not enabled:
         yield Reporter()

@@ -27,8 +27,6 @@ def image_folder_loader(
     """
     from torchvision.datasets import ImageFolder
 
-    from rmtdeploy.data.source import folder_transform
-
     root = Path(root)
     if not root.is_dir():
         raise RmtdeployError(f"data directory not found: {root}")
@@ -62,3 +60,29 @@ def input_batches(loader):
     """The images of a (images, labels) loader, for BatchNorm recalibration."""
     for batch in loader:
         yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class FolderImages:
+    """(path, label) samples read as RGB and transformed; a torch map-style dataset."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return self.transform(read_rgb_image(path)), label
+
+    def path(self, index: int) -> str:
+        return self.samples[index][0]
+
+
+def folder_transform(model, *, train: bool):
+    """timm's eval (resize + centre crop) or train (random-resized crop, flip, jitter) transform, with the
+    input size, mean/std, interpolation and crop fraction of ``model``'s config."""
+    import timm.data
+
+    config = timm.data.resolve_data_config({}, model=model)
+    return timm.data.create_transform(**config, is_training=train)

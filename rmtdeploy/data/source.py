@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rmtdeploy.data.builtin import SPLIT_SEED, SPLITS, get_dataset
+from rmtdeploy.data.folders import FolderImages, folder_transform
 from rmtdeploy.data.images import check_image_files, list_image_folder
 from rmtdeploy.errors import RmtdeployError
 
@@ -64,34 +65,6 @@ class DataSource:
 
             return builtin_dataset(self.name, split, augment=train, **model_input_spec(model))
         return FolderImages(self._samples[split], folder_transform(model, train=train))
-
-
-class FolderImages:
-    """(path, label) samples read as RGB and transformed; a torch map-style dataset."""
-
-    def __init__(self, samples, transform):
-        self.samples, self.transform = samples, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        from rmtdeploy.data.folders import read_rgb_image
-
-        path, label = self.samples[index]
-        return self.transform(read_rgb_image(path)), label
-
-    def path(self, index: int) -> str:
-        return self.samples[index][0]
-
-
-def folder_transform(model, *, train: bool):
-    """timm's eval (resize + centre crop) or train (random-resized crop, flip, jitter) transform, with the
-    input size, mean/std, interpolation and crop fraction of ``model``'s config."""
-    import timm.data
-
-    config = timm.data.resolve_data_config({}, model=model)
-    return timm.data.create_transform(**config, is_training=train)
 
 
 def open_data(

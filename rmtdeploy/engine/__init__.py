@@ -1,9 +1,11 @@
 """Engine: TensorRT builds for a target, as an optional extra (``pip install rmtdeploy[tensorrt]``).
 
-``versions`` (which TensorRT, what each version asks of a build, trtexec command lines, timing-cache
-names), ``attention`` (will TensorRT fuse the pruned model's attention), ``build`` (the TensorRT
-Python API build and its layer inspection), ``stage`` (:func:`build_engine`, behind ``rmtdeploy
-engine``). Only ``build`` imports TensorRT; the rest is plain Python, tested on machines without it.
+``versions`` (which TensorRT, what each version asks of a build, profiles, trtexec command lines,
+timing-cache names), ``attention`` (will TensorRT fuse the pruned model's attention), ``inspector``
+(what the built engine runs, from the engine inspector's JSON of TensorRT 10 and 11), ``build`` (the
+TensorRT Python API build), ``stage`` (:func:`build_engine`, behind ``rmtdeploy engine``). Only
+``build`` imports TensorRT; the rest is plain Python, tested on machines without it, and every TensorRT
+name is checked against the real bindings (``tests/test_tensorrt_api.py``).
 """
 
 from rmtdeploy.engine.attention import (

@@ -1,20 +1,24 @@
 """Building a TensorRT engine with the TensorRT Python API (only where TensorRT imports).
 
 The build follows :func:`~rmtdeploy.engine.versions.build_settings`: builder flags on TensorRT 10, a
-strongly typed network on 11; an optimisation profile for a dynamic batch; the timing cache read before
-and written after (a rebuild on the same GPU and version then skips most kernel timing). After the
-build the engine inspector gives every layer's precision and whether attention fused, so the report
-says what will actually run, not what was asked for.
+strongly typed network on 11 (every 11 network is: no flag to set); an optimisation profile for a
+dynamic batch, tuned for the target's opt batch; the timing cache read before and written after (a
+rebuild on the same GPU and version then skips most kernel timing). A cache TensorRT refuses (made on
+another GPU or version, or damaged) costs a warning and a fresh cache, never the build. After the build
+the engine inspector gives every layer's precision and whether attention fused
+(:mod:`rmtdeploy.engine.inspector`), so the report says what will actually run, not what was asked for.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
-from rmtdeploy.engine.versions import BuildSettings
+from rmtdeploy.engine.inspector import layer_facts
+from rmtdeploy.engine.versions import BuildSettings, profile_shapes
 from rmtdeploy.errors import RmtdeployError
 
 
@@ -27,20 +31,21 @@ def build_serialized(
     static: bool,
     workspace_mib: int | None,
     timing_cache: Path,
+    opt_batch: int | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """The serialized engine and its layer facts (:func:`layer_facts`)."""
+    """The serialized engine and its facts: the profile, the timing cache's fate and the inspector's
+    layer facts (:func:`~rmtdeploy.engine.inspector.layer_facts`)."""
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if settings.strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(0)  # explicit batch on 10 and 11; 11 is strongly typed by itself
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RmtdeployError(f"TensorRT cannot parse {onnx_path}: {errors[:300]}")
     config = builder.create_builder_config()
-    for flag in settings.builder_flags:
+    for flag in settings.builder_flags:  # names checked against each version's BuilderFlag in the tests
         config.set_flag(getattr(trt.BuilderFlag, flag))
     if workspace_mib:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
@@ -48,13 +53,14 @@ def build_serialized(
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = settings.dla_core
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    facts: dict[str, Any] = {"profile": None}
     if not static:
+        shapes = profile_shapes(shape, max_batch, opt_batch)
         profile = builder.create_optimization_profile()
-        name = network.get_input(0).name
-        profile.set_shape(name, (1, *shape[1:]), (1, *shape[1:]), (max_batch, *shape[1:]))
+        profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
         config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+        facts["profile"] = shapes
+    facts["timing_cache_status"] = use_timing_cache(config, timing_cache)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RmtdeployError(
@@ -62,27 +68,46 @@ def build_serialized(
             + (" on DLA (even with GPU fallback)" if settings.dla_core is not None else "")
             + ": see the TensorRT log above for the layer"
         )
-    timing_cache.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    save_timing_cache(config, timing_cache)
     runtime = trt.Runtime(logger)
+    if settings.dla_core is not None:
+        runtime.DLA_core = settings.dla_core  # as trtexec does before deserialising a DLA engine
     engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise RmtdeployError(f"TensorRT built {onnx_path} but cannot load the engine it built")
     info = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
-    return bytes(serialized), layer_facts(json.loads(info))
+    return bytes(serialized), {**facts, **layer_facts(json.loads(info), settings.tensorrt)}
 
 
-def layer_facts(info: dict[str, Any]) -> dict[str, Any]:
-    """From the engine inspector's JSON: layers per output precision, and the fused attention layers."""
-    precisions: Counter[str] = Counter()
-    attention = []
-    for layer in info.get("Layers", []):
-        if isinstance(layer, str):  # inspector without detailed verbosity: names only
-            precisions["unknown"] += 1
-            continue
-        outputs = layer.get("Outputs") or [{}]
-        fmt = str(outputs[0].get("Format/Datatype", "unknown"))
-        kind = "int8" if "Int8" in fmt else "fp16" if "Half" in fmt else "fp32" if "Float" in fmt else "other"
-        precisions[kind] += 1
-        text = f"{layer.get('LayerType', '')} {layer.get('Name', '')} {layer.get('TacticName', '')}".lower()
-        if "mha" in text or "attention" in text or "fmha" in text:
-            attention.append(layer.get("Name", "?"))
-    return {"layers": sum(precisions.values()), "precisions": dict(precisions),
-            "fused_attention_layers": len(attention), "attention_examples": attention[:5]}  # fmt: skip
+def use_timing_cache(config, path: Path) -> str:
+    """Give ``config`` the timing cache at ``path``: ``read``, ``new`` (none yet), or ``replaced`` when
+    TensorRT refuses it (``set_timing_cache`` returns False for a cache from another GPU or version;
+    a damaged file may not even deserialize): then a warning, and the build times its kernels afresh."""
+    data = path.read_bytes() if path.is_file() else b""
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception:  # noqa: BLE001 (TensorRT raises its own types on a damaged blob)
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+            return "read"
+        warnings.warn(
+            f"TensorRT refused the timing cache {path} (another GPU or TensorRT version, or damaged): "
+            "building without it; a new one replaces it",
+            stacklevel=2,
+        )
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        return "none (TensorRT refused an empty cache)"
+    return "replaced" if data else "new"
+
+
+def save_timing_cache(config, path: Path) -> None:
+    """Write the build's timing cache over ``path`` in one step; failing to write costs a warning only
+    (the engine is built)."""
+    try:
+        data = memoryview(config.get_timing_cache().serialize())
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except Exception as exc:  # noqa: BLE001 (TensorRT or the file system; the engine is built either way)
+        warnings.warn(f"could not save the timing cache {path}: {exc}", stacklevel=2)

@@ -1,7 +1,11 @@
 """TensorRT versions and what each asks of a build: builder flags (TensorRT 10) or precision in the ONNX
-(TensorRT 11, strongly typed), the trtexec command line for a target, and the timing cache's name.
+(TensorRT 11, strongly typed), the optimisation profile, the trtexec command line for a target, and the
+timing cache's name.
 
 Pure functions of versions and target profiles, so they are tested where TensorRT is not installed.
+TensorRT older than 10 is refused (JetPack 6.0 shipped 8.6: its API and trtexec flags differ).
+Every ``trt.`` name and trtexec flag used here is checked against the real bindings and trtexec
+sources of each version (``tests/test_tensorrt_api.py``).
 """
 
 from __future__ import annotations
@@ -21,11 +25,25 @@ def installed_tensorrt() -> str | None:
     return str(getattr(tensorrt, "__version__", "0"))
 
 
+MIN_MAJOR = 10
+
+
 def major(version: str) -> int:
     try:
         return int(str(version).split(".")[0])
     except ValueError:
         raise RmtdeployError(f"cannot read TensorRT version '{version}'") from None
+
+
+def check_supported(version: str) -> int:
+    """The major version of ``version``, or one line refusing a TensorRT older than 10."""
+    found = major(version)
+    if found < MIN_MAJOR:
+        raise RmtdeployError(
+            f"TensorRT {version} is older than {MIN_MAJOR}: rmtdeploy builds with TensorRT 10 or 11 "
+            "(JetPack 6.0 shipped 8.6; JetPack 6.1 and later ship 10.3)"
+        )
+    return found
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,9 @@ class BuildSettings:
     builder_flags: tuple[str, ...]  # trt.BuilderFlag names to set (TensorRT 10)
     onnx_precision: str  # what the ONNX must carry: "fp32", "fp16" (weights + compute) or "int8" (Q/DQ)
     dla_core: int | None
+    # The precision of the graph's float parts (outside Q/DQ) the build wants: TensorRT 11 runs them as
+    # typed, so an fp16 or int8 target needs them fp16; TensorRT 10's flags choose by themselves.
+    float_parts: str = "fp32"
 
 
 def build_settings(
@@ -52,9 +73,10 @@ def build_settings(
             "an INT8 engine needs a Q/DQ ONNX (rmtdeploy export --int8): implicit calibration is deprecated in "
             "TensorRT 10 and gone in 11"
         )
-    if major(tensorrt_version) >= 11:
+    if check_supported(tensorrt_version) >= 11:
         return BuildSettings(tensorrt_version, precision, True, ("GPU_FALLBACK",) if dla else (),
-                             "int8" if precision == "int8" else precision, 0 if dla else None)  # fmt: skip
+                             "int8" if precision == "int8" else precision, 0 if dla else None,
+                             "fp32" if precision == "fp32" else "fp16")  # fmt: skip
     flags = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")}[
         precision
     ]  # int8 layers fall back to fp16
@@ -62,6 +84,18 @@ def build_settings(
         flags = (*flags, "GPU_FALLBACK")
     return BuildSettings(tensorrt_version, precision, False, flags, "int8" if precision == "int8" else "fp32",
                          0 if dla else None)  # fmt: skip
+
+
+def profile_shapes(
+    shape: tuple[int, ...], max_batch: int, opt_batch: int | None = None
+) -> dict[str, list[int]]:
+    """The dynamic-batch optimisation profile: min batch 1, opt ``opt_batch`` (default ``max_batch``: the
+    targets say opt = max; TensorRT picks its kernels for the opt shape), max ``max_batch``."""
+    opt = max_batch if opt_batch is None else opt_batch
+    if not 1 <= opt <= max_batch:
+        raise RmtdeployError(f"the profile's opt batch {opt} must lie in 1-{max_batch}")
+    rest = list(shape[1:])
+    return {"min": [1, *rest], "opt": [opt, *rest], "max": [max_batch, *rest]}
 
 
 def trtexec_command(
@@ -74,21 +108,25 @@ def trtexec_command(
     max_batch: int,
     static: bool,
     workspace_mib: int | None,
+    opt_batch: int | None = None,
     timing_cache: str = "timing.cache",
+    build_only: bool = True,
 ) -> list[str]:
-    """The trtexec command line that builds ``engine`` from ``onnx`` as :func:`build_settings` says."""
+    """The trtexec command line that builds ``engine`` from ``onnx`` as :func:`build_settings` says;
+    ``build_only`` adds ``--skipInference`` (the timing is bench_on_device's; layer info is still written).
+    TensorRT 11 is strongly typed by itself (its ``--stronglyTyped`` is a deprecated no-op: not passed)."""
     cmd = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}", f"--timingCacheFile={timing_cache}"]
     if not static:
-        c_h_w = "x".join(map(str, shape[1:]))
-        cmd += [f"--minShapes={input_name}:1x{c_h_w}", f"--optShapes={input_name}:1x{c_h_w}",
-                f"--maxShapes={input_name}:{max_batch}x{c_h_w}"]  # fmt: skip
-    if settings.strongly_typed:
-        cmd.append("--stronglyTyped")
+        shapes = {k: "x".join(map(str, v)) for k, v in profile_shapes(shape, max_batch, opt_batch).items()}
+        cmd += [f"--minShapes={input_name}:{shapes['min']}", f"--optShapes={input_name}:{shapes['opt']}",
+                f"--maxShapes={input_name}:{shapes['max']}"]  # fmt: skip
     cmd += [f"--{flag.lower()}" for flag in settings.builder_flags if flag in ("FP16", "INT8")]
     if settings.dla_core is not None:
         cmd += [f"--useDLACore={settings.dla_core}", "--allowGPUFallback"]
     if workspace_mib:
         cmd.append(f"--memPoolSize=workspace:{workspace_mib}M")
+    if build_only:
+        cmd.append("--skipInference")
     cmd += ["--profilingVerbosity=detailed", "--exportLayerInfo=layers.json"]
     return cmd
 

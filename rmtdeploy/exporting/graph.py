@@ -53,24 +53,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.exporting.onnx_file import (
+    check_simplifier,
+    default_domain_opset,
+    save_checked,
+    set_metadata,
+    simplify_graph,
+)
 from rmtdeploy.exporting.parity import Parity, compare
+from rmtdeploy.exporting.settings import (  # noqa: F401 (the export's constants, where callers find them)
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    DYNAMO_MIN_OPSET,
+    EXPORTERS,
+    MIN_OPSET,
+    ExportSettings,
+    check_export_arguments,
+    resolve_shape_and_runtime,
+)
 from rmtdeploy.io import atomic_save
-from rmtdeploy.targets import BACKENDS, TargetProfile, load_target
-
-EXPORTERS = ("torchscript", "dynamo")
-MIN_OPSET = 17
-DYNAMO_MIN_OPSET = 18
-DEFAULT_ATOL = 1e-3  # timm's onnx_validate compares to 3 decimals
-DEFAULT_RTOL = 1e-3
-# Graph simplifiers; onnxslim is the default on the measurements in docs/export.md
-# (benchmarks/onnx_simplifiers.py).
-SIMPLIFIERS = ("onnxslim", "onnxsim")
-DEFAULT_SIMPLIFIER = "onnxslim"
+from rmtdeploy.targets import TargetProfile
 
 
 @dataclass(frozen=True)
@@ -154,10 +160,10 @@ def export_onnx(
     ``metadata_props``; ``images`` (batches shaped like the input, ``images_name`` naming their source)
     are compared too, with the same tolerance, and the parity results are written into the metadata.
     """
-    _check_arguments(input_shape, batch, opset, exporter, backend)
-    simplify = _check_simplifier(simplify)
-    settings = _Settings(
-        **_shape_and_runtime(model, target, input_shape, batch, dynamic_batch, opset, backend),
+    check_export_arguments(input_shape, batch, opset, exporter, backend)
+    simplify = check_simplifier(simplify)
+    settings = ExportSettings(
+        **resolve_shape_and_runtime(model, target, input_shape, batch, dynamic_batch, opset, backend),
         exporter=exporter,
         simplify=simplify,
         verify=verify,
@@ -185,138 +191,6 @@ def export_onnx(
 
 # --------------------------------------------------------------------------------------------- internals
 
-_DEFAULTS = {"batch": 1, "dynamic_batch": True, "opset": MIN_OPSET, "backend": "onnxruntime"}
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """Everything one export runs with, after the target and the model filled in what was left unset."""
-
-    input_shape: tuple[int, ...]
-    input_shape_from: str
-    batch: int
-    dynamic_batch: bool
-    opset: int
-    backend: str
-    target: str | None
-    exporter: str
-    simplify: str | None  # a SIMPLIFIERS name, or None
-    verify: bool
-    atol: float
-    rtol: float
-    input_name: str
-    output_name: str
-    metadata: dict[str, str] = field(default_factory=dict)
-    images: Iterable[torch.Tensor] | None = None
-    images_name: str = "images"
-
-    @property
-    def trace_batch(self) -> int:
-        # torch.export specialises size-1 dims, and a batch-1 trace may bake the batch into Reshapes.
-        return max(self.batch, 2) if self.dynamic_batch else self.batch
-
-    @property
-    def verify_batches(self) -> tuple[int, ...]:
-        return tuple(sorted({self.batch, 3})) if self.dynamic_batch else (self.batch,)
-
-
-def _shape_and_runtime(
-    model: nn.Module,
-    target: TargetProfile | str | None,
-    input_shape: Sequence[int] | None,
-    batch: int | None,
-    dynamic_batch: bool | None,
-    opset: int | None,
-    backend: str | None,
-) -> dict[str, Any]:
-    """Input shape, batch, opset and backend: explicit arguments, then the target's, then the defaults."""
-    given = {"batch": batch, "dynamic_batch": dynamic_batch, "opset": opset, "backend": backend}
-    profile = None
-    if target is not None:
-        profile = target if isinstance(target, TargetProfile) else load_target(target)
-        chosen = _target_settings(profile, given)
-    else:
-        chosen = {key: _DEFAULTS[key] if value is None else value for key, value in given.items()}
-    if input_shape is not None:
-        shape, shape_from = tuple(int(d) for d in input_shape), "argument"
-    else:
-        shape, shape_from = _model_input_shape(model), "model"
-    chosen["batch"] = int(chosen["batch"])
-    return {
-        **chosen,
-        "input_shape": shape,
-        "input_shape_from": shape_from,
-        "target": None if profile is None else profile.name,
-    }
-
-
-def _target_settings(profile: TargetProfile, given: dict[str, Any]) -> dict[str, Any]:
-    """The target's batch, dynamic batch, opset and backend; an explicit argument must agree with it."""
-    dynamic = not profile.static_shapes
-    wanted = {
-        "batch": 1 if dynamic else profile.max_batch,
-        "dynamic_batch": dynamic,
-        "opset": profile.opset,
-        "backend": profile.backend,
-    }
-    why = {
-        "batch": f"a dynamic batch up to max_batch {profile.max_batch}"
-        if dynamic
-        else f"static_shapes with max_batch {profile.max_batch}: batch {profile.max_batch}",
-        "dynamic_batch": f"static_shapes: {str(profile.static_shapes).lower()}",
-        "opset": f"opset {profile.opset}",
-        "backend": f"backend {profile.backend}",
-    }
-    conflicts = [
-        f"{key}={value!r} conflicts with target '{profile.name}' ({why[key]})"
-        for key, value in given.items()
-        if value is not None
-        and value != wanted[key]
-        and not (key == "batch" and dynamic and value <= profile.max_batch)
-    ]
-    if conflicts:
-        raise RmtdeployError(
-            "; ".join(conflicts) + f" [{profile.source}]. Leave these arguments unset to take the "
-            "target's values, or export without a target"
-        )
-    return {key: wanted[key] if value is None else value for key, value in given.items()}
-
-
-def _model_input_shape(model: nn.Module) -> tuple[int, ...]:
-    """(C, H, W) the model was built for: its adapter's example input, else timm's pretrained_cfg."""
-    from rmtdeploy.adapters import find_adapter
-
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    if "input_size" not in cfg:
-        raise RmtdeployError(
-            f"cannot tell the input size of this {type(model).__name__} (no timm pretrained_cfg "
-            "'input_size'); pass input_shape=(C, H, W)"
-        )
-    adapter = find_adapter(model)
-    # The adapter knows sizes the config does not (a ViT created with img_size=32 keeps cfg's 224).
-    shape = adapter.example_inputs(model).shape[1:] if adapter is not None else cfg["input_size"]
-    return tuple(int(d) for d in shape)
-
-
-def _check_arguments(
-    input_shape: Sequence[int] | None,
-    batch: int | None,
-    opset: int | None,
-    exporter: str,
-    backend: str | None,
-) -> None:
-    """The caller's own values, before any target is read (``None`` = left to the target or default)."""
-    if exporter not in EXPORTERS:
-        raise RmtdeployError(f"exporter must be one of {', '.join(EXPORTERS)}, got '{exporter}'")
-    if backend is not None and backend not in BACKENDS:
-        raise RmtdeployError(f"backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
-    if opset is not None and opset < MIN_OPSET:
-        raise RmtdeployError(f"opset {opset} is too old: use >= {MIN_OPSET} so LayerNorm exports as one op")
-    if input_shape is not None and (len(input_shape) != 3 or any(int(d) < 1 for d in input_shape)):
-        raise RmtdeployError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
-    if batch is not None and batch < 1:
-        raise RmtdeployError(f"batch must be >= 1, got {batch}")
-
 
 def prepare_path(path: Path, overwrite: bool) -> None:
     if path.is_dir():
@@ -331,7 +205,7 @@ def prepare_path(path: Path, overwrite: bool) -> None:
 
 def _build(
     model: nn.Module,
-    settings: _Settings,
+    settings: ExportSettings,
     generator: torch.Generator,
     state: dict[str, Any],
     notes: list[str],
@@ -348,12 +222,12 @@ def _build(
             proto = _export_proto(model, example, tmp, settings, output_names)
             state["export_s"] = time.perf_counter() - started
         if settings.simplify:
-            proto, state["simplify_note"], state["simplified"] = _simplify(proto, settings.simplify)
+            proto, state["simplify_note"], state["simplified"] = simplify_graph(proto, settings.simplify)
         else:
             state["simplify_note"], state["simplified"] = "not requested", False
         _add_metadata(proto, model, settings)
-        _save_proto(proto, tmp)
-        state.update(num_nodes=len(proto.graph.node), opset=_default_domain_opset(proto))
+        save_checked(proto, tmp)
+        state.update(num_nodes=len(proto.graph.node), opset=default_domain_opset(proto))
         state["output_names"] = output_names
         if settings.target is not None and state["opset"] != settings.opset:
             notes.append(
@@ -364,10 +238,10 @@ def _build(
             # Against the model's own forward (fused attention, no export forms): what the user runs.
             state["parity"] = _verify(model, tmp, settings, generator, notes)
             set_metadata(proto, {"rmtdeploy.parity": json.dumps([p.to_dict() for p in state["parity"]])})
-            _save_proto(proto, tmp)
+            save_checked(proto, tmp)
 
 
-def _result(path: Path, settings: _Settings, state: dict[str, Any], notes: list[str]) -> ExportResult:
+def _result(path: Path, settings: ExportSettings, state: dict[str, Any], notes: list[str]) -> ExportResult:
     batch_dim: int | str = "batch" if settings.dynamic_batch else settings.batch
     return ExportResult(
         path=path,
@@ -433,7 +307,7 @@ def _output_names(outputs: Any, output_name: str) -> list[str]:
 
 
 def _export_proto(
-    model: nn.Module, example: torch.Tensor, tmp: str, settings: _Settings, output_names: list[str]
+    model: nn.Module, example: torch.Tensor, tmp: str, settings: ExportSettings, output_names: list[str]
 ):
     try:
         if settings.exporter == "torchscript":
@@ -449,7 +323,7 @@ def _export_proto(
 
 
 def _export_torchscript(
-    model: nn.Module, example: torch.Tensor, tmp: str, settings: _Settings, output_names: list[str]
+    model: nn.Module, example: torch.Tensor, tmp: str, settings: ExportSettings, output_names: list[str]
 ):
     import onnx
 
@@ -472,7 +346,9 @@ def _export_torchscript(
     return onnx.load(tmp)
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, settings: _Settings, output_names: list[str]):
+def _export_dynamo(
+    model: nn.Module, example: torch.Tensor, settings: ExportSettings, output_names: list[str]
+):
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter imports it lazily; fail clearly here)
     except ImportError as exc:
@@ -498,41 +374,7 @@ def _export_dynamo(model: nn.Module, example: torch.Tensor, settings: _Settings,
     return program.model_proto
 
 
-def _check_simplifier(simplify: bool | str) -> str | None:
-    if simplify is True:
-        return DEFAULT_SIMPLIFIER
-    if simplify is False or simplify is None:
-        return None
-    if simplify not in SIMPLIFIERS:
-        raise RmtdeployError(f"simplify must be one of {', '.join(SIMPLIFIERS)} or False, got '{simplify}'")
-    return simplify
-
-
-def _simplify(proto, simplifier: str) -> tuple[Any, str, bool]:
-    """The simplified graph when the simplifier is installed and succeeds; otherwise the graph as
-    exported, with the reason."""
-    try:
-        module = __import__(simplifier)
-    except ImportError:
-        return proto, f"{simplifier} not installed", False
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
-            warnings.simplefilter("ignore")
-            if simplifier == "onnxslim":
-                slim = module.slim(proto)
-            else:
-                slim, valid = module.simplify(proto)
-                slim = slim if valid else None
-    except Exception as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"{simplifier} failed ({reason}); keeping the unsimplified graph", stacklevel=3)
-        return proto, f"{simplifier} failed: {reason}", False
-    if slim is None:  # older onnxslim returns None when it declines a model; onnxsim's own check failed
-        return proto, f"{simplifier} returned no valid model", False
-    return slim, f"{simplifier} {getattr(module, '__version__', '?')}", True
-
-
-def _add_metadata(proto, model: nn.Module, settings: _Settings) -> None:
+def _add_metadata(proto, model: nn.Module, settings: ExportSettings) -> None:
     # Say where the graph came from, so an engine built from it can be traced back.
     cfg = getattr(model, "pretrained_cfg", None) or {}
     entries = {
@@ -547,38 +389,11 @@ def _add_metadata(proto, model: nn.Module, settings: _Settings) -> None:
     set_metadata(proto, {key: value for key, value in entries.items() if value})
 
 
-def set_metadata(proto, entries: Mapping[str, str]) -> None:
-    """Set (or replace) ``metadata_props`` entries; every value is a string, as ONNX requires."""
-    props = {p.key: p for p in proto.metadata_props}
-    for key, value in entries.items():
-        prop = props.get(key) or proto.metadata_props.add()
-        prop.key, prop.value = key, str(value)
-
-
-def _default_domain_opset(proto) -> int:
-    return next(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _save_proto(proto, tmp: str) -> None:
-    import onnx
-
-    try:
-        onnx.save(proto, tmp)
-    except ValueError as exc:  # protobuf's 2 GiB limit
-        raise RmtdeployError(
-            f"ONNX model too large for one file ({exc}); external-data export is not supported"
-        ) from exc
-    try:
-        onnx.checker.check_model(tmp)
-    except Exception as exc:
-        raise RmtdeployError(f"exported ONNX graph is invalid: {str(exc).splitlines()[0][:240]}") from exc
-
-
 def _verify(
-    model: nn.Module, onnx_path: str, settings: _Settings, generator: torch.Generator, notes: list[str]
+    model: nn.Module, onnx_path: str, settings: ExportSettings, generator: torch.Generator, notes: list[str]
 ) -> list[Parity]:
     """Parity on random batches (every verify batch size) and on ``settings.images`` when given."""
-    from rmtdeploy.benchmark.runners import cpu_session
+    from rmtdeploy.onnx_session import cpu_session
 
     # Verify the graph as it will run: the CPU session the benchmarks use, fusions included.
     sess = cpu_session(onnx_path)
@@ -605,30 +420,3 @@ def _rebatch(batches: Iterable[torch.Tensor], size: int) -> Iterator[torch.Tenso
         while len(pending) >= size:
             yield torch.stack(pending[:size])
             del pending[:size]
-
-
-def fp16_copy(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """An fp16 copy of an fp32 graph, inputs and outputs kept fp32: TensorRT 11 builds strongly typed
-    networks, so a graph's precision is the engine's (no FP16 builder flag any more)."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
-    atomic_save(Path(destination), lambda tmp: onnx.save(model, str(tmp)))
-    return Path(destination)
-
-
-def graph_precision(path: str | os.PathLike) -> str:
-    """``int8`` (Q/DQ nodes), ``fp16`` (most weight values fp16) or ``fp32``: what a strongly typed
-    TensorRT build of this graph would run."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    if any(node.op_type == "QuantizeLinear" for node in graph.node):
-        return "int8"
-    counts = {onnx.TensorProto.FLOAT: 0, onnx.TensorProto.FLOAT16: 0}
-    for init in graph.initializer:
-        if init.data_type in counts:
-            counts[init.data_type] += int(np.prod(init.dims)) if init.dims else 1
-    # The converter leaves a few small fp32 constants (blocked ops' inputs): judge by the bulk.
-    return "fp16" if counts[onnx.TensorProto.FLOAT16] > counts[onnx.TensorProto.FLOAT] else "fp32"

@@ -5,8 +5,9 @@ ONNX Runtime fuses the pairs into integer kernels, and TensorRT reads the scales
 with the INT8 builder flag, TensorRT 11 strongly typed, where the precision must be in the ONNX).
 Choices, and why:
 
-* **onnxruntime.quantization** (already a dependency) over NVIDIA ModelOpt: ModelOpt's ONNX PTQ pulls
-  in CUDA-side packages this CPU machine cannot exercise; its Q/DQ output is the same form.
+* **onnxruntime.quantization** (already a dependency) over NVIDIA ModelOpt: ModelOpt's ``onnx`` extra
+  replaces the CPU onnxruntime with onnxruntime-gpu and adds cupy-cuda12x and an older onnx, and its
+  graphs were no more accurate here (docs/deploy.md, "INT8 for TensorRT: Q/DQ placement").
 * **Activations per backend.** TensorRT takes only symmetric int8 (zero point 0) for activations and
   weights; ONNX Runtime's x86 integer kernels are fastest with uint8 activations and int8 weights (U8S8,
   onnxruntime's own advice), and S8S8 graphs ran slower than fp32 on the AMD EPYC here
@@ -15,7 +16,8 @@ Choices, and why:
 * **Per-channel weights**: a pruned layer's channels keep their own range.
 * **Only the GEMM-like ops** (Conv, MatMul, Gemm) get Q/DQ on their inputs by default: that is where
   int8 pays, it is the placement TensorRT's guidance asks for, and quantizing LayerNorm, Softmax or
-  residual Adds costs accuracy for little speed.
+  residual Adds costs accuracy for little speed. For TensorRT their outputs get none either (its
+  placement guidance; the graph's logits stay float).
 * **Calibration on real images** (the train split of ``--data``; a built-in real set when none is
   given, and the result says so), MinMax by default; ``percentile`` / ``entropy`` on request.
 
@@ -84,14 +86,7 @@ def quantize_int8(
     arrays shaped like the graph's input). ``out`` appears only once ONNX Runtime loads it."""
     from onnxruntime import quantization as q
 
-    if method not in CALIBRATION_METHODS:
-        raise RmtdeployError(f"{{param}} must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'",
-                             param="calibration_method")  # fmt: skip
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise RmtdeployError(f"{out} already exists; pass --force (overwrite=True) to replace it")
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise RmtdeployError(f"backend must be onnxruntime or tensorrt, got '{backend}'")
+    out = _check_quantize_arguments(method, Path(out), overwrite, backend)
     tensorrt = backend == "tensorrt"
     reader = _Reader(fp32_path, batches)
     started = time.perf_counter()
@@ -109,7 +104,12 @@ def quantize_int8(
                     activation_type=q.QuantType.QInt8 if tensorrt else q.QuantType.QUInt8,
                     weight_type=q.QuantType.QInt8,
                     calibrate_method=getattr(q.CalibrationMethod, CALIBRATION_METHODS[method]),
-                    extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True},
+                    # TensorRT's parser refuses an int32 bias behind DequantizeLinear ("only activation
+                    # types allowed as input to this layer"): biases stay float for it. Nor does it want
+                    # Q/DQ on a weighted op's output (it splits Conv + residual Add; docs/deploy.md).
+                    extra_options={"ActivationSymmetric": tensorrt, "WeightSymmetric": True,
+                                   "QuantizeBias": not tensorrt,
+                                   "OpTypesToExcludeOutputQuantization": list(op_types) if tensorrt else []},
                 )  # fmt: skip
         _carry_metadata(fp32_path, tmp, {"rmtdeploy.precision": "int8", "rmtdeploy.int8_calibration":
                         f"{calibration}, {reader.images} images, {method}, per-channel {per_channel}, {backend} form"})  # fmt: skip
@@ -127,6 +127,17 @@ def quantize_int8(
     activations = "int8 symmetric" if tensorrt else "uint8 asymmetric"
     return Int8Result(out, calibration, reader.images, method, per_channel, activations, int8_ops, float_ops,
                       out.stat().st_size, round(time.perf_counter() - started, 2))  # fmt: skip
+
+
+def _check_quantize_arguments(method: str, out: Path, overwrite: bool, backend: str) -> Path:
+    if method not in CALIBRATION_METHODS:
+        raise RmtdeployError(f"{{param}} must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'",
+                             param="calibration_method")  # fmt: skip
+    if out.exists() and not overwrite:
+        raise RmtdeployError(f"{out} already exists; pass --force (overwrite=True) to replace it")
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise RmtdeployError(f"backend must be onnxruntime or tensorrt, got '{backend}'")
+    return out
 
 
 # Ops that carry the arithmetic; layout and bookkeeping ops (Reshape, Transpose, Shape, ...) are not
@@ -160,7 +171,7 @@ def op_precisions(
 
 def classify(path: str | os.PathLike, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Predicted classes of an ONNX classifier over (images, labels) batches, on the CPU."""
-    from rmtdeploy.benchmark.runners import cpu_session
+    from rmtdeploy.onnx_session import cpu_session
 
     session = cpu_session(path)
     name = session.get_inputs()[0].name
@@ -203,7 +214,7 @@ def _carry_metadata(source, target: str, extra: dict[str, str]) -> None:
     """The fp32 file's metadata (what an app needs) on the INT8 file, plus how it was quantized."""
     import onnx
 
-    from rmtdeploy.exporting.graph import set_metadata
+    from rmtdeploy.exporting.onnx_file import set_metadata
 
     model = onnx.load(target)
     set_metadata(
@@ -214,6 +225,6 @@ def _carry_metadata(source, target: str, extra: dict[str, str]) -> None:
 
 
 def _check_loads(path: str) -> None:
-    from rmtdeploy.benchmark.runners import cpu_session
+    from rmtdeploy.onnx_session import cpu_session
 
     cpu_session(path)

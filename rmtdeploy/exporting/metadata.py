@@ -106,11 +106,14 @@ def _input_size(model: nn.Module, config: dict) -> tuple[int, ...]:
 
 
 def _known_labels(model: nn.Module, plan: dict[str, Any] | None, num_classes: int) -> list[str] | None:
-    """The fine-tune data's class names, else ImageNet's for a model with an ImageNet head."""
+    """The fine-tune data's class names, else the dense source's, else ImageNet's for an ImageNet head."""
     for entry in reversed((plan or {}).get("finetune", [])):
         names = entry.get("labels")
         if names and len(names) == num_classes:
             return list(names)
+    names = (plan or {}).get("labels")  # what the dense model's source said (a timm config's label_names)
+    if names and len(names) == num_classes:
+        return list(names)
     try:
         import timm.data
 

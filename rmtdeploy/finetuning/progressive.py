@@ -41,9 +41,9 @@ class ProgressivePruning:
     def check(self, model) -> ProgressivePruning:
         """Every rule before the dense model loads; returns a copy that knows its model source."""
         from rmtdeploy.models import model_source
-        from rmtdeploy.pruning.stage import _check
+        from rmtdeploy.scores.request import check_prune_request
 
-        settings = _check(self.keep_macs, self.keep_params, self.strategy, self.knobs, self.target, self.round_to,
+        settings = check_prune_request(self.keep_macs, self.keep_params, self.strategy, self.knobs, self.target, self.round_to,
                           self.min_channels, self.head_rounding, None, 1, 0)  # fmt: skip
         if not settings.strategy.takes_finetune_hook:
             raise RmtdeployError(

@@ -142,12 +142,14 @@ def trained_model(
     recipe: ScratchRecipe,
     *,
     cache: str | os.PathLike | None = None,
+    val_images: int | None = None,
     on_epoch: Callable[[int, int, float], None] | None = None,
 ) -> tuple[LoadedModel, dict[str, Any], Path]:
     """``name`` trained from scratch by ``recipe``, from the cache when it holds this exact training.
 
     Returns the loaded model (weights ``trained:<dataset>``), the training record and the cached weights
-    file (a checkpoint the teacher can be rebuilt from)."""
+    file (a checkpoint the teacher can be rebuilt from). ``val_images`` caps the validation images of the
+    record's curve (None: the whole split); a capped record is cached apart, the weights are the same."""
     from safetensors.torch import load_file, save_file
 
     from rmtdeploy.data import get_dataset
@@ -157,14 +159,16 @@ def trained_model(
     full = resolve_model_name(name)
     dataset = get_dataset(recipe.dataset)
     folder = Path(cache) if cache is not None else CACHE
-    stem = f"{full}-{recipe.dataset}-{recipe.key(full)}"
+    stem = f"{full}-{recipe.dataset}-{recipe.key(full)}" + (
+        f"-val{val_images}" if val_images is not None else ""
+    )
     weights, record_path = folder / f"{stem}.safetensors", folder / f"{stem}.json"
     model = build_small_model(full, recipe, dataset.num_classes)
     if weights.is_file() and record_path.is_file():
         model.load_state_dict(load_file(weights))
         record = {**json.loads(record_path.read_text()), "cached": True}
     else:
-        record = train_from_scratch(model, recipe, on_epoch=on_epoch)
+        record = train_from_scratch(model, recipe, val_images=val_images, on_epoch=on_epoch)
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         atomic_save(weights, lambda tmp: save_file(state, tmp))

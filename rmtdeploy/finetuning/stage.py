@@ -27,8 +27,11 @@ from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.finetuning.checkpoint import Checkpoints
+from rmtdeploy.finetuning.distill import evaluate_top1
 from rmtdeploy.finetuning.distributed import Distributed, resolve_device, setup_distributed
+from rmtdeploy.finetuning.progressive import DEFAULT_PRUNING_FRACTION, ProgressivePruning
 from rmtdeploy.finetuning.recipe import FinetuneRecipe
+from rmtdeploy.finetuning.scratch import ScratchRecipe, trained_model
 from rmtdeploy.finetuning.trainer import Reporter, StopRequested, Trainer, TrainingData
 from rmtdeploy.io import OutputFolder, json_text
 from rmtdeploy.pruning.plan import PLAN_FILE, WEIGHTS_FILE, write_pruned
@@ -116,7 +119,7 @@ def finetune(
     # The quick refusals first: nobody should wait for an image scan to learn that --force is missing.
     from rmtdeploy.io import check_output_dir
 
-    check_output_dir(out, FINETUNE_FILES, force=force)
+    check_output_dir(out, FINETUNE_FILES, force=force, stage="finetune")
     target_device = resolve_device(device)
     Checkpoints(out, writer=False).check_start(resume=resume, force=force)
     inputs = _check(pruned, data, epochs, recipe, teacher, new_head, keep, val_fraction, convert_grey,
@@ -228,7 +231,7 @@ def _scan_progress(reporter: Reporter):
 
 def _check_teacher(teacher, plan, recipe: FinetuneRecipe, new_head: bool):
     """The teacher as something loadable: a module, a model source, a checkpoint path, or the plan's own."""
-    from rmtdeploy.models import LoadedModel, ModelSource, _check_checkpoint_file
+    from rmtdeploy.models import LoadedModel, ModelSource, check_checkpoint_file
 
     if new_head or recipe.kd_weight == 0:
         return None  # no logits to match: the classes differ, or the loss is label-only
@@ -238,7 +241,7 @@ def _check_teacher(teacher, plan, recipe: FinetuneRecipe, new_head: bool):
         teacher.check()
         return teacher
     if teacher is not None:
-        _check_checkpoint_file(Path(teacher))
+        check_checkpoint_file(Path(teacher))
         return Path(teacher)
     if plan is None:
         return None  # progressive: the dense model itself teaches
@@ -257,7 +260,7 @@ def _check_teacher(teacher, plan, recipe: FinetuneRecipe, new_head: bool):
                 "give the dense model as {param}",
                 param="teacher",
             )
-        _check_checkpoint_file(path)
+        check_checkpoint_file(path)
         return path
     return "pretrained"
 
@@ -402,3 +405,11 @@ def _final_result(trainer: Trainer, result: PruneResult, record: dict[str, Any],
     plan = {**result.plan, "finetune": [*result.plan.get("finetune", []), entry]}
     result.model, result.plan = trainer.student, plan
     return result
+
+
+# Besides the stage call, what its callers (the pipeline, the CLI) use: they import nothing from the
+# mechanisms below the stage floor (docs/architecture.md, tests/test_architecture.py).
+__all__ = [
+    "DEFAULT_PRUNING_FRACTION", "Checkpoints", "FinetuneRecipe", "FinetuneRun", "ProgressivePruning", "Reporter",
+    "ScratchRecipe", "evaluate_top1", "finetune", "trained_model",
+]  # fmt: skip

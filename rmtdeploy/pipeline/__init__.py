@@ -4,7 +4,8 @@
   command-line overrides;
 * :mod:`~rmtdeploy.pipeline.run_folder` — the run folder: manifest, per-stage fingerprints, resume, lock;
 * :mod:`~rmtdeploy.pipeline.budget` — the keep ratio that meets a latency budget, measured;
-* :mod:`~rmtdeploy.pipeline.stage` — ``compress()``, the stage calls in order.
+* :mod:`~rmtdeploy.pipeline.stage` — ``compress()``: the recipe resolved and checked, the run folder;
+* :mod:`~rmtdeploy.pipeline.steps` — the stage calls in order, each recorded in the run folder.
 
 The report it ends with is :mod:`rmtdeploy.report.run`.
 """

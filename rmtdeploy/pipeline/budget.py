@@ -5,6 +5,11 @@ fitted once and reused, :func:`rmtdeploy.scores.channel_spectra.reused_spectra`)
 times it against the dense model on ONNX Runtime CPU, interleaved, and bisects (on log keep) towards the
 largest keep whose median latency is within the budget. Every trial is recorded with its spread. A
 budget below what the smallest allowed model reaches is an error that names the closest latency.
+
+With a device's measured sweep (:func:`read_device_curve`: the Jetson bundle's candidates timed together
+on the board) nothing is timed here: :func:`budget_from_curve` picks the keep ratio from the measured
+points (:func:`rmtdeploy.benchmark.curve.pick_keep`), marked measured on that board, with one confirming
+point to time there when the pick falls between two measured ones.
 """
 
 from __future__ import annotations
@@ -32,8 +37,13 @@ class BudgetSearch:
     trials: list[dict[str, Any]] = field(default_factory=list)
     conditions: dict[str, Any] = field(default_factory=dict)
     reference: dict[str, Any] | None = None  # the device results the budget is judged against
+    measured: dict[str, Any] | None = None  # the device's measured curve the keep ratio was picked from
 
     def to_dict(self) -> dict[str, Any]:
+        if self.measured is not None:
+            return {"budget_ms": self.budget_ms, "keep_macs": self.keep_macs, "dense_ms": self.dense_ms,
+                    "trials": self.trials, "how": _how_measured(self.measured), "conditions": self.conditions,
+                    "reference": None, "measured": self.measured}  # fmt: skip
         how = ("ONNX Runtime CPU, batch {batch}, {threads} threads, shared pool, {runs} interleaved rounds per "
                "trial, median").format(**self.conditions)  # fmt: skip
         if self.reference:
@@ -49,7 +59,7 @@ def read_reference(path: str | os.PathLike) -> dict[str, Any]:
     its dense model's median latency, MACs and where it was measured."""
     import numpy as np
 
-    from rmtdeploy.benchmark.stage import read_results
+    from rmtdeploy.benchmark.results import read_results
 
     data = read_results(path)
     if "dense" not in data["samples_ms"]:
@@ -64,6 +74,76 @@ def read_reference(path: str | os.PathLike) -> dict[str, Any]:
     return {"file": str(path), "dense_ms": float(np.median(data["samples_ms"]["dense"])),
             "dense_macs": (data.get("models", {}).get("dense") or {}).get("macs"),
             "device": str(device or "the device"), "backend": conditions.get("backend")}  # fmt: skip
+
+
+def read_device_curve(path: str | os.PathLike, budget_ms: float, target) -> Any:
+    """A device's measured sweep, checked before any work: enough points, measured for ``target`` (a
+    target profile), and a budget the fastest point meets (else the closest point is named)."""
+    from rmtdeploy.benchmark.curve import check_budget_reachable, read_curve
+
+    curve = read_curve(path)
+    if curve.target is not None and curve.target != target.name:
+        raise RmtdeployError(
+            f"{{param}} {path} was measured for target {curve.target} ({curve.device}); this run's target is {target.name}: "
+            "give results of a bundle for this target",
+            param="device_results",
+        )
+    check_budget_reachable(curve, budget_ms)
+    return curve
+
+
+def check_device_model(device: dict[str, Any], loaded) -> None:
+    """Device results are of this dense model: its MACs (``device["dense_macs"]``) match the loaded one's."""
+    from rmtdeploy.adapters import get_adapter
+    from rmtdeploy.pruning.result import count_macs_params
+
+    if not device.get("dense_macs"):
+        return
+    macs = count_macs_params(loaded.model, get_adapter(loaded.model).example_inputs(loaded.model))[0]
+    if abs(device["dense_macs"] / macs - 1) > 0.01:
+        raise RmtdeployError(
+            f"{device['file']} was measured on a dense model of {device['dense_macs'] / 1e9:.3f} GMACs; "
+            f"{loaded.name} here has {macs / 1e9:.3f}: give results of this model's bundle"
+        )
+
+
+def budget_from_curve(curve, budget_ms: float, status: Callable[[str], None] | None = None) -> BudgetSearch:
+    """The keep ratio a latency budget allows on the device whose measured sweep ``curve`` is
+    (:func:`read_device_curve`): measured there, interpolated between measured points where it falls
+    between them (then one point to confirm on the device)."""
+    from rmtdeploy.benchmark.curve import pick_keep
+
+    say = status or (lambda text: None)
+    pick = pick_keep(curve, budget_ms)
+    dense = next(p for p in curve.points if p["label"] == "dense")
+    trials = [{**{k: p[k] for k in ("keep_macs", "macs_kept", "median_ms", "p10_ms", "p90_ms", "speedup")},
+               "judged_ms": p["median_ms"], "met": p["median_ms"] <= budget_ms, "note": p["label"]}
+              for p in curve.points]  # fmt: skip
+    if pick["interpolated"]:  # the pick as a trial of its own, judged by interpolation: to confirm there
+        trials.append({"keep_macs": pick["keep_macs"], "judged_ms": pick["judged_ms"], "met": True,
+                       "note": f"interpolated between {' and '.join(pick['between'])}"})  # fmt: skip
+    measured = {**curve.to_dict(), **pick}
+    search = BudgetSearch(budget_ms, pick["keep_macs"], dense["median_ms"], trials, dict(measured["conditions"]),
+                          measured=measured)  # fmt: skip
+    for problem in pick["inversions"]:
+        say(f"the measured curve is not monotone: {problem}")
+    say(f"keep-macs {pick['keep_macs']:g} meets {budget_ms:g} ms on {curve.device}: "
+        f"{pick['judged_ms']:.2f} ms {'interpolated' if pick['interpolated'] else 'measured'}")  # fmt: skip
+    return search
+
+
+def _how_measured(measured: dict[str, Any]) -> str:
+    c = measured["conditions"]
+    how = (f"measured on {measured['device']}: the bundle's sweep timed there ({c.get('backend') or '?'}"
+           f"{', TensorRT ' + c['tensorrt_version'] if c.get('tensorrt_version') else ''}, batch {c.get('batch', '?')}, "
+           f"{c.get('runs', '?')} interleaved rounds, median; from {measured['file']})")  # fmt: skip
+    if measured["interpolated"]:
+        low, high = measured["between"]
+        how += (f"; keep {measured['keep_macs']:g} interpolated between the measured {low} and {high} (monotone "
+                "on that segment): confirm it on the device with this run's bundle")  # fmt: skip
+    if measured["inversions"]:
+        how += "; the curve is not monotone elsewhere: " + "; ".join(measured["inversions"])
+    return how
 
 
 def search_keep_for_latency(
@@ -182,11 +262,12 @@ class _Trials:
         return self._dense_ms
 
     def __call__(self, keep: float, say) -> dict[str, Any]:
+        from rmtdeploy.benchmark.allocation import fastest_allocation
         from rmtdeploy.exporting import export_onnx
 
         result = self.strategy.prune(
             self.loaded.model, keep_macs=keep, round_to=self.round_to, model_name=self.loaded.name,
-            **({"latency_weights": "measure"} if self.latency_aware else {}),
+            **({"latency_weights": fastest_allocation} if self.latency_aware else {}),
         )  # fmt: skip
         path = self.folder / f"keep-{keep}.onnx"
         export_onnx(result.model, path)

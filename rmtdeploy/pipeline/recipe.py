@@ -19,9 +19,11 @@ from typing import Any
 import yaml
 
 from rmtdeploy.benchmark.stage import BENCH_BACKENDS
+from rmtdeploy.bundle.stage import check_sweep
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.finetuning.recipe import FinetuneRecipe
-from rmtdeploy.finetuning.scratch import ScratchRecipe
+from rmtdeploy.finetuning.stage import FinetuneRecipe, ScratchRecipe
+from rmtdeploy.models import ModelSource
+from rmtdeploy.preprocessing import InputConfig
 
 # The accuracy benchmark's choice (docs/strategies.md): hybrid keeps the most right after pruning; after
 # the default fine-tune the criteria end level, so the better starting point is what decides.
@@ -39,6 +41,8 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "runs": 50,
     "warmup": 10,
 }
+# sweep: keep ratios the Jetson bundle adds as candidates, timed together on the board (a measured curve).
+BUNDLE_DEFAULTS: dict[str, Any] = {"sweep": None}
 
 
 @dataclass
@@ -48,17 +52,24 @@ class CompressRecipe:
     model: str | None = None
     weights: str | None = None  # None: checkpoint when one is given, else pretrained
     checkpoint: str | None = None
+    num_classes: int | None = None  # None: the checkpoint's head says it (or timm's default)
+    model_kwargs: dict[str, Any] = field(
+        default_factory=dict
+    )  # timm create kwargs (not for weights: trained)
+    input: dict[str, Any] = field(default_factory=dict)  # size, mean, std, interpolation, crop_pct
     target: str = DEFAULT_TARGET
     strategy: str = DEFAULT_STRATEGY
     knobs: dict[str, Any] = field(default_factory=dict)
     keep_macs: float | None = None  # None with no latency budget: DEFAULT_KEEP_MACS
     latency_budget_ms: float | None = None
     latency_reference: str | None = None  # a device's bench.json: judge the budget by that device's latency
+    device_results: str | None = None  # a device's measured sweep (bench.json): pick the keep ratio from it
     latency_aware: bool = False
     data: str | None = None  # built-in dataset name or ImageFolder: BN recalibration, fine-tune, parity, INT8
     finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneRecipe fields; epochs 0: no fine-tune
     export: dict[str, Any] = field(default_factory=lambda: dict(EXPORT_DEFAULTS))
     bench: dict[str, Any] = field(default_factory=lambda: dict(BENCH_DEFAULTS))
+    bundle: dict[str, Any] = field(default_factory=lambda: dict(BUNDLE_DEFAULTS))
     train: dict[str, Any] = field(default_factory=dict)  # ScratchRecipe fields, for weights: trained
     description: str = ""
     source: str = "defaults"  # where the recipe came from (name or path), for the report
@@ -81,6 +92,15 @@ class CompressRecipe:
     def scratch_recipe(self) -> ScratchRecipe:
         return ScratchRecipe(**self.train)
 
+    def input_config(self) -> InputConfig:
+        """The ``input`` section as an :class:`InputConfig` (values not given stay the model's own)."""
+        return InputConfig.from_mapping(self.input, f"recipe {self.source} and the command line")
+
+    def model_source(self) -> ModelSource:
+        """The dense model, for every weight source but ``trained`` (see :meth:`scratch_recipe`)."""
+        return ModelSource(self.model, self.weights, self.checkpoint, self.num_classes,
+                           dict(self.model_kwargs), self.input_config())  # fmt: skip
+
     def int8_enabled(self, target_precision: str) -> bool:
         choice = self.export["int8"]
         return choice is True or (choice == "auto" and target_precision == "int8")
@@ -95,6 +115,18 @@ class CompressRecipe:
         _choice("weights", self.weights, WEIGHTS, allow_none=True)
         if self.weights == "trained":
             self.scratch_recipe().check()
+            given = [k for k in ("num_classes", "model_kwargs", "input") if getattr(self, k)]
+            if given:
+                raise RmtdeployError(
+                    f"{', '.join(given)} describe(s) a model brought by the user; weights 'trained' builds its own "
+                    "from train.model_kwargs and train.image_size"
+                )
+        else:
+            if not isinstance(self.model_kwargs, dict):
+                raise RmtdeployError(
+                    f"model_kwargs must be a mapping of timm create kwargs, got {self.model_kwargs!r}"
+                )
+            self.model_source().check()
         budget_given = [k for k in ("keep_macs", "latency_budget_ms") if getattr(self, k) is not None]
         if len(budget_given) == 2:
             raise RmtdeployError("give one budget: keep_macs or latency_budget_ms, not both")
@@ -108,7 +140,9 @@ class CompressRecipe:
             )
         if self.latency_reference is not None and self.latency_budget_ms is None:
             raise RmtdeployError("latency_reference judges a latency budget: give latency_budget_ms too")
-        if self.latency_budget_ms is not None and self.bench["backend"] != "onnxruntime":
+        self._check_device_inputs()
+        searched = self.latency_budget_ms is not None and self.device_results is None
+        if searched and self.bench["backend"] != "onnxruntime":
             raise RmtdeployError(
                 "a latency budget is searched on ONNX Runtime CPU: bench.backend onnxruntime"
             )
@@ -132,12 +166,31 @@ class CompressRecipe:
                 raise RmtdeployError(f"finetune.{exc.render()}") from exc
         return self
 
+    def _check_device_inputs(self) -> None:
+        """The device's measured sweep (device_results) and the bundle's sweep of keep ratios."""
+        if self.device_results is not None and self.latency_budget_ms is None:
+            raise RmtdeployError(
+                "device_results picks the keep ratio for a latency budget: give latency_budget_ms too"
+            )
+        if self.device_results is not None and self.latency_reference is not None:
+            raise RmtdeployError(
+                "give one device file: device_results (a measured sweep) or latency_reference (a dense latency, "
+                "an estimate), not both"
+            )
+        if self.bundle["sweep"] is not None:
+            try:
+                self.bundle["sweep"] = check_sweep(self.bundle["sweep"])
+            except RmtdeployError as exc:
+                raise RmtdeployError(exc.render(lambda param: "bundle.sweep")) from exc
+
 
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "finetune": tuple(f.name for f in dataclasses.fields(FinetuneRecipe)),
     "export": tuple(EXPORT_DEFAULTS),
     "bench": tuple(BENCH_DEFAULTS),
+    "bundle": tuple(BUNDLE_DEFAULTS),
     "train": tuple(f.name for f in dataclasses.fields(ScratchRecipe)),
+    "input": ("size", "mean", "std", "interpolation", "crop_pct"),
 }
 _TOP_KEYS = tuple(f.name for f in dataclasses.fields(CompressRecipe) if f.name != "source")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.io import atomic_write_json, file_sha256, locked
+from rmtdeploy.io import atomic_write_json, file_sha256, foreign_folder_error, locked, visible_entries
 
 RUN_MANIFEST = "manifest.json"
 RUN_FORMAT = "rmtdeploy-run"
@@ -80,15 +80,10 @@ class RunFolder:
     def check(self) -> None:
         """Before any work: the folder is new, empty, a run to resume, or a run to replace with force."""
         root = self.root
-        if root.exists() and not root.is_dir():
-            raise RmtdeployError(f"{{param}} {root} exists and is not a directory", param="out")
+        entries = visible_entries(root)  # the rule every stage's folder follows (rmtdeploy.io)
         manifest = self._read_manifest()
-        holds_files = root.is_dir() and any(not p.name.startswith(".") for p in root.iterdir())
-        if manifest is None and holds_files:
-            raise RmtdeployError(
-                f"{root} holds files that are not an rmtdeploy run; choose another output folder ({{param}})",
-                param="out",
-            )
+        if manifest is None and entries:
+            raise foreign_folder_error(root, entries, "run")
         if manifest is not None and not (self.resume or self.force):
             raise RmtdeployError(
                 f"{root} already holds a run; continue it with {{param}} or start over with --force",

@@ -100,6 +100,9 @@ def discover_units(
             group = _reroot_attention_group(graph, group)
             if group is None:
                 continue
+        group = adapter.reroot_group(graph, group)
+        if adapter.group_problem(graph, group, names) is not None:  # the adapter leaves it whole
+            continue
         scores = importance(group)
         if scores is None:  # the importance declines to score this group: leave it whole
             continue

@@ -15,9 +15,11 @@ candidates themselves, whole, on the backend:
   the components in model order against the second, attention against the rest, and shared widths (a
   stage's residual channels) against each block's own. The budget search then meets the same MACs for
   each.
-* :func:`fastest_allocation`: the candidates exported in ONNX Runtime's form and timed interleaved on
-  one shared pool; the fastest at equal MACs wins if it beats MAC-only by at least ``MIN_GAIN`` (below
-  that, the difference is within a short run's noise and MAC-only stays).
+* a chooser times them: :func:`rmtdeploy.benchmark.allocation.fastest_allocation` exports the
+  candidates in ONNX Runtime's form and times them interleaved on one shared pool; the fastest at equal
+  MACs wins if it beats MAC-only by at least ``MIN_GAIN`` (below that, the difference is within a short
+  run's noise and MAC-only stays). Pruning takes the chooser as ``latency_weights`` (it measures nothing
+  itself: timing lies on a floor above it).
 
 Components are a top-level block with its attention apart (``blocks.3.attn`` and ``blocks.3``;
 ``layer2.0``; Swin's and ConvNeXt's stages). Explicit ``{component: weight}`` maps still scale the base
@@ -26,9 +28,7 @@ ratios (:func:`weighted_ratios`), for experiments and for the benchmarks' extrem
 
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,11 +38,15 @@ WEIGHT_CLIP = (0.5, 2.0)  # a component is cut at most twice as hard (or half as
 TILT = 1.5  # the measured candidates' tilt: 2 bought more speed in the headroom runs, and cost more accuracy
 MIN_GAIN = 1.02  # a tilted allocation must beat MAC-only by this at equal MACs to be chosen
 SHARED, OWN = "(shared width)", "(own width)"  # weight keys by unit kind, not by component
+# ({label: (pruned model, MACs)}, example input, baseline label) -> (the label chosen, its record).
+AllocationChooser = Callable[
+    [Mapping[str, tuple[nn.Module, int]], torch.Tensor, str], tuple[str, dict[str, Any]]
+]
 
 
 def module_component(model: nn.Module, module_name: str) -> str:
     """The same key for a PyTorch module name."""
-    from rmtdeploy.benchmark.profile import module_scope
+    from rmtdeploy.macs import module_scope
 
     scope = module_scope(model, module_name)
     return _with_attention(scope, module_name[len(scope) :].split("."))
@@ -57,7 +61,7 @@ def _with_attention(scope: str, path: Sequence[str]) -> str:
 
 def component_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """MACs per component."""
-    from rmtdeploy.report.diagnostics import macs_by_key
+    from rmtdeploy.macs import macs_by_key
 
     return macs_by_key(model, example, lambda name: module_component(model, name))
 
@@ -117,38 +121,3 @@ def tilted_weights(
 def width_kind_weights(tilt: float = TILT) -> dict[str, dict[str, float]]:
     """The two candidates that weigh by unit kind: shared widths cut ``tilt`` times harder, or own ones."""
     return {"shared-first": {SHARED: tilt, OWN: 1 / tilt}, "own-first": {SHARED: 1 / tilt, OWN: tilt}}
-
-
-def fastest_allocation(
-    candidates: Mapping[str, tuple[nn.Module, int]],
-    example: torch.Tensor,
-    *,
-    baseline: str,
-    threads: int = 2,
-    runs: int = 30,
-) -> tuple[str, dict[str, Any]]:
-    """Time ``candidates`` ({label: (pruned model, MACs)}) interleaved on ONNX Runtime CPU at batch 1; the
-    label chosen and the record: each candidate's latency ratio to ``baseline`` at equal MACs (> 1:
-    faster), and how it was measured. Latency is taken as proportional to MACs over the budget's ±3%."""
-    from rmtdeploy.benchmark import measure_onnx_latency
-    from rmtdeploy.exporting import export_onnx
-
-    with tempfile.TemporaryDirectory(prefix="rmtdeploy-allocation-") as tmp:
-        paths = {}
-        for label, (model, _) in candidates.items():
-            paths[label] = str(Path(tmp) / f"{label}.onnx")
-            export_onnx(model, paths[label], backend="onnxruntime", dynamic_batch=False,
-                        input_shape=tuple(example.shape[1:]), verify=False)  # fmt: skip
-        others = [label for label in candidates if label != baseline]
-        report = measure_onnx_latency(paths, threads=threads, runs=runs, warmup=5,
-                                      pairs=[(baseline, label) for label in others])  # fmt: skip
-    base_macs = candidates[baseline][1]
-    gains = {
-        s.candidate: round(s.median * candidates[s.candidate][1] / base_macs, 4) for s in report.speedups
-    }
-    best = max(gains, key=gains.get) if gains else baseline
-    chosen = best if gains.get(best, 0.0) >= MIN_GAIN else baseline
-    record = {"chosen": chosen, "gain_at_equal_macs": gains, "min_gain": MIN_GAIN,
-              "measured": f"ONNX Runtime CPU, batch 1, {threads} threads, {runs} interleaved rounds, median of per-round ratios",
-              "cpu": report.conditions.get("cpu_model")}  # fmt: skip
-    return chosen, record

@@ -135,6 +135,13 @@ def dense_architecture(plan: dict[str, Any]) -> nn.Module:
     return rebuild_pruned_architecture({**plan, "operations": []})
 
 
+def load_dense_and_pruned(pruned: str | os.PathLike) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """The plan's dense architecture (random weights) and the pruned model, both in eval mode, and the plan:
+    what a latency comparison or an on-device baseline needs from a pruned folder alone."""
+    result = load_pruned(pruned)
+    return dense_architecture(result.plan).eval(), result.model.eval(), result.plan
+
+
 def rebuild_pruned_architecture(plan: dict[str, Any]) -> nn.Module:
     """timm's dense architecture (random init) with the plan's removals replayed: the pruned shapes."""
     try:
@@ -145,7 +152,15 @@ def rebuild_pruned_architecture(plan: dict[str, Any]) -> nn.Module:
         ) from exc
     model.eval()
     # The size it was pruned at is the size its data loaders and exports use (timm's default otherwise).
-    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "input_size": tuple(plan["input_size"])}
+    # The preprocessing it was trained with too (plans before it was recorded keep timm's default).
+    preprocessing = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in plan.get("data_config", {}).items()
+    }
+    model.pretrained_cfg = {
+        **getattr(model, "pretrained_cfg", {}),
+        **preprocessing,
+        "input_size": tuple(plan["input_size"]),
+    }
     if model_family(model) != plan["family"]:
         raise RmtdeployError(
             f"plan is for family '{plan['family']}' but timm built a '{model_family(model)}' model"
@@ -166,6 +181,7 @@ def build_plan(
     create_kwargs: dict[str, Any],
     input_size: list[int],
     settings: dict[str, Any],
+    data_config: dict[str, Any] | None = None,
     operations: list[dict[str, Any]],
     dense_widths: dict[str, int],
     pruned_widths: dict[str, int],
@@ -176,7 +192,8 @@ def build_plan(
     strategy: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The plan of one pruning pass. ``strategy``: the strategy's record (name, knobs, steps);
+    """The plan of one pruning pass. ``data_config``: the preprocessing the model takes besides its input
+    size (mean, std, interpolation, crop_pct); ``strategy``: the strategy's record (name, knobs, steps);
     ``provenance``: facts of the run the pruner does not know (weights source, target, calibration)."""
     return {
         "format": PLAN_FORMAT,
@@ -185,6 +202,7 @@ def build_plan(
         "family": family,
         "create_kwargs": create_kwargs,
         "input_size": input_size,
+        **({"data_config": data_config} if data_config else {}),
         **settings,
         "operations": operations,
         "widths": {"dense": dense_widths, "pruned": pruned_widths},

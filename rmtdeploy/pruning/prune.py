@@ -15,6 +15,7 @@ from torch import nn
 from rmtdeploy.adapters import ArchitectureAdapter, get_adapter
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.models import model_family
+from rmtdeploy.preprocessing import model_data_config
 from rmtdeploy.pruning.allocate import WidthAllocator, WidthRules, Widths, search_widths
 from rmtdeploy.pruning.graph import (
     Operation,
@@ -26,7 +27,7 @@ from rmtdeploy.pruning.graph import (
     layer_widths,
     unit_operation,
 )
-from rmtdeploy.pruning.latency import fastest_allocation, tilted_weights
+from rmtdeploy.pruning.latency import AllocationChooser, tilted_weights
 from rmtdeploy.pruning.plan import build_plan
 from rmtdeploy.pruning.result import PruneResult, count_macs_params
 
@@ -54,7 +55,7 @@ def prune_model(
     model_name: str | None = None,
     strategy: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
-    latency_weights: Mapping[str, float] | str | None = None,
+    latency_weights: Mapping[str, float] | AllocationChooser | None = None,
 ) -> PruneResult:
     """Remove channels and whole attention heads from a copy of ``model`` (``model`` itself is untouched).
 
@@ -67,7 +68,8 @@ def prune_model(
     ``round_to`` and at least ``min_channels`` per layer; heads keep their head_dim (at least one head stays).
     ``head_rounding``: at a ratio r a unit of h heads loses floor(r·h) heads (default: a head goes only when
     r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
-    ``latency_weights``: ``"measure"`` meets the budget with the MAC-only allocation and a few tilted ones
+    ``latency_weights``: a chooser (:func:`rmtdeploy.benchmark.allocation.fastest_allocation`) meets the
+    budget with the MAC-only allocation and a few tilted ones
     and keeps the one that runs fastest on ONNX Runtime CPU at equal MACs (recorded in the plan's
     ``latency_allocation``); a ``{component: weight}`` map scales each component's base ratios
     as given (:mod:`rmtdeploy.pruning.latency`).
@@ -117,9 +119,10 @@ def prune_model(
 
 
 def _allocate(model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs, budget):
-    """The trial meeting the budget, its factor, and the latency-aware record: with ``weights`` "measure",
-    MAC-only and the tilted allocations each meet the budget and the one measured fastest is kept."""
-    if weights == "measure":
+    """The trial meeting the budget, its factor, and the latency-aware record: with ``weights`` a chooser,
+    MAC-only and the tilted allocations each meet the budget and the one it measures fastest is kept."""
+    measured = callable(weights)
+    if measured:
         owners = [u.owners for u in units]
         maps = {"mac-only": None, **tilted_weights(dense, example_inputs[:1], owners=owners)}
     else:
@@ -129,10 +132,11 @@ def _allocate(model, dense, units, rules, pruning_ratio_dict, weights, adapter, 
         ratios = _unit_ratios(model, dense, units, pruning_ratio_dict, weight_map)
         builder = _TrialBuilder(dense, adapter, units, example_inputs)
         trials[label] = _meet_budget(builder, WidthAllocator(units, rules, ratios), *budget)
-    if weights != "measure":
+    if not measured:
         return (*trials["given"], {})
-    chosen, record = fastest_allocation({k: (t.model, t.macs) for k, (t, _) in trials.items()},
-                                        example_inputs[:1], baseline="mac-only")  # fmt: skip
+    chosen, record = weights(
+        {k: (t.model, t.macs) for k, (t, _) in trials.items()}, example_inputs[:1], "mac-only"
+    )
     return (*trials[chosen], {**record, "weights": maps[chosen]})
 
 
@@ -146,17 +150,20 @@ def _unit_ratios(model, dense, units, pruning_ratio_dict, weights) -> list[float
     return weighted_ratios(dense, [u.owners for u in units], ratios, weights)
 
 
-def _latency_weights(weights, global_pruning: bool) -> dict[str, float] | str | None:
+def _latency_weights(weights, global_pruning: bool) -> dict[str, float] | AllocationChooser | None:
     if weights is None:
         return None
     if global_pruning:
         raise RmtdeployError(
             "latency-aware allocation weighs per-unit ratios; it cannot be combined with global_pruning"
         )
-    if weights == "measure":
+    if callable(weights):
         return weights
     if isinstance(weights, str) or not all(isinstance(v, (int, float)) and v > 0 for v in weights.values()):
-        raise RmtdeployError("latency_weights must be 'measure' or a mapping of component -> positive weight")
+        raise RmtdeployError(
+            "latency_weights must be a chooser that times candidate allocations "
+            "(rmtdeploy.benchmark.allocation.fastest_allocation) or a mapping of component -> positive weight"
+        )
     return dict(weights)
 
 
@@ -178,6 +185,7 @@ def _plan(
         family=model_family(dense),
         create_kwargs=adapter.create_kwargs(dense),
         input_size=list(example_inputs.shape[1:]),
+        data_config={k: v for k, v in model_data_config(dense).items() if k != "input_size"},
         settings=settings,
         operations=candidate.operations,
         dense_widths=layer_widths(dense),

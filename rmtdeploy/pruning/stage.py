@@ -16,12 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rmtdeploy.adapters import get_adapter
+from rmtdeploy.data import open_data
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import OutputFolder
 from rmtdeploy.models import LoadedModel, ModelSource, model_source
 from rmtdeploy.pruning.plan import PRUNED_FILES, layer_report, write_pruned
-from rmtdeploy.pruning.prune import check_pruning_arguments
+from rmtdeploy.pruning.prune import HEAD_ROUNDINGS
 from rmtdeploy.pruning.result import PruneResult
+from rmtdeploy.scores import get_strategy, strategy_names
+from rmtdeploy.scores.request import SHORT_DISTILL_STEPS, PruneSettings, check_prune_request
 
 REPORT_FILE = "report.json"
 PRUNE_FILES = (*PRUNED_FILES, REPORT_FILE)
@@ -31,7 +35,6 @@ DEFAULT_CALIBRATION_IMAGES = 512
 # A strategy that fine-tunes between its pruning steps distils this many AdamW steps after each step when
 # calibration images are given and no count is: two passes over 512 images in batches of 32. Short: it
 # repairs, it does not train (that is the fine-tune stage's work).
-SHORT_DISTILL_STEPS = 32
 
 Status = Callable[[str], None]
 
@@ -87,18 +90,6 @@ class PruneRun:
         }
 
 
-@dataclass(frozen=True)
-class _Settings:
-    """The prune arguments after checking, before any work."""
-
-    strategy: Any
-    target: Any
-    round_to: int
-    round_to_from: str
-    finetune_steps: int
-    calibration: Any = None  # the opened DataSource
-
-
 def prune(
     model: str | ModelSource | LoadedModel,
     out: str | os.PathLike,
@@ -133,10 +124,12 @@ def prune(
     attention kernels (:mod:`rmtdeploy.engine.attention`): reported, or refused with ``strict``.
     An existing output is replaced only with ``force``. ``status(text)`` receives progress lines.
     """
-    settings = _check(
+    settings = check_prune_request(
         keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
         calibration, calibration_images, finetune_steps,
     )  # fmt: skip
+    from rmtdeploy.benchmark.allocation import fastest_allocation
+
     source = model_source(model)
     source.check()
     with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
@@ -146,8 +139,9 @@ def prune(
         result = _run_strategy(
             settings, loaded, batches, status, keep_macs=keep_macs, keep_params=keep_params,
             min_channels=min_channels, head_rounding=head_rounding,
-            **({"latency_weights": "measure"} if latency_aware else {}),
+            **({"latency_weights": fastest_allocation} if latency_aware else {}),
         )  # fmt: skip
+        _verify_unproven(loaded, result, status)
         problems = _attention_check(settings.target, result.model, strict, status)
         run = PruneRun(
             directory=Path(out),
@@ -167,7 +161,9 @@ def prune(
     return run
 
 
-def _run_strategy(settings: _Settings, loaded: LoadedModel, batches, status, **pruner_options) -> PruneResult:
+def _run_strategy(
+    settings: PruneSettings, loaded: LoadedModel, batches, status, **pruner_options
+) -> PruneResult:
     _say(status, f"pruning {loaded.name} with {settings.strategy.name}")
     return settings.strategy.prune(
         loaded.model,
@@ -179,6 +175,7 @@ def _run_strategy(settings: _Settings, loaded: LoadedModel, batches, status, **p
             "target": settings.target.name,
             "calibrated": batches is not None,
             "finetune_steps": settings.finetune_steps,
+            **({"labels": list(loaded.labels)} if getattr(loaded, "labels", None) else {}),
         },
         **_hooks(settings, loaded, batches, status),
         **pruner_options,
@@ -203,75 +200,24 @@ def _attention_check(profile, model, strict: bool, status: Status | None) -> lis
     return problems
 
 
-def _check(
-    keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
-    calibration, calibration_images, finetune_steps,
-) -> _Settings:  # fmt: skip
-    """Every argument rule, before the model is loaded: a bad value costs the user no waiting."""
-    from rmtdeploy.scores import get_strategy
-    from rmtdeploy.targets import load_target
-
-    if keep_macs is None and keep_params is None:
-        raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
-    chosen = get_strategy(strategy, **(knobs or {}))
-    profile = load_target(target)
-    multiple = profile.channel_multiple if round_to is None else round_to
-    check_pruning_arguments(
-        keep_macs=keep_macs,
-        keep_params=keep_params,
-        round_to=multiple,
-        min_channels=min_channels,
-        head_rounding=head_rounding,
-    )
-    data = _check_calibration(calibration, calibration_images) if calibration is not None else None
-    return _Settings(
-        strategy=chosen,
-        target=profile,
-        round_to=multiple,
-        round_to_from="round_to argument"
-        if round_to is not None
-        else f"target: {profile.channel_multiple_from}",
-        finetune_steps=_finetune_steps(finetune_steps, chosen, calibration is not None),
-        calibration=data,
-    )
-
-
-def _check_calibration(root, images: int):
-    """The calibration data (a built-in dataset's name or an ImageFolder), opened and its files checked."""
-    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
-        raise RmtdeployError(
-            f"{{param}} must be a positive integer, got {images}", param="calibration_images"
-        )
-    from rmtdeploy.data import open_data
-
-    return open_data(root, split=False)
-
-
-def _finetune_steps(steps: int | None, strategy, have_images: bool) -> int:
-    """Distillation steps per pruning step; unset: a short one where the strategy takes it and images exist."""
-    takes_finetune = strategy.takes_finetune_hook
-    if steps is None:
-        return SHORT_DISTILL_STEPS if takes_finetune and have_images else 0
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise RmtdeployError(f"{{param}} must be an integer >= 0, got {steps}", param="finetune_steps")
-    if steps and not takes_finetune:
-        raise RmtdeployError(
-            f"{{param}} applies to strategies that fine-tune between pruning steps (not '{strategy.name}'); "
-            "the fine-tune stage for the others comes later",
-            param="finetune_steps",
-        )
-    if steps and not have_images:
-        raise RmtdeployError(
-            "{param} needs calibration images: the images to distil on", param="finetune_steps"
-        )
-    return steps
-
-
 def _check_supported(loaded: LoadedModel) -> None:
     """The family's adapter refuses in seconds what it cannot prune (before spectra are fitted)."""
-    from rmtdeploy.adapters import get_adapter
 
     get_adapter(loaded.model)
+
+
+def _verify_unproven(loaded: LoadedModel, result: PruneResult, status: Status | None) -> None:
+    """A model pruned by an adapter not written for it (the generic one) is accepted only once verified."""
+    from rmtdeploy.adapters import get_adapter
+
+    if not get_adapter(loaded.model).needs_verification:
+        return
+    from rmtdeploy.coverage import verify_pruned
+
+    _say(status, f"verifying the pruned {loaded.name} (generic adapter)")
+    verification = verify_pruned(loaded.model, result)
+    if not verification.ok:
+        raise RmtdeployError(f"refused {loaded.name} (generic adapter): {verification.failures[0]}")
 
 
 def _calibration_batches(data, loaded: LoadedModel, images: int):
@@ -283,7 +229,7 @@ def _calibration_batches(data, loaded: LoadedModel, images: int):
     return calibration_batches(data, loaded.model, images)
 
 
-def _hooks(settings: _Settings, loaded: LoadedModel, batches, status: Status | None) -> dict[str, Any]:
+def _hooks(settings: PruneSettings, loaded: LoadedModel, batches, status: Status | None) -> dict[str, Any]:
     """The strategy's between-steps fine-tune: a short distillation from the dense model, counted in
     ``status``. The teacher is the loaded model itself: pruning works on copies and leaves it dense."""
     if not settings.finetune_steps:
@@ -324,3 +270,11 @@ def _counter(status: Status | None, label: str):
 def _say(status: Status | None, text: str) -> None:
     if status is not None:
         status(text)
+
+
+# Besides the stage call, what its callers (the pipeline, the CLI) use: they import nothing from the
+# mechanisms below the stage floor (docs/architecture.md, tests/test_architecture.py).
+__all__ = [
+    "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune",
+    "strategy_names",
+]  # fmt: skip

@@ -9,10 +9,9 @@ import os
 from collections import Counter
 from typing import Any
 
-import torch
 from torch import nn
 
-from rmtdeploy.benchmark import module_scope
+from rmtdeploy.macs import macs_by_key, module_scope, scope_macs  # noqa: F401 (the report's MAC views)
 
 # Ops that move or reshape data without computing on it: they do not shrink with the channel count.
 LAYOUT_OPS = ("Transpose", "Reshape", "Concat", "Slice", "Split", "Gather", "Squeeze", "Unsqueeze")
@@ -58,29 +57,6 @@ def attention_shapes(model: nn.Module) -> dict[str, int]:
     from rmtdeploy.engine.attention import attention_head_shapes
 
     return {f"{heads}x{dim}": count for (heads, dim), count in attention_head_shapes(model).items()}
-
-
-def scope_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """MACs per top-level block (same keys as the ONNX profile's scopes), from leaf modules only."""
-    return macs_by_key(model, example, lambda name: module_scope(model, name))
-
-
-def macs_by_key(model: nn.Module, example: torch.Tensor, key_of) -> dict[str, int]:
-    """MACs (torch-pruning's counter, the budget's own) summed by ``key_of(module name)``.
-
-    Each MAC is counted once, at the deepest module the counter reports: a leaf layer, or a module it
-    counts whole (timm's Attention: qkv, the q·kᵀ and attn·v products and proj, its children unreported).
-    """
-    import torch_pruning as tp
-
-    _, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example, layer_wise=True)
-    names = {module: name for name, module in model.named_modules()}
-    totals: Counter[str] = Counter()
-    for module, macs in layer_macs.items():
-        counted_below = any(layer_macs.get(sub) is not None for sub in module.modules() if sub is not module)
-        if macs and not counted_below and module in names:
-            totals[key_of(names[module])] += int(macs)
-    return dict(totals)
 
 
 def block_breakdown(macs: dict[str, dict[str, int]], ms: dict[str, dict[str, float]]) -> list[dict[str, Any]]:

@@ -29,7 +29,71 @@ def render_latency_markdown(data: dict[str, Any]) -> str:
                                "speedup ÷ MAC reduction"])]  # fmt: skip
     lines += [table_row(row) for row in speedup_rows(data)]
     lines += ["", "![latency](bench.png)", ""]
+    if data.get("curve"):
+        lines += ["## Measured curve: latency and speedup against the keep ratio", "",
+                  *table_head(CURVE_COLUMNS), *[table_row(row) for row in curve_rows(data["curve"])],
+                  "", "![curve](curve.png)", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+CURVE_COLUMNS = ["keep ratio", "MACs kept", "median ms", "p10–p90 ms", "speedup", "p10–p90"]
+
+
+def curve_rows(points: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per point of a measured curve (a sweep's candidates and dense), by keep ratio."""
+    return [
+        [f"{p['keep_macs']:g}" + (" (dense)" if p["label"] == "dense" else ""),
+         f"{p['macs_kept']:.3f}" if p.get("macs_kept") else "–", f"{p['median_ms']:.3f}",
+         f"{p['p10_ms']:.3f}–{p['p90_ms']:.3f}", f"×{p['speedup']:.3f}", f"×{p['speedup_p10']:.3f}–×{p['speedup_p90']:.3f}"]
+        for p in points
+    ]  # fmt: skip
+
+
+def curve_figure(points: list[dict[str, Any]], title: str, budget_ms: float | None = None, pick=None):
+    """Latency (median, p10–p90) and speedup over dense (median of per-round ratios, p10–p90) against the
+    keep ratio; the MAC reduction (1 / MACs kept) dashed for scale. With ``budget_ms`` a line at the
+    budget, with ``pick`` (keep ratio, ms) the chosen point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keep = [p["keep_macs"] for p in points]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    median = [p["median_ms"] for p in points]
+    left.errorbar(keep, median, yerr=[[m - p["p10_ms"] for m, p in zip(median, points, strict=True)],
+                                      [p["p90_ms"] - m for m, p in zip(median, points, strict=True)]],
+                  marker="o", capsize=4, label="measured (median, p10–p90)")  # fmt: skip
+    if budget_ms is not None:
+        left.axhline(budget_ms, color="#c44e52", linestyle="--", label=f"budget {budget_ms:g} ms")
+    if pick is not None:
+        left.plot([pick[0]], [pick[1]], "*", color="#c44e52", markersize=12, label=f"pick: keep {pick[0]:g}")
+    left.set(xlabel="keep ratio (MACs)", ylabel="latency, ms", title="latency")
+    speedup = [p["speedup"] for p in points]
+    right.errorbar(keep, speedup, yerr=[[s - p["speedup_p10"] for s, p in zip(speedup, points, strict=True)],
+                                        [p["speedup_p90"] - s for s, p in zip(speedup, points, strict=True)]],
+                   marker="o", capsize=4, label="speedup over dense")  # fmt: skip
+    right.plot(keep, [1 / (p.get("macs_kept") or p["keep_macs"]) for p in points], "--", color="#8c8c8c",
+               label="MAC reduction")  # fmt: skip
+    right.set(xlabel="keep ratio (MACs)", ylabel="× dense", title="speedup")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curve(data: dict[str, Any], path: str | Path) -> None:
+    """``curve.png``: the measured curve of a bench result holding a sweep."""
+    import matplotlib.pyplot as plt
+
+    c = data.get("conditions", {})
+    where = c.get("board") or c.get("gpu") or c.get("cpu_model") or c.get("device", "?")
+    fig = curve_figure(data["curve"], f"measured on {where}: {c.get('backend', '?')}, batch {c.get('batch', '?')}, "
+                                      f"{c.get('runs', '?')} interleaved rounds")  # fmt: skip
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_latency(data: dict[str, Any], path: str | Path) -> None:

@@ -9,20 +9,19 @@ RUN_DIR`` re-renders both, e.g. after ``rmtdeploy bench --import`` put on-device
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import shlex
 from pathlib import Path
 from typing import Any
 
 from rmtdeploy.io import atomic_write_bytes, atomic_write_text
-from rmtdeploy.report.latency import how_measured, speedup_rows
+from rmtdeploy.report.budget import budget_blocks, budget_figure, budget_label
+from rmtdeploy.report.headline import headline_blocks
+from rmtdeploy.report.latency import CURVE_COLUMNS, curve_rows, how_measured, speedup_rows
+from rmtdeploy.report.render import NOT_MEASURED, PLOTS_DIR, png_bytes, render_html, render_markdown
 
-NOT_MEASURED = "not measured"
-PLOTS_DIR = "report-plots"
 DEVICE_BENCH = "device-bench"
+CURVE_PLOT = "curve.png"  # the bench stage's plot of a sweep's measured curve
 STRATEGY_WHY = {
     "hybrid": "the default: in the accuracy benchmark it keeps the most accuracy right after pruning "
     "(magnitude × spectral energy ratio), and after the default fine-tune the criteria end level "
@@ -34,12 +33,11 @@ STRATEGY_WHY = {
 }
 
 
-def write_report(directory: str | Path) -> dict[str, Any]:
-    """Render the run in ``directory`` into report.md, report.html and their plots; returns a summary."""
-    from rmtdeploy.pipeline.run_folder import read_run
-
+def write_report(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Render the run in ``directory`` (its ``manifest``, as :func:`rmtdeploy.pipeline.run_folder.read_run`
+    reads it) into report.md, report.html and their plots; returns a summary."""
     root = Path(directory)
-    run = _Run(root, read_run(root))
+    run = _Run(root, manifest)
     blocks = run.blocks()
     plots = run.plots()
     (root / PLOTS_DIR).mkdir(exist_ok=True)
@@ -91,6 +89,7 @@ class _Run:
     # -- sections ----------------------------------------------------------------------------------
     def blocks(self) -> list[tuple]:
         out: list[tuple] = [("h1", self.title)]
+        out += headline_blocks(self)
         out += self._overview()
         out += self._structure()
         out += self._accuracy()
@@ -103,8 +102,8 @@ class _Run:
     def _overview(self) -> list[tuple]:
         load = self.summary("load") or {}
         r = self.recipe
-        budget = (f"latency budget {r['latency_budget_ms']:g} ms (ONNX Runtime CPU)" if r.get("latency_budget_ms")
-                  else f"keep {r.get('keep_macs') or 0.5:g} of the MACs")  # fmt: skip
+        budget_data = self.summary("budget")
+        budget = budget_label(r, budget_data)
         weights = load.get("weights", r.get("weights"))
         rows = [
             ["model", f"{load.get('model', r.get('model'))} ({load.get('family', '?')} family)"],
@@ -113,6 +112,8 @@ class _Run:
                 str(weights) + (" — untrained: accuracy means nothing" if weights == "random" else ""),
             ],
             ["input", "×".join(map(str, load.get("input_size", []))) or "?"],
+            ["preprocessing", _preprocessing(load)],
+            ["classes", _classes(load)],
             [
                 "built with",
                 ", ".join(f"{k}={v}" for k, v in (load.get("create_kwargs") or {}).items())
@@ -140,18 +141,8 @@ class _Run:
         if training:
             rows.append(["dense training", f"{training['dataset']}, {training['recipe']['epochs']} epochs, val top-1 "
                          f"{training['top1']:.1f}%, {training['train_s']:.0f} s" + (" (from the cache)" if training.get("cached") else "")])  # fmt: skip
-        budget_data = self.summary("budget")
-        blocks: list[tuple] = [("h2", "Overview"), ("table", ["", ""], rows)]
-        if budget_data:
-            blocks += [("h3", "Latency budget search"), ("p", budget_data.get("how", "")),
-                       ("table", ["keep-macs", "MACs kept", "median ms here", "p90 ms here", "dense ms here",
-                                  "judged ms", "meets"],
-                        [[f"{t['keep_macs']:g}", str(t.get("macs_kept", "–")), f"{t['median_ms']:.3f}",
-                          f"{t.get('p90_ms', float('nan')):.3f}", f"{t.get('dense_median_ms', budget_data['dense_ms']):.3f}",
-                          f"{t.get('judged_ms', t['median_ms']):.3f}", "yes" if t["met"] else "no"]
-                         for t in budget_data["trials"]]),
-                       ("p", f"Chosen: keep-macs {budget_data['keep_macs']:g}.")]  # fmt: skip
-        return blocks
+        bundled = self.summary("bundle") is not None
+        return [("h2", "Overview"), ("table", ["", ""], rows), *budget_blocks(budget_data, bundled)]
 
     def _structure(self) -> list[tuple]:
         report = self.read_json("pruned/report.json")
@@ -226,6 +217,7 @@ class _Run:
                          f"calibrated on {int8.get('calibration_images')} {int8.get('calibration')} images "
                          f"({int8.get('method')}); ops left in float: {kept}.")  # fmt: skip
         lines += [f"Warning: {w}" for w in e.get("warnings") or []]
+        lines.append(_app_inputs(export.get("metadata") or {}))
         rows = [[p["inputs"], str(p["images"]), f"{p['max_abs_diff']:.2e}", f"{p['min_cosine']:.6f}",
                  f"{100 * p['top1_agreement']:.1f}%", f"atol {p['atol']:g}, rtol {p['rtol']:g}"]
                 for p in e.get("parity", [])]  # fmt: skip
@@ -254,6 +246,9 @@ class _Run:
                        ("table", ["model", "median ms", "p10–p90 ms", "p99 ms", "images/s"], _latency_rows(data)),
                        ("table", ["pair", "speedup", "p10–p90", "MAC reduction", "speedup ÷ MAC reduction"],
                         speedup_rows(data))]  # fmt: skip
+            if data.get("curve"):  # a sweep: the curve against the keep ratio
+                blocks += [("table", CURVE_COLUMNS, curve_rows(data["curve"])),
+                           ("img", f"curve_{folder}", f"{title}: latency and speedup against the keep ratio")]  # fmt: skip
         blocks.append(("img", "latency", "Latency, dense vs pruned"))
         return blocks
 
@@ -300,10 +295,14 @@ class _Run:
         matplotlib.use("Agg")
         out = {}
         for name, draw in (("spectra", self._plot_spectra), ("widths", self._plot_widths),
-                           ("accuracy_latency", self._plot_accuracy_latency)):  # fmt: skip
+                           ("accuracy_latency", self._plot_accuracy_latency),
+                           ("budget_curve", lambda: budget_figure(self.summary("budget")))):  # fmt: skip
             figure = draw()
             if figure is not None:
-                out[name] = _png(figure)
+                out[name] = png_bytes(figure)
+        for folder in ("bench", DEVICE_BENCH):  # a sweep's curve, drawn by the bench stage
+            if (self.root / folder / CURVE_PLOT).is_file():
+                out[f"curve_{folder}"] = (self.root / folder / CURVE_PLOT).read_bytes()
         bench_plot = self.root / "bench" / "bench.png"  # drawn by the bench stage from the same bench.json
         if bench_plot.is_file():
             out["latency"] = bench_plot.read_bytes()
@@ -402,72 +401,39 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _png(figure) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return buffer.getvalue()
-
-
-# -- rendering -----------------------------------------------------------------------------------------
-def render_markdown(blocks: list[tuple], plots: dict[str, bytes]) -> str:
-    lines: list[str] = []
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            lines += ["#" * int(kind[1]) + " " + block[1], ""]
-        elif kind == "p":
-            lines += [block[1], ""]
-        elif kind == "pre":
-            lines += ["```", block[1], "```", ""]
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows] + [
-                ""
-            ]
-        elif kind == "img" and block[1] in plots:
-            lines += [f"![{block[2]}]({PLOTS_DIR}/{block[1]}.png)", ""]
-    return "\n".join(lines)
+def _preprocessing(load: dict) -> str:
+    """mean/std, filter and crop the model takes, and where they came from (flags, recipe, saved config)."""
+    pre = load.get("preprocessing")
+    if not pre:
+        return "timm's defaults for the model"
+    text = f"mean {pre['mean']}, std {pre['std']}, {pre['interpolation']} resize, crop {pre['crop_pct']:g}"
+    return text + (f" (from {load['input_from']})" if load.get("input_from") else "")
 
 
-_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
-th{background:#f2f2f2}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}img{max-width:100%}
-.nm{color:#a33}"""
+def _classes(load: dict) -> str:
+    labels = load.get("labels") or []
+    shown = ", ".join(labels[:12]) + (f", … ({len(labels)} in all)" if len(labels) > 12 else "")
+    text = f"{load.get('num_classes', '?')}" + (
+        f" (from {load['classes_from']})" if load.get("classes_from") else ""
+    )
+    return text + (f": {shown}" if labels else "")
 
 
-def render_html(blocks: list[tuple], plots: dict[str, bytes], *, title: str) -> str:
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_STYLE}</style></head><body>"]  # fmt: skip
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "h3"):
-            parts.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
-        elif kind == "p":
-            parts.append(f"<p>{_mark(block[1])}</p>")
-        elif kind == "pre":
-            parts.append(f"<pre>{html.escape(block[1])}</pre>")
-        elif kind == "table":
-            head = "".join(f"<th>{html.escape(str(c))}</th>" for c in block[1])
-            body = "".join(
-                "<tr>" + "".join(f"<td>{_mark(str(c))}</td>" for c in row) + "</tr>" for row in block[2]
-            )
-            head = f"<thead><tr>{head}</tr></thead>" if any(block[1]) else ""  # a key-value table has none
-            parts.append(f"<table>{head}<tbody>{body}</tbody></table>")
-        elif kind == "img" and block[1] in plots:
-            data = base64.b64encode(plots[block[1]]).decode()
-            parts.append(f"<figure><img id='plot-{block[1]}' alt='{html.escape(block[2])}' "
-                         f"src='data:image/png;base64,{data}'><figcaption>{html.escape(block[2])}</figcaption></figure>")  # fmt: skip
-    parts.append("</body></html>")
-    return "\n".join(parts)
+def _app_inputs(metadata: dict[str, str]) -> str:
+    """What the exported file tells an app to feed it (its ONNX metadata), in one line."""
+    import json
 
+    def value(key: str):
+        text = metadata.get(f"rmtdeploy.{key}")
+        try:
+            return json.loads(text) if text is not None else None
+        except ValueError:
+            return text
 
-def _mark(text: str) -> str:
-    """Escaped text, `code` spans as code, and "not measured" shown as such."""
-    import re
-
-    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-    return escaped.replace(NOT_MEASURED, f"<span class='nm'>{NOT_MEASURED}</span>")
+    labels = value("labels") or []
+    named = ", ".join(labels[:12]) + (", …" if len(labels) > 12 else "") if labels else "no class names"
+    size = "×".join(map(str, value("input_size") or [])) or "?"
+    return (
+        f"An app reads from its metadata: input {size}, mean {value('mean')}, std {value('std')}, "
+        f"{value('interpolation')} resize, crop {value('crop_pct')}; {value('num_classes')} classes ({named})."
+    )

@@ -3,6 +3,8 @@
 The engine is deserialized and bound through the Jetson bundle's own on-device helpers
 (:mod:`rmtdeploy.bundle.bench_on_device`: libcudart through ctypes, device buffers, one
 ``execute_async_v3`` + stream synchronise per call), so a GPU machine and a board time the same way.
+Device memory is the runner's for the ``with runner:`` block (the timing protocol's): leaving it drops
+every bound engine and frees their buffers and the stream.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class TensorRTRunner(Runner):
 
         self.trt, self.on_device = trt, bench_on_device
         self.batch, self.precision = batch, precision
+        self.bound: list = []
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         try:
             self.cuda = bench_on_device.Cuda()
@@ -46,7 +49,34 @@ class TensorRTRunner(Runner):
             call = self.on_device.load_engine(self.trt, self.runtime, self.cuda, model, self.batch)
         except self.on_device.DeviceBenchError as exc:
             raise RmtdeployError(f"cannot run the engine of '{label}': {exc}") from None
-        return call
+        call.label = label
+        self.bound.append(call)
+        failure = self.on_device.DeviceBenchError
+
+        def run() -> None:
+            try:
+                call()
+            except failure as exc:  # a failed execute: one line, and the sample is never recorded
+                raise RmtdeployError(str(exc)) from None
+
+        return run
+
+    def __enter__(self) -> TensorRTRunner:
+        if self.cuda.stream is None:  # a second block after one that freed everything
+            self.cuda = self.on_device.Cuda(self.cuda.lib)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Drop the engines, then free every device buffer and the stream (``cudaFree``,
+        ``cudaStreamDestroy``)."""
+        for call in self.bound:
+            call.close()
+        self.bound = []
+        try:
+            self.cuda.close()
+        except self.on_device.DeviceBenchError as exc:
+            if exc_info[0] is None:  # do not hide the error that ended the block
+                raise RmtdeployError(f"after timing the engines: {exc}") from None
 
     def conditions(self) -> dict[str, Any]:
         return {"tensorrt_version": self.version, "gpu": _gpu_name(), "precision": self.precision,

@@ -8,8 +8,7 @@ import sys
 from importlib import metadata
 from types import SimpleNamespace
 
-from rmtdeploy import targets
-from rmtdeploy.benchmark import conditions
+from rmtdeploy import machine, targets
 
 X86 = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -37,8 +36,8 @@ Model\t\t: Raspberry Pi 4 Model B Rev 1.4
 
 
 def test_x86_model_and_flags_come_from_the_first_processor():
-    assert conditions.cpu_model(X86) == "AMD EPYC 9R14 96-Core Processor"
-    assert conditions.cpu_flags(X86) == {
+    assert machine.cpu_model(X86) == "AMD EPYC 9R14 96-Core Processor"
+    assert machine.cpu_flags(X86) == {
         "fpu",
         "sse4_2",
         "avx512f",
@@ -51,54 +50,55 @@ def test_x86_model_and_flags_come_from_the_first_processor():
 
 
 def test_arm_features_and_the_machine_wide_model_line():
-    fields = conditions.read_cpuinfo(ARM)
+    fields = machine.read_cpuinfo(ARM)
     assert fields["features"] == "fp asimd evtstrm aes asimddp"  # processor 0's, not processor 1's
-    assert conditions.cpu_model(ARM) == "Raspberry Pi 4 Model B Rev 1.4"
-    assert conditions.cpu_flags(ARM) == {"fp", "asimd", "evtstrm", "aes", "asimddp"}
+    assert machine.cpu_model(ARM) == "Raspberry Pi 4 Model B Rev 1.4"
+    assert machine.cpu_flags(ARM) == {"fp", "asimd", "evtstrm", "aes", "asimddp"}
 
 
 def test_simd_flags_keep_only_vector_extensions_in_a_fixed_order():
-    assert conditions.simd_flags(X86) == ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni"]
-    assert conditions.simd_flags(ARM) == ["asimd", "asimddp"]
+    assert machine.simd_flags(X86) == ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni"]
+    assert machine.simd_flags(ARM) == ["asimd", "asimddp"]
 
 
 def test_unreadable_cpuinfo_falls_back_to_what_platform_knows():
-    assert conditions.read_cpuinfo("") == {}
-    assert conditions.cpu_flags("") == set()
+    assert machine.read_cpuinfo("") == {}
+    assert machine.cpu_flags("") == set()
     fallback = platform.processor() or platform.machine() or "unknown"
-    assert conditions.cpu_model("") == fallback
+    assert machine.cpu_model("") == fallback
     assert (
-        conditions.cpu_model("processor\t: 0\nmodel\t\t: 17\n") == fallback
+        machine.cpu_model("processor\t: 0\nmodel\t\t: 17\n") == fallback
     )  # x86's model number is no name
 
 
 def test_machine_conditions_read_the_given_dump():
-    machine = conditions.machine_conditions(X86)
-    assert machine["cpu_model"] == "AMD EPYC 9R14 96-Core Processor"
-    assert machine["cpu_simd_flags"][:2] == ["sse4_2", "avx"]
-    assert machine["cpu_count"] == os.cpu_count()
-    assert machine["python"] == platform.python_version()
-    assert "numpy_version" in machine
+    facts = machine.machine_conditions(X86)
+    assert facts["cpu_model"] == "AMD EPYC 9R14 96-Core Processor"
+    assert facts["cpu_simd_flags"][:2] == ["sse4_2", "avx"]
+    assert facts["cpu_count"] == os.cpu_count()
+    assert facts["python"] == platform.python_version()
+    assert "numpy_version" in facts
 
 
 def test_library_versions_prefer_the_imported_module_and_never_import(monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", SimpleNamespace(__version__="9.9.9+test"))
     monkeypatch.delitem(sys.modules, "torch")
-    versions = conditions.library_versions()
-    assert versions["onnxruntime_version"] == "9.9.9+test"
-    assert versions["torch_version"] == metadata.version("torch")  # from the metadata: not imported
+    versions = machine.library_versions()
+    assert versions["onnxruntime"] == "9.9.9+test"
+    assert versions["torch"] == metadata.version("torch")  # from the metadata: not imported
+    assert set(versions) >= {"rmtdeploy", "timm", "torch-pruning", "onnx", "numpy"}  # the run manifest's list
     assert "torch" not in sys.modules
 
 
 def test_loadavg_is_none_where_the_os_has_none(monkeypatch):
     monkeypatch.delattr(os, "getloadavg")
-    assert conditions.loadavg() is None
+    assert machine.loadavg() is None
 
 
 def test_target_channel_multiple_reads_flags_through_conditions(monkeypatch, tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(X86, encoding="utf-8")
-    monkeypatch.setattr(conditions, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(machine, "CPUINFO", cpuinfo)
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     multiple, why = targets.host_cpu_channel_multiple()
     assert multiple == 16 and "avx512f" in why

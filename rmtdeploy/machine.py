@@ -44,12 +44,20 @@ SIMD_FLAGS = (
     "sve2",
 )
 
-# Report key -> (module, distributions that may provide it).
+# The libraries that shape a result (the run manifest lists them all): name -> (module, distributions that
+# may provide it). Latency reports name the ones timing depends on (:data:`TIMING_LIBRARIES`).
 LIBRARIES = {
-    "numpy_version": ("numpy", ("numpy",)),
-    "torch_version": ("torch", ("torch",)),
-    "onnxruntime_version": ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+    "rmtdeploy": ("rmtdeploy", ("rmtdeploy",)),
+    "torch": ("torch", ("torch",)),
+    "torchvision": ("torchvision", ("torchvision",)),
+    "timm": ("timm", ("timm",)),
+    "torch-pruning": ("torch_pruning", ("torch-pruning",)),
+    "onnx": ("onnx", ("onnx",)),
+    "onnxruntime": ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")),
+    "onnxslim": ("onnxslim", ("onnxslim",)),
+    "numpy": ("numpy", ("numpy",)),
 }
+TIMING_LIBRARIES = ("numpy", "torch", "onnxruntime")
 
 
 def read_cpuinfo(text: str | None = None) -> dict[str, str]:
@@ -100,15 +108,15 @@ def loadavg() -> list[float] | None:
         return None
 
 
-def library_versions() -> dict[str, str]:
-    """numpy, torch and onnxruntime versions, for those installed.
+def library_versions(names: tuple[str, ...] = tuple(LIBRARIES)) -> dict[str, str]:
+    """Name -> version of the :data:`LIBRARIES` in ``names`` that are installed.
 
     A library this process has imported reports its own ``__version__`` (with the build tag, e.g.
     ``+cpu``); one it has not is looked up in the installed metadata rather than imported, since
     importing torch only to name its version would cost seconds.
     """
-    versions = {key: _version(module, distributions) for key, (module, distributions) in LIBRARIES.items()}
-    return {key: version for key, version in versions.items() if version is not None}
+    versions = {name: _version(*LIBRARIES[name]) for name in names}
+    return {name: version for name, version in versions.items() if version is not None}
 
 
 def machine_conditions(cpuinfo: str | None = None) -> dict[str, Any]:
@@ -125,7 +133,7 @@ def machine_conditions(cpuinfo: str | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_governor": cpu_governor(),
-        **library_versions(),
+        **{f"{name}_version": version for name, version in library_versions(TIMING_LIBRARIES).items()},
     }
 
 

@@ -1,0 +1,49 @@
+"""MACs counted by module, and the top-level block a module belongs to: the one MAC view that pruning
+(latency-aware components), benchmarks (per-block speedup) and reports share.
+
+The counter is torch-pruning's (the budget's own); scopes match the ONNX exporter's node names
+(:func:`rmtdeploy.benchmark.profile.onnx_node_scope`), so MACs and profiled time line up per block.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch loads only when MACs are counted: importing rmtdeploy.benchmark stays light
+    import torch
+    from torch import nn
+
+
+def module_scope(model: nn.Module, module_name: str) -> str:
+    """Top-level block of a PyTorch module name, the same key the ONNX profile gives its nodes."""
+    from torch import nn
+
+    parts = module_name.split(".")
+    child = getattr(model, parts[0], None)
+    if len(parts) > 1 and isinstance(child, (nn.Sequential, nn.ModuleList)):
+        return f"{parts[0]}.{parts[1]}"
+    return parts[0]
+
+
+def scope_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """MACs per top-level block (same keys as the ONNX profile's scopes), from leaf modules only."""
+    return macs_by_key(model, example, lambda name: module_scope(model, name))
+
+
+def macs_by_key(model: nn.Module, example: torch.Tensor, key_of) -> dict[str, int]:
+    """MACs (torch-pruning's counter, the budget's own) summed by ``key_of(module name)``.
+
+    Each MAC is counted once, at the deepest module the counter reports: a leaf layer, or a module it
+    counts whole (timm's Attention: qkv, the q·kᵀ and attn·v products and proj, its children unreported).
+    """
+    import torch_pruning as tp
+
+    _, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example, layer_wise=True)
+    names = {module: name for name, module in model.named_modules()}
+    totals: Counter[str] = Counter()
+    for module, macs in layer_macs.items():
+        counted_below = any(layer_macs.get(sub) is not None for sub in module.modules() if sub is not module)
+        if macs and not counted_below and module in names:
+            totals[key_of(names[module])] += int(macs)
+    return dict(totals)

@@ -1,0 +1,138 @@
+"""The block a run report opens with: what went in, what came out, and the numbers a user decides on.
+
+Every number is read from the run folder, as the sections below it show them in full: the speedup with
+its spread and where it was measured (here, or on the board when device results were imported), top-1
+dense → pruned → fine-tuned, MACs, parameters and ONNX file size kept, and whether the budget was met. A
+model so small that per-call overhead dominates its time is said to be one, so that its speedup is not
+read as the product's result on a real-sized model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rmtdeploy.report.render import NOT_MEASURED
+
+# Below this many dense MACs a batch-1 call is mostly fixed overhead (session, copies, small kernels) on a
+# CPU: the demo's 32-px Swin (16 MMACs) keeps about 0.6 of its MAC cut as speedup, a 224-px model 0.8-1.
+SMALL_MODEL_MACS = 100e6
+MAC_TOLERANCE = 0.03  # the pruner's budget contract: MACs kept within ±3 % of the target
+
+
+def headline_blocks(run) -> list[tuple]:
+    """Blocks for the report's opening (``run``: the report's view of the run folder)."""
+    load = run.summary("load") or {}
+    structure = run.read_json("pruned/report.json")
+    rows = [["in", _what_went_in(run, load)], ["out", _what_came_out(run, structure)]]
+    rows.append(["speedup", _speedup(run)])
+    rows.append(["top-1 %", _accuracy(run)])
+    if structure:
+        m, p = structure["macs"], structure["params"]
+        rows.append(["kept", f"MACs {m['kept']:.3f} ({m['dense'] / 1e9:.3f} → {m['pruned'] / 1e9:.3f} G), "
+                             f"parameters {p['kept']:.3f}, {_file_sizes(run)}"])  # fmt: skip
+    rows.append(["budget", _budget(run, structure)])
+    blocks: list[tuple] = [("h2", "Summary"), ("table", ["", ""], rows)]
+    note = _small_model_note(run, structure)
+    if note:
+        blocks.append(("p", note))
+    return blocks
+
+
+def _what_went_in(run, load: dict[str, Any]) -> str:
+    r = run.recipe
+    size = "×".join(map(str, load.get("input_size", []))) or "?"
+    return (f"{load.get('model', r.get('model'))} ({load.get('weights', r.get('weights'))} weights), input {size}, "
+            f"{load.get('num_classes', '?')} classes; {r.get('strategy')} for {r.get('target')}")  # fmt: skip
+
+
+def _what_came_out(run, structure) -> str:
+    made = [
+        name
+        for name in ("model.onnx", "model.int8.onnx", "engine/model.engine", "bundle")
+        if (run.root / name).exists()
+    ]
+    tuned = "fine-tuned" if run.summary("finetune") else "not fine-tuned"
+    return (
+        f"pruned model ({tuned}); " + ", ".join(f"`{name}`" for name in made) if structure else NOT_MEASURED
+    )
+
+
+def _speedup(run) -> str:
+    """Dense → pruned on the board when its results were imported, else here; median (p10–p90)."""
+    for folder, where in (("device-bench", "on the device"), ("bench", "here")):
+        data = run.read_json(f"{folder}/bench.json")
+        if not data:
+            continue
+        pairs = [s for s in data.get("speedups", []) if s.get("baseline") == "dense"]
+        if not pairs:
+            continue
+        s = pairs[0]
+        c = data.get("conditions", {})
+        machine = c.get("board") or c.get("gpu") or c.get("cpu_model") or "unknown machine"
+        return (f"×{s['median']:.2f} (p10–p90 ×{s['p10']:.2f}–×{s['p90']:.2f}), {s['baseline']} → {s['candidate']}, "
+                f"measured {where} on {machine}: {c.get('backend', '?')}, batch {c.get('batch', '?')}, "
+                f"{c.get('threads', '?')} threads, {c.get('runs', '?')} interleaved rounds")  # fmt: skip
+    why = run.reason("bench") if run.summary("bench") is None else "no dense → pruned pair was timed"
+    return f"{NOT_MEASURED} ({why})"
+
+
+def _accuracy(run) -> str:
+    evaluate, tune = run.summary("evaluate"), run.summary("finetune")
+    if evaluate is None:
+        return f"{NOT_MEASURED} ({run.reason('evaluate')})"
+    top1 = (tune or {}).get("top1", {})
+    steps = [f"dense {evaluate['dense_top1']:.1f}"]
+    if top1:
+        steps += [f"pruned {top1['start']:.1f}", f"fine-tuned {top1['best']:.1f}"]
+    else:
+        steps.append(f"fine-tuned: {NOT_MEASURED} ({run.reason('finetune')})")
+    return " → ".join(steps) + f" (on {evaluate['data']})"
+
+
+def _file_sizes(run) -> str:
+    model = run.root / "model.onnx"
+    if not model.is_file():
+        return f"ONNX size {NOT_MEASURED}"
+    text = f"`model.onnx` {model.stat().st_size / 1e6:.1f} MB"
+    dense = run.root / "bundle" / "dense.onnx"  # the bundle's on-device baseline, in the same form
+    if dense.is_file():
+        text += f" ({model.stat().st_size / dense.stat().st_size:.3f} of the dense ONNX's {dense.stat().st_size / 1e6:.1f} MB)"
+    return text
+
+
+def _budget(run, structure) -> str:
+    budget = run.summary("budget")
+    if budget and budget.get("keep_macs") is not None and budget.get("budget_ms") is not None:
+        chosen = next((t for t in budget.get("trials", []) if t.get("keep_macs") == budget["keep_macs"]), {})
+        judged = chosen.get("judged_ms", chosen.get("median_ms"))
+        met = judged is not None and judged <= budget["budget_ms"]
+        shown = "?" if judged is None else f"{judged:.3f}"
+        estimate = " (an estimate: judged from a device's dense latency)" if budget.get("reference") else ""
+        measured = budget.get("measured")
+        if measured:  # picked from the board's own sweep
+            how = (f"interpolated between {' and '.join(measured['between'])}, to confirm there"
+                   if measured.get("interpolated") else "a measured point")  # fmt: skip
+            estimate = f", measured on {measured['device']} ({how})"
+        return (f"latency {budget['budget_ms']:g} ms: {'met' if met else 'not met'} at keep-macs "
+                f"{budget['keep_macs']:g}, {shown} ms{estimate}")  # fmt: skip
+    target = run.recipe.get("keep_macs") or 0.5
+    if not structure:
+        return f"keep-macs {target:g}: {NOT_MEASURED}"
+    kept = structure["macs"]["kept"]
+    met = abs(kept - target) <= MAC_TOLERANCE
+    return (
+        f"keep-macs {target:g}: {'met' if met else 'not met'} ({kept:.3f} kept, contract ±{MAC_TOLERANCE:g})"
+    )
+
+
+def _small_model_note(run, structure) -> str | None:
+    if not structure or structure["macs"]["dense"] >= SMALL_MODEL_MACS:
+        return None
+    data = run.read_json("bench/bench.json") or {}
+    efficiency = next(
+        (row.get("efficiency") for row in data.get("efficiency", []) if row.get("efficiency")), None
+    )
+    kept = f" (here it keeps {efficiency:.2f} of its MAC cut as speedup)" if efficiency else ""
+    return (f"A small model: {structure['macs']['dense'] / 1e6:.0f} MMACs dense. At this size a batch-1 call is "
+            f"mostly fixed per-call overhead, so its speedup{kept} says little about what a full-size model "
+            "(hundreds of MMACs or more) gains from the same cut; judge the method on one.")  # fmt: skip

@@ -1,0 +1,95 @@
+"""A pruning request checked before any model loads: the strategy and its knobs, the target and the channel
+multiple its widths round to, the budget's rules, calibration images and the between-steps distillation.
+
+The prune stage and pruning during training (:mod:`rmtdeploy.finetuning.progressive`) check the same
+request here, so both refuse the same bad input with the same line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.pruning.prune import check_pruning_arguments
+from rmtdeploy.scores.registry import get_strategy
+
+SHORT_DISTILL_STEPS = (
+    32  # the dynamic strategy's distillation steps per pruning step, with calibration images
+)
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """The prune arguments after checking, before any work."""
+
+    strategy: Any
+    target: Any
+    round_to: int
+    round_to_from: str
+    finetune_steps: int
+    calibration: Any = None  # the opened DataSource
+
+
+def check_prune_request(
+    keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
+    calibration, calibration_images, finetune_steps,
+) -> PruneSettings:  # fmt: skip
+    """Every argument rule, before the model is loaded: a bad value costs the user no waiting."""
+    from rmtdeploy.targets import load_target
+
+    if keep_macs is None and keep_params is None:
+        raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
+    chosen = get_strategy(strategy, **(knobs or {}))
+    profile = load_target(target)
+    multiple = profile.channel_multiple if round_to is None else round_to
+    check_pruning_arguments(
+        keep_macs=keep_macs,
+        keep_params=keep_params,
+        round_to=multiple,
+        min_channels=min_channels,
+        head_rounding=head_rounding,
+    )
+    data = _check_calibration(calibration, calibration_images) if calibration is not None else None
+    return PruneSettings(
+        strategy=chosen,
+        target=profile,
+        round_to=multiple,
+        round_to_from="round_to argument"
+        if round_to is not None
+        else f"target: {profile.channel_multiple_from}",
+        finetune_steps=_finetune_steps(finetune_steps, chosen, calibration is not None),
+        calibration=data,
+    )
+
+
+def _check_calibration(root, images: int):
+    """The calibration data (a built-in dataset's name or an ImageFolder), opened and its files checked."""
+    if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+        raise RmtdeployError(
+            f"{{param}} must be a positive integer, got {images}", param="calibration_images"
+        )
+
+    from rmtdeploy.data import open_data
+
+    return open_data(root, split=False)
+
+
+def _finetune_steps(steps: int | None, strategy, have_images: bool) -> int:
+    """Distillation steps per pruning step; unset: a short one where the strategy takes it and images exist."""
+    takes_finetune = strategy.takes_finetune_hook
+    if steps is None:
+        return SHORT_DISTILL_STEPS if takes_finetune and have_images else 0
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise RmtdeployError(f"{{param}} must be an integer >= 0, got {steps}", param="finetune_steps")
+    if steps and not takes_finetune:
+        raise RmtdeployError(
+            f"{{param}} applies to strategies that fine-tune between pruning steps (not '{strategy.name}'); "
+            "the fine-tune stage for the others comes later",
+            param="finetune_steps",
+        )
+    if steps and not have_images:
+        raise RmtdeployError(
+            "{param} needs calibration images: the images to distil on", param="finetune_steps"
+        )
+    return steps
