@@ -46,9 +46,6 @@ from pathlib import Path
 import torch
 
 from rmtdeploy.finetuning.scratch import CACHE
-
-# benchmarks/finetune_recovery.py, int8_accuracy.py and int8_modelopt.py read the trained models through
-# this module: CACHE, Settings, FAMILIES, train_dense and _seeded_draw stay importable from here.
 from rmtdeploy.retention import (
     ABLATIONS,
     CRITERIA,
@@ -59,10 +56,8 @@ from rmtdeploy.retention import (
     recipe_conditions,
     run_family_seed,
     summarise,
-    train_dense,  # noqa: F401
     val_image_count,
 )
-from rmtdeploy.retention.evaluate import seeded_draw as _seeded_draw  # noqa: F401
 
 RESULTS = Path(__file__).parent / "results"
 LABELS = {"magnitude": "magnitude (= TP group L2)", "tp-l1": "TP group L1", "tp-taylor": "TP Taylor",

@@ -56,9 +56,28 @@ REPO = Path(__file__).resolve().parent.parent
 DOC_BLOCK = re.compile(r"(<!-- edge-coverage:start -->\n).*?(<!-- edge-coverage:end -->)", re.S)
 
 
+def family_sample(per_family: int, exclude: list[str]) -> list[str]:
+    """The ``per_family`` smallest (by parameters, built on the meta device) timm architectures with a
+    pretrained tag in each family the edge models come from, other than ``exclude``."""
+    import timm
+    from timm.models import _registry
+
+    families = {_registry._model_to_module.get(name) for name in EDGE_MODELS}
+    chosen = []
+    for family in sorted(f for f in families if f):
+        names = sorted({n.split(".")[0] for n in timm.list_models(pretrained=True)} - set(exclude))
+        names = [n for n in names if not n.startswith("test_")]  # timm's tiny test models
+        sizes = []
+        for name in (n for n in names if _registry._model_to_module.get(n) == family):
+            with torch.device("meta"):
+                sizes.append((sum(p.numel() for p in timm.create_model(name).parameters()), name))
+        chosen += [name for _, name in sorted(sizes)[:per_family]]
+    return chosen
+
+
 def run_status(name: str, keep: float, strategy: str, onnx_dir: Path) -> dict[str, Any]:
     """One model's row: status, reason, the pruned figures and the verification's measurements."""
-    row: dict[str, Any] = {"model": name}
+    row: dict[str, Any] = {"model": name, "set": "issue 24" if name in EDGE_MODELS else "family sample"}
     started = time.perf_counter()
     try:
         loaded = load_model(name, weights="random")
@@ -141,8 +160,8 @@ def markdown(rows: list[dict[str, Any]], conditions: dict[str, Any]) -> list[str
         "ONNX Runtime CPU, dense ÷ pruned latency, median of interleaved rounds; efficiency = speedup ÷ MAC "
         "reduction.",
         "",
-        "| model | family (adapter) | status | MACs kept | dense GMACs | speedup (p10–p90) | efficiency |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| model | set | family (adapter) | status | MACs kept | dense GMACs | speedup (p10–p90) | efficiency |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         speed = r.get("speed")
@@ -153,7 +172,7 @@ def markdown(rows: list[dict[str, Any]], conditions: dict[str, Any]) -> list[str
         )
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['reason'][:160]}"
         lines.append(
-            f"| {r['model']} | {r.get('family', '?')} ({r.get('adapter', '?').removesuffix('Adapter')}) | "
+            f"| {r['model']} | {r.get('set', 'issue 24')} | {r.get('family', '?')} ({r.get('adapter', '?').removesuffix('Adapter')}) | "
             f"{status.replace('|', '/')} | {r.get('macs_kept', '—')} | {r.get('dense_gmacs', '—')} | {speed_text} | "
             f"{speed['efficiency'] if speed else '—'} |"
         )
@@ -162,6 +181,8 @@ def markdown(rows: list[dict[str, Any]], conditions: dict[str, Any]) -> list[str
 
 def coverage_block(rows: list[dict[str, Any]], conditions: dict[str, Any]) -> str:
     """The Markdown block README.md and docs/adapters.md carry between their edge-coverage markers."""
+    sample = [r for r in rows if r.get("set") == "family sample"]
+    rows = [r for r in rows if r.get("set") != "family sample"]
     ok = [r for r in rows if r["status"] == "ok"]
     others = [r for r in rows if r["status"] != "ok"]
     lines = [
@@ -181,6 +202,13 @@ def coverage_block(rows: list[dict[str, Any]], conditions: dict[str, Any]) -> st
         )
     for r in others:
         lines.append(f"| `{r['model']}` | {r['status']}: {r['reason'][:200].replace('|', '/')} | | | |")
+    if sample:
+        good = [r["model"] for r in sample if r["status"] == "ok"]
+        lines += ["", f"A sample of other architectures of the same families ({len(good)} of {len(sample)} ok): "
+                  + ", ".join(f"`{m}`" for m in good) + "."]  # fmt: skip
+        lines += [
+            f"`{r['model']}`: {r['status']}, {r['reason'][:200]}." for r in sample if r["status"] != "ok"
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -215,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("phase", choices=("status", "speed", "docs"))
     parser.add_argument("--models", nargs="+", default=list(EDGE_MODELS))
+    parser.add_argument(
+        "--sample-per-family",
+        type=int,
+        default=0,
+        metavar="K",
+        help="status: instead of --models, the K smallest pretrained architectures of each edge model's family",
+    )
     parser.add_argument("--keep-macs", type=float, default=0.5)
     parser.add_argument("--strategy", default=DEFAULT_STRATEGY)
     parser.add_argument("--threads", type=int, default=None, help="status: 1; speed: 2 (ORT intra-op)")
@@ -241,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads or 1)
     started = time.perf_counter()
     rows = []
-    for name in args.models:
+    models = (
+        family_sample(args.sample_per_family, list(EDGE_MODELS)) if args.sample_per_family else args.models
+    )
+    for name in models:
         rows.append(run_status(name, args.keep_macs, args.strategy, args.onnx_dir))
         gc.collect()
     conditions = machine_conditions(
@@ -257,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         strategy=args.strategy,
     )
     if (args.out / f"{STEM}.json").exists():  # a partial run replaces its models' rows, keeps the others
-        _, previous = _load(args.out)
+        previous_conditions, previous = _load(args.out)
+        if "speed" in previous_conditions:
+            conditions["speed"] = previous_conditions["speed"]
         fresh = {r["model"]: r for r in rows}
         rows = [fresh.pop(r["model"], r) for r in previous] + list(fresh.values())
     _write(args.out, conditions, rows)

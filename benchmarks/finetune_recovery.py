@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import accuracy_retention as retention  # noqa: E402  (the trained models and their cache)
+import rmtdeploy.retention as retention  # noqa: E402  (the trained models)
+from rmtdeploy.finetuning.scratch import CACHE as TRAINED_CACHE  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = ("resnet", "vit")
@@ -41,8 +42,8 @@ def run_point(family: str, seed: int, keep: float, settings, epochs: int | None)
     from rmtdeploy.finetuning.trainer import train_in_memory
     from rmtdeploy.scores import get_strategy
 
-    dense, record = retention.train_dense(family, seed, settings, retention.CACHE, lambda m: None)
-    calibration = retention._seeded_draw(settings, seed, settings.calibration_images, salt=1)
+    dense, record = retention.train_dense(family, seed, settings, TRAINED_CACHE, lambda m: None)
+    calibration = retention.seeded_draw(settings, seed, settings.calibration_images, salt=1)
     example = torch.zeros(1, 3, settings.image_size, settings.image_size)
     result = get_strategy(STRATEGY).prune(
         dense, keep_macs=keep, round_to=settings.round_to, example_inputs=example

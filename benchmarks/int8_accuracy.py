@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import accuracy_retention as retention  # noqa: E402  (the trained models and their cache)
-
+import rmtdeploy.retention as retention  # noqa: E402  (the trained models)
 from rmtdeploy.benchmark import machine_conditions, measure_onnx_latency  # noqa: E402
 from rmtdeploy.data import open_data  # noqa: E402
 from rmtdeploy.exporting import export_onnx  # noqa: E402
 from rmtdeploy.exporting.int8 import classify, quantize_int8  # noqa: E402
+from rmtdeploy.finetuning.scratch import CACHE as TRAINED_CACHE  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -49,7 +49,7 @@ def run_family(family: str, args, tmp: Path) -> dict:
     from rmtdeploy.scores import get_strategy
 
     settings = retention.Settings()
-    dense, _ = retention.train_dense(family, 0, settings, retention.CACHE, lambda m: print(m, flush=True))
+    dense, _ = retention.train_dense(family, 0, settings, TRAINED_CACHE, lambda m: print(m, flush=True))
     example = torch.zeros(1, 3, settings.image_size, settings.image_size)
     pruned = get_strategy("hybrid").prune(dense, keep_macs=args.keep, round_to=settings.round_to,
                                           example_inputs=example).model  # fmt: skip

@@ -255,15 +255,14 @@ def run_family(family: str, args, tmp: Path) -> dict:
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    import accuracy_retention as retention
-
     import rmtdeploy
+    import rmtdeploy.retention as retention
     from rmtdeploy.data import open_data
+    from rmtdeploy.finetuning.scratch import CACHE as TRAINED_CACHE
     from rmtdeploy.models import LoadedModel
 
     settings = retention.Settings()
-    weights = retention.CACHE
+    weights = TRAINED_CACHE
     dense, record = retention.train_dense(family, 0, settings, weights, lambda m: print(m, flush=True))
     recipe = retention.FAMILIES[family]
     loaded = LoadedModel(dense, recipe.timm_name, family, f"checkpoint:accuracy_retention {family} seed 0")

@@ -214,7 +214,7 @@ def verify_pruned(
     The checks: the output has the dense shape and is finite; MACs kept lie within ``TARGET_TOLERANCE`` of
     the plan's budget; ``save_pruned`` → ``load_pruned`` gives the same outputs; the plan is exact (its
     removals replayed on the dense weights compute what the dense model computes with those channels masked:
-    ``rmtdeploy.adapters.exactness``; the layer of the first inexact removal is named); a model with
+    ``rmtdeploy.pruning.exactness``; the layer of the first inexact removal is named); a model with
     re-parameterisable blocks computes the same after timm's ``reparameterize_model``; and the ONNX export
     matches PyTorch (``rmtdeploy.exporting.export_onnx``'s parity check)."""
     from rmtdeploy.adapters import get_adapter
@@ -272,7 +272,7 @@ def function_gap(dense: nn.Module, adapter, operations: list[dict[str, Any]], im
     Logits, not pre-logit features: the classifier keeps its outputs, so the two compare channel for channel
     (a zero-initialised classifier, Hiera's, gets seeded random weights first, on a copy)."""
     from rmtdeploy.adapters.base import classifier_layers
-    from rmtdeploy.adapters.exactness import masked_reference
+    from rmtdeploy.pruning.exactness import masked_reference
 
     dense = copy.deepcopy(dense).eval()
     generator = torch.Generator().manual_seed(0)
@@ -289,7 +289,7 @@ def function_gap(dense: nn.Module, adapter, operations: list[dict[str, Any]], im
 
 
 def _function_check(dense, adapter, operations, images, verification: Verification) -> None:
-    from rmtdeploy.adapters.exactness import NotApplicable
+    from rmtdeploy.pruning.exactness import NotApplicable
 
     try:
         gap = function_gap(dense, adapter, operations, images)

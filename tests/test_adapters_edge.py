@@ -11,7 +11,6 @@ from torch import nn
 
 from rmtdeploy.adapters import get_adapter
 from rmtdeploy.coverage import EDGE_MODELS, verify_pruned
-from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.pruning import prune_model
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -34,7 +33,7 @@ def test_eva_removes_whole_heads_and_slices_the_query_and_value_biases():
     with torch.no_grad():  # non-zero biases, so slicing the wrong heads' entries would show
         for attn in (m for m in model.modules() if isinstance(m, EvaAttention)):
             attn.q_bias.normal_(), attn.v_bias.normal_()
-    result = prune_model(model, keep_macs=0.5, round_to=8)
+    result = prune_model(model, keep_macs=0.3)  # three heads a block: a cut deep enough to take one
     assert type(get_adapter(model)).__name__ == "EvaAdapter"
     assert any(pruned < dense for dense, pruned in _heads(result).values())
     for attn in (m for m in result.model.modules() if isinstance(m, EvaAttention)):
@@ -89,18 +88,9 @@ def test_mobilevit_v2_inner_channels_take_their_key_and_value_rows_and_the_split
         assert pruned.qkv_proj.out_channels == 1 + 2 * pruned.embed_dim  # the score row stays
 
 
-# Refused at their default size, with the layer named (benchmarks/results/edge_coverage.md says why).
-REFUSED = {"levit_128s": "attn"}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EDGE_MODELS)
-def test_every_edge_model_prunes_and_verifies_or_is_refused_with_a_named_reason(name):
+def test_every_edge_model_prunes_to_the_budget_and_verifies_at_its_default_size(name):
     model = _model(name)
-    if name in REFUSED:
-        with pytest.raises(RmtdeployError, match=REFUSED[name]) as refused:
-            prune_model(model, keep_macs=0.5)
-        assert "\n" not in str(refused.value)
-        return
     verification = verify_pruned(model, prune_model(model, keep_macs=0.5))
     assert verification.ok, verification.failures

@@ -72,6 +72,11 @@ def test_reparameterisable_blocks_prune_in_training_form_and_fuse_to_the_same_fu
     verification = verify_pruned(model, result, export=False)
     assert verification.ok, verification.failures
     assert verification.measured["reparameterized_gap"] < 1e-4  # timm's reparameterize_model on the pruned
+    blocks = [m for m in result.model.modules() if type(m).__name__ == "MobileOneBlock"]
+    assert any(b.conv_kxk[0].conv.out_channels < d.conv_kxk[0].conv.out_channels
+               for b, d in zip(blocks, [m for m in model.modules() if type(m).__name__ == "MobileOneBlock"], strict=True))  # fmt: skip
+    for block in blocks:  # the group count its fused identity kernel is built from follows the branches
+        assert block.groups == block.conv_kxk[0].conv.groups
     # The export is the fused form (one convolution per block), verified against the training form.
     adapter = get_adapter(result.model)
     branches = sum(1 for m in result.model.modules() if type(m).__name__ == "MobileOneBlock")

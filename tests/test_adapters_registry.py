@@ -23,6 +23,7 @@ PLUG_INS = {
     "eva",
     "generic",
     "hiera",
+    "levit",
     "metaformer",
     "resnet",
     "swin",
@@ -43,8 +44,8 @@ def test_registry_and_base_import_no_adapter(module):
 
 def test_every_family_is_served_by_an_adapter_module():
     assert sorted(ADAPTERS) == [
-        "byobnet", "convnext", "deit", "edgenext", "eva", "hiera", "metaformer", "mobilevit", "resnet", "swin",
-        "vit",
+        "byobnet", "convnext", "deit", "edgenext", "eva", "hiera", "levit", "metaformer", "mobilevit", "resnet",
+        "swin", "vit",
     ]  # fmt: skip
     # Every other timm family: the generic adapter, registered as the fallback.
     assert {cls.__module__.rsplit(".", 1)[-1] for cls in ADAPTERS.values()} == PLUG_INS - {"generic"}

@@ -184,11 +184,14 @@ def test_a_planted_upward_import_fails_the_floors():
     planted["rmtdeploy.pruning.prune"] = graph["rmtdeploy.pruning.prune"] | {"rmtdeploy.benchmark.latency"}
     planted["rmtdeploy.pipeline.stage"] = graph["rmtdeploy.pipeline.stage"] | {"rmtdeploy.scores.registry"}
     planted["rmtdeploy.bundle.stage"] = graph["rmtdeploy.bundle.stage"] | {"rmtdeploy.exporting.stage"}
-    assert set(_upward_imports(planted)) - set(_upward_imports(graph)) == {
-        "rmtdeploy.pipeline.stage (pipeline) imports rmtdeploy.scores.registry (scores)",
-        "rmtdeploy.pruning.prune (pruning) imports rmtdeploy.benchmark.latency (benchmark)",
-        "rmtdeploy.bundle.stage (stage) imports rmtdeploy.exporting.stage (stage)",  # one stage calling another
-    }
+    assert (
+        set(_upward_imports(planted)) - set(_upward_imports(graph))
+        == {
+            "rmtdeploy.pipeline.stage (pipeline) imports rmtdeploy.scores.registry (scores)",
+            "rmtdeploy.pruning.prune (pruning) imports rmtdeploy.benchmark.latency (benchmark)",
+            "rmtdeploy.bundle.stage (stage) imports rmtdeploy.exporting.stage (stage)",  # one stage calling another
+        }
+    )
 
 
 MAX_MODULE_LINES = 450

@@ -66,9 +66,7 @@ def test_unreadable_cpuinfo_falls_back_to_what_platform_knows():
     assert machine.cpu_flags("") == set()
     fallback = platform.processor() or platform.machine() or "unknown"
     assert machine.cpu_model("") == fallback
-    assert (
-        machine.cpu_model("processor\t: 0\nmodel\t\t: 17\n") == fallback
-    )  # x86's model number is no name
+    assert machine.cpu_model("processor\t: 0\nmodel\t\t: 17\n") == fallback  # x86's model number is no name
 
 
 def test_machine_conditions_read_the_given_dump():

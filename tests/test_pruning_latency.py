@@ -109,7 +109,9 @@ def test_the_fastest_allocation_at_equal_macs_is_chosen_past_the_noise(monkeypat
 def test_a_measured_allocation_is_recorded_and_is_the_one_built():
     model = _vit()
     plain = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224")
-    aware = prune_model(model, keep_macs=0.5, model_name="vit_tiny_patch16_224", latency_weights=fastest_allocation)
+    aware = prune_model(
+        model, keep_macs=0.5, model_name="vit_tiny_patch16_224", latency_weights=fastest_allocation
+    )
     record = aware.plan["latency_allocation"]
     tilts = {"front-first", "back-first", "attention-first", "non-attention-first"}
     assert tilts <= set(record["gain_at_equal_macs"]) <= tilts | {"shared-first", "own-first"}

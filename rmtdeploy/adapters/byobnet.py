@@ -53,7 +53,7 @@ class KeyValuePruner(tp_function.BasePruningFunc):
 
     @torch.no_grad()
     def silence(self, layer: nn.Module, idxs: list[int], outputs: bool) -> None:
-        """For ``rmtdeploy.adapters.exactness``: zero what a removal takes, without removing it."""
+        """For ``rmtdeploy.pruning.exactness``: zero what a removal takes, without removing it."""
         if not outputs:
             layer.weight[:, idxs] = 0
             return

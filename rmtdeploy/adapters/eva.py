@@ -32,6 +32,7 @@ from rmtdeploy.adapters._attention import (
     attribute_set,
     parameters_hidden_from_autograd,
 )
+from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin
 from rmtdeploy.adapters.generic import GenericAdapter
 from rmtdeploy.adapters.registry import register_adapter
 
@@ -71,7 +72,7 @@ class PrunedEvaAttention(EvaAttention):
 
 
 @register_adapter("eva")
-class EvaAdapter(HeadProbingAdapter, GenericAdapter):
+class EvaAdapter(PatchEmbedSizeMixin, HeadProbingAdapter, GenericAdapter):
     family = "eva"
 
     def unsupported_reason(self, module: nn.Module) -> str | None:

@@ -3,21 +3,22 @@ dependency graph traces it exactly, and accepted only once the pruned model pass
 
 A family adapter knows its layers; this one knows none, so it prunes conservatively and proves the result:
 
-* **Groups it cannot prune exactly are left whole** (``group_problem``): a group whose index mapping
-  leaves a layer's range (a reshape, split or chunk the graph does not follow, such as a GLU's chunked
-  hidden layer), a grouped convolution that multiplies its channels (``groups == in_channels != out``:
-  torch-pruning would slice its filters wrongly), a GroupNorm that would regroup the channels that stay,
-  and, for a model without a classifier, the channels of its output.
-* **Bare parameters** (layer scales, position embeddings, tokens) follow their one non-singleton dim
-  (torch-pruning's own rule, given explicitly); squeeze-excitation, depthwise convolutions (each channel
-  its own group), grouped convolutions (every group shrinks alike) and concatenations are torch-pruning's.
+* **Groups it cannot prune exactly are left whole** (``group_problem``, with the reason): a group whose index
+  mapping leaves a layer's range (a reshape or split the graph does not follow), a bare parameter that is
+  not channel-like (an attention-bias table by position), a channel-multiplier convolution
+  (``groups == in_channels != out_channels``: torch-pruning would slice its filters wrongly), a GroupNorm of
+  several groups, and, for a model without a classifier, the channels of its output.
+* **What torch-pruning gets right is used as is**: squeeze-excitation, depthwise convolutions (each channel
+  its own group), grouped convolutions (every group shrinks alike), concatenations, layer scales and
+  position embeddings. A gated MLP (timm's ``GluMlp``) is rooted at ``fc2``'s input (``reroot_group``) and
+  its ``fc1`` loses a hidden channel's value and gate rows together (:class:`GatedLinearPruner`).
 * **Re-parameterisable blocks** (MobileOne, RepViT, FastViT's RepMixer, RepVGG) are pruned in their
-  training form: every branch of a block adds into the same channels, so the branches form one group and
-  lose the same channels; the pruned model re-parameterises as timm's ``reparameterize_model`` does, and
-  the fused form computes the same function (checked by ``rmtdeploy.coverage.verify_pruned``).
+  training form: every branch of a block adds into the same channels, so the branches lose the same
+  channels; the widths a block fuses from are re-read from its branches, and the ONNX export is the fused
+  form (``export_mode``), which ``rmtdeploy.coverage.verify_pruned`` checks against the training form.
 * **Cached widths** the forward does not read (``num_features``, ``feature_info``, ``head_hidden_size``) are
-  re-read from the layers; a module whose forward reads a stale cached width fails the forward, and the
-  model is refused with the layer named.
+  re-read off one forward pass; a module whose forward fails on the pruned widths refuses the model, with
+  the layer named.
 
 Every pruned model is checked before the prune stage accepts it (:attr:`needs_verification`).
 """
@@ -65,7 +66,7 @@ class GatedLinearPruner(tp_function.BasePruningFunc):
 
     @torch.no_grad()
     def silence(self, layer: nn.Module, idxs: list[int], outputs: bool) -> None:
-        """For ``rmtdeploy.adapters.exactness``: zero what a removal takes, without removing it."""
+        """For ``rmtdeploy.pruning.exactness``: zero what a removal takes, without removing it."""
         if outputs:
             rows = self.rows(layer, idxs)
             layer.weight[rows] = 0

@@ -3,16 +3,20 @@ value splits and position-bias tables, BatchNorm-ed linear layers, two classifie
 
 What differs from the generic path: inside an ``Attention`` / ``AttentionDownsample`` the projections are
 split per head into ``key_dim, key_dim, val_dim`` (sizes the module caches) and read position biases per
-head, so their inner channels are left whole; the streams between blocks, the MLPs and the stem prune.
+head, so their inner channels are left whole; the streams between blocks, the MLPs and the stem prune. The
+graph is traced with the query's token subsampling written as a gather (the same function), which it
+follows.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from timm.models.levit import Attention, AttentionDownsample
+import torch
+from timm.models.levit import Attention, AttentionDownsample, Downsample
 from torch import nn
 
+from rmtdeploy.adapters._attention import forwards_replaced
 from rmtdeploy.adapters.generic import GenericAdapter
 from rmtdeploy.adapters.registry import register_adapter
 
@@ -20,6 +24,14 @@ from rmtdeploy.adapters.registry import register_adapter
 @register_adapter("levit")
 class LevitAdapter(GenericAdapter):
     family = "levit"
+
+    def trace_forward(self, model: nn.Module, example_inputs: Any) -> Any:
+        # The token subsampling before a downsampling attention's query is a 4-D view, a strided slice and
+        # a reshape, which the graph does not follow (the query would keep its input width); the same
+        # subsampling as one gather over tokens keeps channels on their axis.
+        subsamples = [m for m in model.modules() if isinstance(m, Downsample) and m.pool is None]
+        with forwards_replaced(subsamples, _subsample_by_gather):
+            return super().trace_forward(model, example_inputs)
 
     def group_problem(self, graph: Any, group: Any, names: dict[nn.Module, str]) -> str | None:
         inner = {
@@ -32,6 +44,13 @@ class LevitAdapter(GenericAdapter):
             if dep.target.module in inner and graph.is_out_channel_pruning_fn(dep.handler):
                 return f"{inner[dep.target.module]}: attention heads split into cached key / value sizes"
         return super().group_problem(graph, group, names)
+
+
+def _subsample_by_gather(module: Downsample, x: torch.Tensor) -> torch.Tensor:
+    """``Downsample.forward`` (no pooling) as one gather of the kept tokens: the same output."""
+    rows, cols = module.resolution
+    keep = torch.arange(rows * cols, device=x.device).view(rows, cols)[:: module.stride, :: module.stride]
+    return x[:, keep.flatten()]
 
 
 def _head_projections(attn: nn.Module) -> list[nn.Module]:

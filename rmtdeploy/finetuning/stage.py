@@ -366,6 +366,7 @@ def _record(trainer: Trainer, inputs: _Inputs, recipe, result, new_head, keep, d
         "steps": trainer.step, "steps_per_epoch": trainer.steps_per_epoch,
         "top1": {
             "as_given": start["val_top1_as_given"], "start": start["val_top1"],
+            "teacher": start.get("val_top1_teacher"),
             "epochs": [m["val_top1"] for m in epochs],
             "best": trainer.best["val_top1"], "best_epoch": trainer.best["epoch"],
             "last": epochs[-1]["val_top1"] if epochs else start["val_top1"],

@@ -6,14 +6,16 @@ ends with the weights an uninterrupted run would have (tested). Ctrl-C asks the 
 current step and write a checkpoint; a second Ctrl-C stops at once.
 
 The student trains in train mode (BatchNorm on batch statistics, dropout and drop-path on), after its
-BatchNorm statistics were re-estimated on the training images; it is evaluated (top-1 / top-5) on the
-validation split before training — the starting point — and after every epoch, and the best of these
-is kept: the output is never worse on validation than where the run started.
+BatchNorm statistics were re-estimated on the training images; the teacher is a copy whose statistics are
+re-estimated on the same images (a briefly trained model's lag its weights). The student is evaluated
+(top-1 / top-5) on the validation split before training — the starting point — and after every epoch,
+and the best of these is kept: the output is never worse on validation than where the run started.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import signal
@@ -91,6 +93,7 @@ class Trainer:
         self.steps_per_epoch = -(-per_rank // self.recipe.batch_size)
         self.total_steps = self.recipe.epochs * self.steps_per_epoch
         self.amp = self.device.type == "cuda"
+        self.teacher = self._recalibrated_teacher(self.teacher)
         self._teacher_cache = self._make_teacher_cache()
         self._stop = False
         self._running = {"loss": 0.0, "correct": 0, "seen": 0}
@@ -109,6 +112,33 @@ class Trainer:
         groups = adamw_param_groups(self.student, self.recipe.weight_decay)
         self.optimizer = torch.optim.AdamW(groups, lr=self.recipe.lr)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    @torch.no_grad()
+    def _recalibrated_teacher(self, teacher: nn.Module | None) -> nn.Module | None:
+        """A copy of the teacher whose BatchNorm statistics are re-estimated on the images the student's are
+        (the given model is left alone): a briefly trained model's running statistics lag its weights, and
+        its soft targets with them (docs/finetune.md, small datasets)."""
+        if (
+            teacher is None
+            or not self.recipe.kd_weight
+            or not self.recipe.bn_images
+            or not _has_batchnorm(teacher)
+        ):
+            return teacher
+        from rmtdeploy.pruning.batchnorm import recalibrate_batchnorm
+
+        teacher = copy.deepcopy(teacher)
+        recalibrate_batchnorm(teacher, self._bn_batches(), max_batches=self._bn_batch_count())
+        return teacher.eval()
+
+    def _bn_batches(self):
+        """The seeded training images (eval transform) that re-estimate BatchNorm statistics."""
+        loader = epoch_loader(self.data.plain, batch_size=self.recipe.batch_size, seed=self.recipe.seed,
+                              shuffle=True, workers=self.data.workers)  # fmt: skip
+        return (b[0] for b in loader if b[0] is not None)
+
+    def _bn_batch_count(self) -> int:
+        return math.ceil(self.recipe.bn_images / self.recipe.batch_size)
 
     def _make_teacher_cache(self):
         if self.teacher is None or self.recipe.augment or self.recipe.kd_weight == 0:
@@ -130,15 +160,16 @@ class Trainer:
         before = self.evaluate()
         if self.recipe.bn_images and _has_batchnorm(self.student):
             self.reporter.status(f"re-estimating BatchNorm statistics on {self.recipe.bn_images} images")
-            loader = epoch_loader(self.data.plain, batch_size=self.recipe.batch_size, seed=self.recipe.seed,
-                                  shuffle=True, workers=self.data.workers)  # fmt: skip
-            batches = math.ceil(self.recipe.bn_images / self.recipe.batch_size)
-            recalibrate_batchnorm(
-                self.student, (b[0] for b in loader if b[0] is not None), max_batches=batches
-            )
+            recalibrate_batchnorm(self.student, self._bn_batches(), max_batches=self._bn_batch_count())
         after = self.evaluate()
+        # The teacher's own score on this val split: how far the student can be led (a report says it).
+        # Forked RNG: a measurement must not change the training after it (a DataLoader draws its seed from
+        # the global generator, which Swin's drop-path then reads).
+        with torch.random.fork_rng(devices=[]):
+            teacher = self.evaluate(self.teacher)[0] if self.teacher is not None else None
         record = {"event": "start", "epoch": self.epoch, "step": self.step, "val_top1_as_given": before[0],
-                  "val_top1": after[0], "val_top5": after[1], "bn_recalibrated": bool(self.recipe.bn_images)}  # fmt: skip
+                  "val_top1": after[0], "val_top5": after[1], "val_top1_teacher": teacher,
+                  "bn_recalibrated": bool(self.recipe.bn_images)}  # fmt: skip
         self._log(record)
         self._keep_if_best(after[0], self.epoch)
         return record

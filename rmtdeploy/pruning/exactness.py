@@ -60,11 +60,12 @@ def masked_reference(
     dense: nn.Module, adapter: ArchitectureAdapter, operations: list[dict[str, Any]], example_inputs
 ) -> MaskedReference:
     """The reference for a plan's ``operations`` on ``dense`` (left untouched). Raises :class:`NotApplicable`."""
-    from rmtdeploy.pruning.graph import build_dependency_graph  # pruning imports adapters: import late
+    from rmtdeploy.pruning.graph import build_dependency_graph
 
     model = copy.deepcopy(dense).eval()
     graph = build_dependency_graph(model, adapter, example_inputs)
     modules = dict(model.named_modules())
+    names = {id(module): name for name, module in modules.items()}
     alive: dict[tuple[str, str], list[int]] = {}  # a unit's channels still there, in dense numbering
     norm_kept: dict[int, set[int]] = {}
     norm_width: dict[int, int] = {}
@@ -72,13 +73,14 @@ def masked_reference(
         key = (op["root"], op["fn"])
         channels = alive.setdefault(key, list(range(op["width"])))
         removed = [channels[i] for i in op["pruned"]]
-        alive[key] = [c for c in channels if c not in set(removed)]
+        gone = set(removed)
+        alive[key] = [c for c in channels if c not in gone]
         module = modules[op["root"]]
         group = graph.get_pruning_group(
             module, getattr(graph.get_pruner_of_module(module), op["fn"]), removed
         )
         for dep, idxs in group:
-            _silence(dep, [int(i) for i in idxs], modules, norm_kept, norm_width)
+            _silence(dep, [int(i) for i in idxs], names, norm_kept, norm_width)
     kept = {
         key: torch.tensor(sorted(set(range(norm_width[key])) - removed)) for key, removed in norm_kept.items()
     }
@@ -87,10 +89,10 @@ def masked_reference(
 
 @torch.no_grad()
 def _silence(
-    dep, idxs: list[int], modules, norm_kept: dict[int, set[int]], norm_width: dict[int, int]
+    dep, idxs: list[int], names: dict[int, str], norm_kept: dict[int, set[int]], norm_width: dict[int, int]
 ) -> None:
     layer, fn = dep.target.module, dep.handler
-    name = next((n for n, m in modules.items() if m is layer), type(layer).__name__)
+    name = names.get(id(layer), type(layer).__name__)
     owner = getattr(fn, "__self__", None)  # an adapter's own pruning function may say how to silence
     if hasattr(owner, "silence"):
         owner.silence(layer, idxs, outputs=fn.__name__ == "prune_out_channels")
