@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from timm.layers import Attention
 from timm.layers.mlp import GluMlp
 from torch import nn
 from torch_pruning import ops as tp_ops
@@ -215,7 +216,15 @@ class GenericAdapter(ArchitectureAdapter):
             for parent, name, child in swapped:
                 setattr(parent, name, child)
 
+    def attention_heads(self, model: nn.Module) -> dict[nn.Module, int]:
+        # timm's shared Attention (timm.layers), wherever a model uses it: heads go whole through its qkv.
+        return {m.qkv: m.num_heads for m in model.modules() if type(m) is Attention}
+
     def repair(self, model: nn.Module) -> None:
+        for attn in model.modules():
+            if type(attn) is Attention:  # heads go whole: head_dim (and scale) stay, the count follows qkv
+                attn.num_heads = attn.qkv.out_features // (3 * attn.head_dim)
+                attn.attn_dim = attn.num_heads * attn.head_dim
         _sync_reparameterizable(model)
         # Read every cached width off one forward pass: the generic adapter knows no layer layout.
         widths = _traced_widths(model, self.example_inputs(model))

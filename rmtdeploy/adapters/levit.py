@@ -25,6 +25,14 @@ from rmtdeploy.adapters.registry import register_adapter
 class LevitAdapter(GenericAdapter):
     family = "levit"
 
+    def unsupported_reason(self, module: nn.Module) -> str | None:
+        if isinstance(module, (Attention, AttentionDownsample)) and module.use_conv:
+            return (
+                "the convolutional form (levit_conv_*): its attention's 4-D reshapes make the dependency "
+                "graph's index mapping grow without bound; the linear form (levit_*, the same weights) prunes"
+            )
+        return super().unsupported_reason(module)
+
     def trace_forward(self, model: nn.Module, example_inputs: Any) -> Any:
         # The token subsampling before a downsampling attention's query is a 4-D view, a strided slice and
         # a reshape, which the graph does not follow (the query would keep its input width); the same

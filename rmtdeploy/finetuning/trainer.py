@@ -93,7 +93,8 @@ class Trainer:
         self.steps_per_epoch = -(-per_rank // self.recipe.batch_size)
         self.total_steps = self.recipe.epochs * self.steps_per_epoch
         self.amp = self.device.type == "cuda"
-        self.teacher = self._recalibrated_teacher(self.teacher)
+        with torch.random.fork_rng(devices=[]):  # its DataLoader draws a seed from the global generator
+            self.teacher = self._recalibrated_teacher(self.teacher)
         self._teacher_cache = self._make_teacher_cache()
         self._stop = False
         self._running = {"loss": 0.0, "correct": 0, "seen": 0}
