@@ -16,10 +16,12 @@ REQUIRED_FIELDS = {"name", "shape", "gamma", "sigma2", "edge", "spikes", "ser", 
     "model",
     [
         "vit_tiny_patch16_224",
-        "deit_tiny_distilled_patch16_224",
-        "swin_tiny_patch4_window7_224",
+        # Full-size transformers at 224 px: the slowest cases of the suite; the small case of the matrix
+        # (ViT, ConvNeXt, ResNet) runs every time, these in `make test-slow`.
+        pytest.param("deit_tiny_distilled_patch16_224", marks=pytest.mark.slow),
+        pytest.param("swin_tiny_patch4_window7_224", marks=pytest.mark.slow),
         "convnext_atto",
-        "hiera_tiny_224",
+        pytest.param("hiera_tiny_224", marks=pytest.mark.slow),
         "resnet18",
     ],
 )

@@ -11,7 +11,8 @@ A family adapter knows its layers; this one knows none, so it prunes conservativ
 * **What torch-pruning gets right is used as is**: squeeze-excitation, depthwise convolutions (each channel
   its own group), grouped convolutions (every group shrinks alike), concatenations, layer scales and
   position embeddings. A gated MLP (timm's ``GluMlp``) is rooted at ``fc2``'s input (``reroot_group``) and
-  its ``fc1`` loses a hidden channel's value and gate rows together (:class:`GatedLinearPruner`).
+  its ``fc1`` loses a hidden channel's value and gate rows together (:class:`GatedLinearPruner`). timm's
+  shared ``Attention`` (``timm.layers``, as in MobileViT v1) loses whole heads through its fused qkv.
 * **Re-parameterisable blocks** (MobileOne, RepViT, FastViT's RepMixer, RepVGG) are pruned in their
   training form: every branch of a block adds into the same channels, so the branches lose the same
   channels; the widths a block fuses from are re-read from its branches, and the ONNX export is the fused
