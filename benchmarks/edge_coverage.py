@@ -205,10 +205,8 @@ def coverage_block(rows: list[dict[str, Any]], conditions: dict[str, Any]) -> st
     if sample:
         good = [r["model"] for r in sample if r["status"] == "ok"]
         lines += ["", f"A sample of other architectures of the same families ({len(good)} of {len(sample)} ok): "
-                  + ", ".join(f"`{m}`" for m in good) + "."]  # fmt: skip
-        lines += [
-            f"`{r['model']}`: {r['status']}, {r['reason'][:200]}." for r in sample if r["status"] != "ok"
-        ]
+                  + ", ".join(f"`{m}`" for m in good) + ".", ""]  # fmt: skip
+        lines += [f"- `{r['model']}`: {r['status']}: {r['reason']}" for r in sample if r["status"] != "ok"]
     return "\n".join(lines) + "\n"
 
 
