@@ -24,6 +24,8 @@ results, the Markdown and the plot.
     python benchmarks/accuracy_retention.py                # the full run (make bench-accuracy)
     python benchmarks/accuracy_retention.py --finetune default --criteria magnitude rmt hybrid edge-budget dynamic \
         --keeps 0.5 0.3                                    # after the default fine-tune recipe (~1.5 h)
+    python benchmarks/accuracy_retention.py --dataset sign-digits --image-size 64 --keeps 0.5 0.3 \
+        --seeds 2 --stem accuracy_retention_sign_digits  # the second task: photographs at 64×64
     python benchmarks/accuracy_retention.py --quick --out /tmp/acc   # a CI-sized smoke run
 """
 
@@ -45,6 +47,7 @@ from pathlib import Path
 
 import torch
 
+from rmtdeploy.data import dataset_names
 from rmtdeploy.finetuning.scratch import CACHE
 from rmtdeploy.retention import (
     ABLATIONS,
@@ -203,10 +206,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=[*CRITERIA, *ABLATIONS])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.75, 0.5, 0.3])
-    parser.add_argument("--dataset", default="mnist5k")
+    parser.add_argument(
+        "--dataset", choices=dataset_names(), help="a built-in dataset (default mnist5k; --quick digits)"
+    )
+    parser.add_argument("--image-size", type=int, metavar="PX",
+                        help="input size the models are built and trained for (default 32; --quick 16); "
+                             "64 suits sign-digits, and a multiple of 32 builds every family")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default 2)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: digits at 16×16, 1 seed, keep 0.5, ResNet + ViT, 1 epoch, 2 KD steps")  # fmt: skip
+                        help="smoke run: digits at 16×16 (or --dataset, --image-size), 1 seed, keep 0.5, ResNet + ViT, "
+                             "1 epoch, 2 KD steps")  # fmt: skip
     parser.add_argument(
         "--cache", type=Path, default=CACHE, help="trained dense models (default %(default)s)"
     )
@@ -223,20 +232,24 @@ def main(argv: list[str] | None = None) -> int:
     from rmtdeploy.io import atomic_write_json, atomic_write_text
     from rmtdeploy.machine import cpu_model
 
-    settings = Settings(dataset=args.dataset, keeps=tuple(args.keeps), criteria=tuple(args.criteria),
+    settings = Settings(dataset=args.dataset or "mnist5k", keeps=tuple(args.keeps), criteria=tuple(args.criteria),
                         finetune=args.finetune, finetune_epochs=args.finetune_epochs)  # fmt: skip
     args.stem = args.stem or (
         "accuracy_retention" if args.finetune == "distill" else "accuracy_retention_finetuned"
     )
     families, seeds = args.families, list(range(args.seeds))
     if args.quick:
-        settings = Settings(dataset="digits", image_size=16, keeps=(0.5,), criteria=tuple(args.criteria),
+        settings = Settings(dataset=args.dataset or "digits", image_size=16, keeps=(0.5,), criteria=tuple(args.criteria),
                             calibration_images=64, hessian_samples=8, distill_images=128, distill_steps=2,
                             val_images=128, epochs_scale=0.1, finetune=args.finetune,
                             finetune_epochs=args.finetune_epochs or (1 if args.finetune == "default" else None))  # fmt: skip
         if args.families == list(FAMILIES):
             families = ["resnet", "vit"]
         seeds = [0]
+    if args.image_size is not None:
+        if args.image_size < 8:
+            parser.error(f"--image-size must be at least 8 pixels, got {args.image_size}")
+        settings = dataclasses.replace(settings, image_size=args.image_size)
     started = time.perf_counter()
     tasks = [(family, seed) for seed in seeds for family in families]
     results = _run(tasks, settings, args.cache, args.workers)

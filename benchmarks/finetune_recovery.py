@@ -43,7 +43,7 @@ def run_point(family: str, seed: int, keep: float, settings, epochs: int | None)
     from rmtdeploy.scores import get_strategy
 
     dense, record = retention.train_dense(family, seed, settings, TRAINED_CACHE, lambda m: None)
-    calibration = retention.seeded_draw(settings, seed, settings.calibration_images, salt=1)
+    calibration = retention.seeded_draw(settings, seed, settings.calibration_images, salt=1, model=dense)
     example = torch.zeros(1, 3, settings.image_size, settings.image_size)
     result = get_strategy(STRATEGY).prune(
         dense, keep_macs=keep, round_to=settings.round_to, example_inputs=example

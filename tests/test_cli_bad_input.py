@@ -92,7 +92,7 @@ ANALYZE_CASES = [
 ]  # fmt: skip
 
 PRUNE_CASES = [
-    ([*RANDOM_RESNET], "one of the arguments --keep-macs --keep-params is required"),
+    ([*RANDOM_RESNET], "one of the arguments --keep-macs --keep-params --latency-budget-ms is required"),
     ([*RANDOM_RESNET, "--keep-macs", "0"], "--keep-macs must lie in (0, 1]"),
     ([*RANDOM_RESNET, "--keep-macs", "1.2"], "--keep-macs must lie in (0, 1]"),
     ([*RANDOM_RESNET, "--keep-params", "-1"], "--keep-params must lie in (0, 1]"),
@@ -425,3 +425,56 @@ def test_bad_sweep_and_device_curve_input(tmp_path, files, pruned_run, device_fi
     args = [a.format(**device_files) if a.startswith("{") and a[1:-1] in device_files else a for a in args]
     code = main([*_stage_args(args, files, pruned_run), "--out", str(out)])
     _assert_refused(capsys, code, phrase.replace("{pruned}", str(pruned_run)), out, earlier_result, before)
+
+
+def _table_file(path: Path, model, model_name: str) -> str:
+    """A latency table's JSON naming ``model``'s layers (no units: the checks before the work read the layers)."""
+    from rmtdeploy.pruning.graph import layer_widths
+
+    path.write_text(json.dumps({
+        "format": "rmtdeploy-latency-table", "version": 1, "model": model_name, "input_size": [3, 224, 224],
+        "round_to": 8, "dense": {"ms": 5.0, "macs": 1}, "measured": {}, "layer_widths": layer_widths(model),
+        "units": {}, "layers": {},
+    }))  # fmt: skip
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def table_files(tmp_path_factory):
+    import timm
+
+    root = tmp_path_factory.mktemp("tables")
+    with torch.device("meta"):  # only the widths matter
+        other, narrow = timm.create_model("resnet34"), timm.create_model("resnet18", num_classes=10)
+    (root / "broken.json").write_text("{not json")
+    return {"other_table": _table_file(root / "resnet34.json", other, "resnet34"),
+            "narrow_table": _table_file(root / "resnet18_10.json", narrow, "resnet18"),
+            "broken_table": str(root / "broken.json")}  # fmt: skip
+
+
+PRUNE_HALF = ["prune", *RANDOM_RESNET, "--keep-macs", "0.5"]
+LATENCY_TABLE_CASES = [
+    ([*PRUNE_HALF, "--latency-table", "{inputs}/missing.json"], "--latency-table not found"),
+    ([*PRUNE_HALF, "--latency-table", "{broken_table}"], "is not JSON"),
+    ([*PRUNE_HALF, "--latency-table", "{inputs}/bench.json"], "is not a usable latency table: its format is not"),
+    ([*PRUNE_HALF, "--latency-table", "{other_table}"],
+     "--latency-table was measured on another model (resnet34): it names layer layer1.2.conv1, which resnet18 does not have"),
+    ([*PRUNE_HALF, "--latency-table", "{narrow_table}"],
+     "--latency-table was measured on another model (resnet18): dense widths differ, fc is 10 wide there and 1000 in resnet18"),
+    (["prune", *RANDOM_RESNET, "--latency-budget-ms", "5"], "--latency-budget-ms is met by a latency table's prediction"),
+    (["prune", *RANDOM_RESNET, "--latency-budget-ms", "-5", "--latency-table", "{narrow_table}"], "--latency-budget-ms must be a time in ms > 0"),
+    ([*PRUNE_HALF, "--latency-budget-ms", "5", "--latency-table", "{narrow_table}"], "not allowed with argument"),
+    ([*PRUNE_HALF, "--latency-table", "{narrow_table}", "--latency-aware"], "--latency-table and latency-aware allocation"),
+    ([*PRUNE_HALF, "--latency-table", "{narrow_table}", "--strategy", "dynamic"], "--latency-table describes the dense model"),
+    (["compress", "--json", *RANDOM_RESNET, "--latency-table", "{other_table}"], "was measured on another model (resnet34)"),
+    (["compress", *RANDOM_RESNET, "--latency-table", "{narrow_table}", "--latency-aware"], "--latency-table and latency-aware"),
+    (["compress", *RANDOM_RESNET, "--latency-table", "{inputs}/missing.json"], "--latency-table not found"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "phrase"), LATENCY_TABLE_CASES)
+def test_bad_latency_table_input(tmp_path, files, table_files, earlier_result, capsys, args, phrase):
+    out, before = tmp_path / "out", _snapshot(earlier_result)
+    args = [a.format(**table_files) if a[1:-1] in table_files else a for a in _expand(args, files)]
+    code = main([*args, "--out", str(out)])
+    _assert_refused(capsys, code, phrase, out, earlier_result, before)

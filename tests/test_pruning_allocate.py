@@ -147,3 +147,33 @@ def test_a_target_between_two_reachable_steps_fails_with_the_nearest_fractions()
     measure = linear_cost([10.0], Counter())
     with pytest.raises(RmtdeployError, match=r"within ±3%.*nearest reached fractions: \[0\.5, 1\.0\]"):
         search_widths(allocator, measure, dense_value=20.0, target=15.0, metric_name="params")
+
+
+def test_a_reference_width_makes_a_second_cut_round_as_one_cut_from_the_reference_would():
+    # A 40-wide layer already cut to 32. At ratio 0.4 one cut from 40 keeps int(24) = 24; counted from the
+    # 32 it has now it would keep int(19.2) -> 16, a second rounding down. Light ratios keep all 32.
+    now = channels(32)
+    assert WidthAllocator([now], rules(), [1.0], reference=[40]).widths(0.4) == (24,)
+    assert WidthAllocator([now], rules(), [1.0]).widths(0.4) == (16,)
+    assert WidthAllocator([now], rules(), [1.0], reference=[40]).widths(0.1) == (32,)  # never grows back
+    # Heads: 6 of 12 left; at ratio 0.25 one cut from 12 keeps 9, so the unit keeps its 6 (not 6 - 1).
+    assert WidthAllocator([heads(6)], rules(), [1.0], reference=[12]).widths(0.25) == (6,)
+    assert WidthAllocator([heads(6)], rules(), [1.0], reference=[12]).widths(0.75) == (3,)
+
+
+def test_min_keep_raises_a_units_floor_rounded_up_to_round_to_and_whole_heads():
+    allocator = WidthAllocator([channels(100), heads(12)], rules(), [1.0, 1.0], min_keep=[0.3, 0.3])
+    assert allocator.widths(1.0) == (32, 4)  # ceil(30) -> 32 channels; ceil(3.6) = 4 heads
+    assert allocator.widths(0.5) == (48, 6)  # above the floor the ratio decides
+    assert allocator.widths(allocator.max_factor) == (8, 1)  # unless only the rules' floors meet the budget
+
+
+def test_strategy_floors_yield_to_a_budget_only_they_would_refuse_shrinking_to_the_rules_floors():
+    allocator = WidthAllocator([channels(100), channels(100)], rules(), [1.0, 0.5], min_keep=[0.5, 0.5])
+    assert allocator.max_factor == 4.0  # both units at their strategy floor from factor 2, then they yield
+    assert allocator.widths(2.0) == (56, 56)  # ceil(50) -> 56
+    assert allocator.widths(3.0) == (32, 32)  # halfway between the floors: 8 + (56 - 8) / 2 = 32
+    assert allocator.widths(4.0) == (8, 8)  # the rules' floor (min_channels)
+    for unit in (0, 1):  # never wider at a larger factor
+        widths = [allocator.widths(f / 2)[unit] for f in range(9)]
+        assert widths == sorted(widths, reverse=True)

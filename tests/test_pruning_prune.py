@@ -238,3 +238,14 @@ def test_head_rounding_floor_keeps_heads_until_the_ratio_asks_for_a_whole_one():
         assert abs(result.macs_kept - 0.75) <= 0.03 * 0.75
     with pytest.raises(RmtdeployError, match="head_rounding must be one of floor, ceil"):
         prune_model(dense_model("vit_tiny_patch16_224"), keep_macs=0.75, head_rounding="round")
+
+
+def test_a_reference_that_is_not_the_models_ancestor_is_refused_before_any_trial():
+    # The reference gives the widths ratios count from: a narrower model (or another architecture) cannot be.
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", pretrained=False).eval()
+    narrower = prune_model(model, keep_macs=0.5, round_to=1).model
+    with pytest.raises(RmtdeployError, match="the reference model does not match the model being pruned at"):
+        prune_model(model, keep_macs=0.5, round_to=1, reference=narrower)
+    with pytest.raises(RmtdeployError, match="min_keep_dict gives fc 1.5: a kept fraction lies in"):
+        prune_model(model, keep_macs=0.5, round_to=1, min_keep_dict={model.fc: 1.5})

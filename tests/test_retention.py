@@ -9,6 +9,7 @@ import dataclasses
 import statistics
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,10 +121,27 @@ def test_an_unknown_criterion_is_refused(trained):
 
 
 def test_seeded_draws_differ_by_purpose_and_repeat_by_seed():
-    first = seeded_draw(QUICK, seed=0, count=16, salt=1)
-    assert torch.equal(first[0][0], seeded_draw(QUICK, seed=0, count=16, salt=1)[0][0])
-    assert not torch.equal(first[0][0], seeded_draw(QUICK, seed=0, count=16, salt=2)[0][0])
-    assert not torch.equal(first[0][0], seeded_draw(QUICK, seed=1, count=16, salt=1)[0][0])
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    first = seeded_draw(QUICK, seed=0, count=16, salt=1, model=model)
+    assert torch.equal(first[0][0], seeded_draw(QUICK, seed=0, count=16, salt=1, model=model)[0][0])
+    assert not torch.equal(first[0][0], seeded_draw(QUICK, seed=0, count=16, salt=2, model=model)[0][0])
+    assert not torch.equal(first[0][0], seeded_draw(QUICK, seed=1, count=16, salt=1, model=model)[0][0])
+
+
+def test_seeded_draws_are_normalised_as_the_model_was_trained():
+    """ViT's mean/std are 0.5 and ResNet's ImageNet's: calibration and distillation images drawn with one
+    default once fed ViT inputs it had never seen."""
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=16, patch_size=8
+    )
+    resnet = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    for model in (vit, resnet):
+        drawn = seeded_draw(QUICK, seed=0, count=16, salt=1, model=model)[0][0]
+        config = timm.data.resolve_data_config({}, model=model)
+        mean, std = (torch.tensor(config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        pixels = drawn * std + mean
+        assert float(pixels.min()) >= -1e-5 and float(pixels.max()) <= 1 + 1e-5
+        assert float(pixels.amin(dim=(2, 3)).min()) < 0.01  # the background is black in either case
 
 
 def test_every_point_reaches_its_keep_and_reports_both_columns(trained):

@@ -12,7 +12,7 @@ from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.scores import STRATEGIES, Strategy, get_strategy, strategy_names
 from rmtdeploy.scores.rmt import RmtStrategy
 
-PLUG_INS = {"dynamic", "edge_budget", "hybrid", "magnitude", "rmt"}
+PLUG_INS = {"data_rmt", "dynamic", "edge_budget", "hybrid", "magnitude", "rmt"}
 
 
 def rmtdeploy_imports(path: Path) -> set[str]:
@@ -34,7 +34,11 @@ def test_registry_and_base_import_no_strategy(module):
 
 
 def test_every_strategy_module_registers_its_class_under_its_cli_name():
-    assert strategy_names() == sorted(STRATEGIES) == ["dynamic", "edge-budget", "hybrid", "magnitude", "rmt"]
+    assert (
+        strategy_names()
+        == sorted(STRATEGIES)
+        == ["data-rmt", "dynamic", "edge-budget", "hybrid", "magnitude", "rmt"]
+    )
     for name, cls in STRATEGIES.items():
         assert issubclass(cls, Strategy) and cls.name == name
         assert cls.__module__.rsplit(".", 1)[-1] in PLUG_INS
@@ -42,6 +46,7 @@ def test_every_strategy_module_registers_its_class_under_its_cli_name():
 
 def test_capabilities_are_declared_not_inferred_from_names():
     assert [name for name, cls in STRATEGIES.items() if cls.takes_finetune_hook] == ["dynamic"]
+    assert [name for name, cls in STRATEGIES.items() if cls.reads_calibration] == ["data-rmt"]
     assert get_strategy("dynamic", steps=3).steps == 3
     assert {get_strategy(name).steps for name in strategy_names() if name != "dynamic"} == {1}
 

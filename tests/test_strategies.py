@@ -10,6 +10,7 @@ import torch_pruning as tp
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.finetuning import distill
 from rmtdeploy.pruning import load_pruned, prune_model, save_pruned
+from rmtdeploy.pruning.graph import layer_widths
 from rmtdeploy.pruning.plan import plan_to_json
 from rmtdeploy.scores import get_strategy, strategy_names
 from rmtdeploy.scores.channel_spectra import channel_spectra_by_module
@@ -190,9 +191,65 @@ def test_dynamic_distils_after_recalibration_and_before_evaluation_and_records_e
     assert plan_to_json(result.plan)  # JSON without NaN, as plan.json is written
 
 
-def test_registry_lists_the_five_strategies_and_rejects_unknown_names_and_knobs():
-    assert strategy_names() == ["dynamic", "edge-budget", "hybrid", "magnitude", "rmt"]
+def test_registry_lists_the_strategies_and_rejects_unknown_names_and_knobs():
+    assert strategy_names() == ["data-rmt", "dynamic", "edge-budget", "hybrid", "magnitude", "rmt"]
     with pytest.raises(RmtdeployError, match="unknown strategy 'lottery'"):
         get_strategy("lottery")
     with pytest.raises(RmtdeployError, match="no knob steps"):
         get_strategy("rmt", steps=3)
+
+
+def test_dynamic_ends_no_narrower_than_one_cut_to_its_goal():
+    """Its steps count widths from the dense model, so a narrow stage loses what one cut would take: the
+    40-channel first stage of a ConvNeXt-atto keeps one cut's 24 at keep 0.5, where rounding every step's
+    widths down from the last step's left 8. Elsewhere the two budget searches may part by their slack."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval()
+    example = torch.zeros(1, 3, 32, 32)
+    one_cut = layer_widths(
+        get_strategy("magnitude").prune(model, keep_macs=0.5, example_inputs=example).model
+    )
+    result = get_strategy("dynamic").prune(model, keep_macs=0.5, example_inputs=example)
+    stepped, dense = layer_widths(result.model), layer_widths(model)
+    assert one_cut["stem.0"] == 24 and stepped["stem.0"] >= 24
+    slack = {name: max(8, 0.05 * width) for name, width in dense.items()}
+    narrower = {
+        name: (one_cut[name], stepped[name]) for name in dense if stepped[name] < one_cut[name] - slack[name]
+    }
+    assert narrower == {}
+    assert abs(result.macs_kept - 0.5) <= 0.03 * 0.5
+
+
+def test_edge_budget_starves_no_layer_below_its_spike_or_uniform_floor():
+    """Block 0 of a small ViT holds strong rank-8 signal (base ratio 0.045), block 1 is noise (0.9): one
+    factor for keep 0.3 pushed block 1 to one head of 3 and 31% of its MLP. Now every fitted layer keeps at
+    least 2 channels per spike and 0.85·√keep of its channels (rounded up to 8 channels or a whole head)."""
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=10
+    ).eval()
+    with torch.no_grad():
+        for layer in (model.blocks[0].mlp.fc1, model.blocks[0].mlp.fc2, model.blocks[0].attn.qkv):
+            signal = torch.randn(layer.out_features, 8) @ torch.randn(8, layer.in_features)
+            layer.weight.add_(signal * (3 * layer.weight.norm() / signal.norm()))
+    spectra = channel_spectra_by_module(model)
+    assert spectra["blocks.0.mlp.fc1"].spikes == 8 and spectra["blocks.1.mlp.fc1"].spikes == 0
+    keep = 0.3
+    result = get_strategy("edge-budget").prune(
+        model, keep_macs=keep, example_inputs=torch.zeros(1, 3, 32, 32)
+    )
+    dense, kept = layer_widths(model), layer_widths(result.model)
+    floors = {
+        name: max(2 * s.spikes, 0.85 * keep**0.5 * dense[name]) for name, s in spectra.items() if s.fitted
+    }
+    starved = {name: (kept[name], round(floor, 1)) for name, floor in floors.items() if kept[name] < floor}
+    assert starved == {}
+    assert kept["blocks.1.attn.qkv"] == 2 * 192  # 2 of 3 heads: ceil(0.47 · 3)
+    assert abs(result.macs_kept - keep) <= 0.03 * keep
+
+
+def test_edge_budget_floor_knobs_are_range_checked():
+    with pytest.raises(RmtdeployError, match="uniform_floor=1.0: a share of the uniform keep in"):
+        get_strategy("edge-budget", uniform_floor=1.0)
+    with pytest.raises(RmtdeployError, match="spike_margin=-1.0: channels per spike"):
+        get_strategy("edge-budget", spike_margin=-1)

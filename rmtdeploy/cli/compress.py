@@ -40,14 +40,16 @@ def add_parser(commands) -> None:
         "--target", help="deployment target or alias (jetson, cpu-ort, gpu-fp16, ...); default jetson"
     )
     parser.add_argument(
-        "--strategy", help="magnitude | rmt | hybrid | edge-budget | dynamic (default hybrid)"
+        "--strategy",
+        help="magnitude | rmt | hybrid | edge-budget | dynamic | data-rmt (default: data-rmt when there is data, "
+        "as with --data or --weights trained, else hybrid)",
     )
     parser.add_argument(
         "--knob", action="append", default=[], metavar="NAME=VALUE", help="strategy knob (repeatable)"
     )
     _add_budget_arguments(parser)
     parser.add_argument("--data", metavar="NAME|DIR",
-                        help="built-in dataset (mnist5k, digits) or ImageFolder: accuracy, BN recalibration, "
+                        help="built-in dataset (mnist5k, digits, sign-digits) or ImageFolder: accuracy, BN recalibration, "
                         "fine-tuning, parity on real images, INT8 calibration (default with --weights trained: "
                         "the set it trains on)")  # fmt: skip
     parser.add_argument(
@@ -85,6 +87,10 @@ def _add_budget_arguments(parser) -> None:
     parser.add_argument("--sweep", metavar="K,K,...",
                         help="Jetson targets: the bundle adds one candidate per keep ratio (e.g. 0.3,0.4,...,0.9), "
                         "pruned from the dense model, for the board to time as one curve (recipe: bundle.sweep)")  # fmt: skip
+    parser.add_argument("--latency-table", metavar="FILE",
+                        help="a latency table of the model measured on the target (docs/strategies.md#latency-tables): "
+                        "widths keep the most importance per measured ms; with --latency-budget the table's "
+                        "prediction meets the budget (no search)")  # fmt: skip
     parser.add_argument("--latency-aware", action="store_true", default=None,
                         help="experimental, off in every recipe: keep the allocation measured fastest on ONNX Runtime "
                         "CPU among MAC-only and up to six tilted ones (docs/strategies.md#latency-aware-allocation)")  # fmt: skip
@@ -98,7 +104,7 @@ def run(args) -> int:
         "strategy": args.strategy, "keep_macs": args.keep_macs, "latency_budget_ms": args.latency_budget_ms,
         "latency_reference": args.latency_reference, "device_results": args.device_results,
         "bundle.sweep": ui.parse_sweep(args.sweep),
-        "latency_aware": args.latency_aware, "data": args.data, "finetune.epochs": args.epochs,
+        "latency_aware": args.latency_aware, "latency_table": args.latency_table, "data": args.data, "finetune.epochs": args.epochs,
         "export.int8": {"on": True, "off": False}.get(args.int8, args.int8), "bench.runs": args.runs,
         "bench.threads": args.threads,
     }  # fmt: skip

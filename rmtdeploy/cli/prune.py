@@ -20,9 +20,8 @@ def add_parser(commands) -> None:
     ui.add_output_arguments(parser)
     parser.add_argument(
         "--strategy",
-        default=stage.DEFAULT_STRATEGY,
-        help=f"{' | '.join(stage.strategy_names())} (default: {stage.DEFAULT_STRATEGY}, the best of them in the "
-        "accuracy benchmark); see docs/strategies.md",
+        help=f"{' | '.join(stage.strategy_names())} (default: {stage.DATA_DEFAULT_STRATEGY} with --calibration, "
+        f"else {stage.DEFAULT_STRATEGY}: the best of them in the accuracy benchmark); see docs/strategies.md",
     )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument(
@@ -30,6 +29,12 @@ def add_parser(commands) -> None:
     )
     budget.add_argument(
         "--keep-params", type=float, metavar="F", help="fraction of dense parameters to keep, in (0, 1]"
+    )
+    budget.add_argument(
+        "--latency-budget-ms",
+        type=float,
+        metavar="MS",
+        help="with --latency-table: the widest model the table predicts within MS milliseconds",
     )
     parser.add_argument(
         "--target",
@@ -61,6 +66,13 @@ def add_parser(commands) -> None:
 
 
 def _add_deployment_arguments(parser) -> None:
+    parser.add_argument(
+        "--latency-table",
+        metavar="FILE",
+        help="a latency table of this model measured on the target (JSON: here with "
+        "rmtdeploy.benchmark.latency_table, or on the board): widths keep the most importance per measured "
+        "millisecond at the budget; docs/strategies.md#latency-tables",
+    )
     parser.add_argument(
         "--latency-aware",
         action="store_true",
@@ -100,9 +112,10 @@ def _add_calibration_arguments(parser, stage) -> None:
 
 
 def run(args) -> int:
-    from rmtdeploy.pruning.stage import prune
+    from rmtdeploy.pruning.stage import default_strategy, prune
 
-    with ui.spinner(f"pruning {args.model} with {args.strategy}", enabled=not args.json) as status:
+    chosen = args.strategy or default_strategy(args.calibration is not None)
+    with ui.spinner(f"pruning {args.model} with {chosen}", enabled=not args.json) as status:
         run = prune(
             ui.model_source(args),
             args.out,
@@ -118,6 +131,8 @@ def run(args) -> int:
             calibration_images=args.calibration_images,
             finetune_steps=args.finetune_steps,
             latency_aware=args.latency_aware,
+            latency_table=args.latency_table,
+            latency_budget_ms=args.latency_budget_ms,
             strict=args.strict,
             force=args.force,
             status=status,

@@ -140,6 +140,37 @@ def _read_digits():
     return (digits.images * (255 / 16)).round(), digits.target
 
 
+SIGN_DIGITS_PACKAGE = "simple_pytorch_wrapper"
+
+
+@register_dataset(
+    "sign-digits",
+    description="2,062 photographs of a hand signing a digit (Sign Language Digits Dataset, Ayrancı "
+    "Anadolu High School, Ankara; 218 students), 64×64 grey, 10 classes",
+    source="simple-pytorch-wrapper (simple_pytorch_wrapper/examples/data/X.npy, Y.npy)",
+    num_classes=10,
+    native_size=(64, 64),
+)
+def _read_sign_digits():
+    import importlib.util
+    from pathlib import Path
+
+    # Only the package's data files are read: importing it would run its __init__ (its trainer, and
+    # pkg_resources, which newer setuptools no longer ship).
+    spec = importlib.util.find_spec(SIGN_DIGITS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"No module named '{SIGN_DIGITS_PACKAGE}'")
+    folder = Path(spec.submodule_search_locations[0]) / "examples" / "data"
+    images = np.load(folder / "X.npy")  # float32 k/255 in [0, 1]
+    onehot = np.load(folder / "Y.npy")  # one-hot, column = the digit signed
+    if images.shape[1:] != (64, 64) or onehot.shape != (len(images), 10):
+        raise RmtdeployError(
+            f"{folder} holds images {images.shape} and labels {onehot.shape}, not the 64×64 sign digits "
+            "with 10 one-hot labels this reader knows"
+        )
+    return (images * 255).round(), onehot.argmax(1)
+
+
 class ImageArrayDataset(torch.utils.data.Dataset):
     """Images held as uint8 arrays, turned into model inputs one at a time (as a DataLoader streams them).
 

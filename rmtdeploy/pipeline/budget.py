@@ -24,6 +24,8 @@ from typing import Any
 
 from rmtdeploy.errors import RmtdeployError
 
+CALIBRATION_IMAGES = 256  # what a strategy reading calibration images scores each trial on
+
 MIN_KEEP = 0.2  # the smallest model the search considers (below, widths hit their floors)
 MAX_TRIALS = 7
 TOLERANCE = 0.05  # a trial within 5% under the budget ends the search
@@ -157,10 +159,12 @@ def search_keep_for_latency(
     runs: int = 30,
     warmup: int = 5,
     reference: dict[str, Any] | None = None,
+    calibration=None,
     status: Callable[[str], None] | None = None,
 ) -> BudgetSearch:
     """The largest keep-macs in [MIN_KEEP, 1] whose pruned ``loaded`` model runs within ``budget_ms``:
-    measured here, or, with ``reference`` (:func:`read_reference`), estimated for the device it came from."""
+    measured here, or, with ``reference`` (:func:`read_reference`), estimated for the device it came from.
+    ``calibration`` (an opened data source) feeds a strategy whose scores read calibration images."""
     from rmtdeploy.scores.channel_spectra import reused_spectra
 
     say = status or (lambda text: None)
@@ -174,6 +178,7 @@ def search_keep_for_latency(
     }
     with tempfile.TemporaryDirectory(prefix="rmtdeploy-budget-") as tmp, reused_spectra():
         trial = _Trials(loaded, strategy, round_to, latency_aware, Path(tmp), conditions, budget_ms)
+        trial.calibration = calibration
         search = BudgetSearch(budget_ms, 1.0, trial.dense_ms(), conditions=conditions)
         trial.judge_against(reference, search)
         where = f"on {reference['device']} (estimated)" if reference else f"(ORT CPU, {threads} threads)"
@@ -226,6 +231,8 @@ class _Trials:
         self.dense_path = folder / "dense.onnx"
         self._dense_ms: float | None = None
         self.device_dense_ms: float | None = None
+        self.calibration = None  # the data source of a strategy that reads calibration images
+        self._batches: list | None = None
 
     def judge_against(self, reference: dict[str, Any] | None, search: BudgetSearch) -> None:
         """Judge trials by the device's latency: local latency × (device dense ÷ local dense)."""
@@ -254,6 +261,16 @@ class _Trials:
 
         return get_adapter(self.loaded.model).example_inputs(self.loaded.model)
 
+    def _data(self) -> dict[str, Any]:
+        """``calibration_batches`` for a strategy that reads calibration images (drawn once for all trials)."""
+        if not self.strategy.reads_calibration or self.calibration is None:
+            return {}
+        if self._batches is None:
+            from rmtdeploy.data.source import calibration_batches
+
+            self._batches = list(calibration_batches(self.calibration, self.loaded.model, CALIBRATION_IMAGES))
+        return {"calibration_batches": self._batches}
+
     def dense_ms(self) -> float:
         from rmtdeploy.exporting import export_onnx
 
@@ -267,7 +284,7 @@ class _Trials:
 
         result = self.strategy.prune(
             self.loaded.model, keep_macs=keep, round_to=self.round_to, model_name=self.loaded.name,
-            **({"latency_weights": fastest_allocation} if self.latency_aware else {}),
+            **({"latency_weights": fastest_allocation} if self.latency_aware else {}), **self._data(),
         )  # fmt: skip
         path = self.folder / f"keep-{keep}.onnx"
         export_onnx(result.model, path)

@@ -25,9 +25,6 @@ from rmtdeploy.finetuning.stage import FinetuneRecipe, ScratchRecipe
 from rmtdeploy.models import ModelSource
 from rmtdeploy.preprocessing import InputConfig
 
-# The accuracy benchmark's choice (docs/strategies.md): hybrid keeps the most right after pruning; after
-# the default fine-tune the criteria end level, so the better starting point is what decides.
-DEFAULT_STRATEGY = "hybrid"
 DEFAULT_KEEP_MACS = 0.5
 DEFAULT_TARGET = "jetson"
 WEIGHTS = ("pretrained", "random", "trained", "checkpoint")
@@ -58,13 +55,15 @@ class CompressRecipe:
     )  # timm create kwargs (not for weights: trained)
     input: dict[str, Any] = field(default_factory=dict)  # size, mean, std, interpolation, crop_pct
     target: str = DEFAULT_TARGET
-    strategy: str = DEFAULT_STRATEGY
+    # None: the prune stage's default for the data at hand (data-rmt with data, else hybrid; docs/strategies.md)
+    strategy: str | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
     keep_macs: float | None = None  # None with no latency budget: DEFAULT_KEEP_MACS
     latency_budget_ms: float | None = None
     latency_reference: str | None = None  # a device's bench.json: judge the budget by that device's latency
     device_results: str | None = None  # a device's measured sweep (bench.json): pick the keep ratio from it
     latency_aware: bool = False
+    latency_table: str | None = None  # a latency table measured on the target: the table's allocation
     data: str | None = None  # built-in dataset name or ImageFolder: BN recalibration, fine-tune, parity, INT8
     finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneRecipe fields; epochs 0: no fine-tune
     export: dict[str, Any] = field(default_factory=lambda: dict(EXPORT_DEFAULTS))
@@ -141,7 +140,10 @@ class CompressRecipe:
         if self.latency_reference is not None and self.latency_budget_ms is None:
             raise RmtdeployError("latency_reference judges a latency budget: give latency_budget_ms too")
         self._check_device_inputs()
-        searched = self.latency_budget_ms is not None and self.device_results is None
+        self._check_latency_table()
+        searched = (
+            self.latency_budget_ms is not None and self.device_results is None and self.latency_table is None
+        )
         if searched and self.bench["backend"] != "onnxruntime":
             raise RmtdeployError(
                 "a latency budget is searched on ONNX Runtime CPU: bench.backend onnxruntime"
@@ -165,6 +167,23 @@ class CompressRecipe:
             except RmtdeployError as exc:
                 raise RmtdeployError(f"finetune.{exc.render()}") from exc
         return self
+
+    def _check_latency_table(self) -> None:
+        """A latency table chooses the widths (and meets a latency budget by its prediction)."""
+        if self.latency_table is None:
+            return
+        from rmtdeploy.pruning.stage import read_latency_table
+
+        read_latency_table(self.latency_table)
+        if self.latency_aware:
+            raise RmtdeployError(
+                "{param} and latency-aware allocation each choose the widths: give one", param="latency_table"
+            )
+        if self.device_results is not None or self.latency_reference is not None:
+            raise RmtdeployError(
+                "{param} meets the latency budget by its own prediction: give no device_results or latency_reference",
+                param="latency_table",
+            )
 
     def _check_device_inputs(self) -> None:
         """The device's measured sweep (device_results) and the bundle's sweep of keep ratios."""

@@ -108,7 +108,7 @@ def compress(
 
 def _check(recipe, overrides: dict[str, Any]) -> Checked:
     """The recipe resolved and every setting checked that needs no model (target, strategy, data)."""
-    from rmtdeploy.pruning.stage import get_strategy, open_data
+    from rmtdeploy.pruning.stage import default_strategy, get_strategy, open_data
     from rmtdeploy.targets import load_target
 
     if isinstance(recipe, CompressRecipe):
@@ -118,16 +118,24 @@ def _check(recipe, overrides: dict[str, Any]) -> Checked:
             recipe if recipe is not None else _recipe_for(overrides.get("model")), overrides
         )
     target = load_target(resolved.target)
+    if resolved.weights == "trained" and resolved.data is None:
+        # The model learns this set (its train section was checked with the recipe); it is also the data it
+        # is measured on.
+        resolved.data = resolved.scratch_recipe().dataset
+    if resolved.strategy is None:
+        resolved.strategy = default_strategy(resolved.data is not None)
     strategy = get_strategy(resolved.strategy, **resolved.knobs)
     source = None
-    if resolved.weights == "trained":  # its train section was checked with the recipe
-        if resolved.data is None:  # the model learns this set; it is also the data it is measured on
-            resolved.data = resolved.scratch_recipe().dataset
-    else:
+    if resolved.weights != "trained":
         # A checkpoint is read now, once: a corrupt file, a class count its head disagrees with or a config
         # beside it naming another model is refused before the run starts.
         source = resolved.model_source().resolve()
         source.check_architecture()
+    if strategy.reads_calibration and resolved.data is None:
+        raise RmtdeployError(
+            f"strategy '{strategy.name}' scores channels from calibration images: give {{param}}",
+            param="data",
+        )
     data = open_data(resolved.data) if resolved.data is not None else None
     if data is not None and source is not None and source.expected_classes() != data.num_classes:
         raise RmtdeployError(

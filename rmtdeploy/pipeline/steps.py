@@ -90,6 +90,10 @@ class CompressSteps:
         device = self.checked.curve.to_dict() if self.checked.curve is not None else self.checked.reference
         if device is not None:
             check_device_model(device, self.loaded)
+        if self.recipe.latency_table is not None:
+            from rmtdeploy.pruning.stage import read_latency_table
+
+            read_latency_table(self.recipe.latency_table, self.loaded)
 
     def evaluate_dense(self) -> None:
         data = self.checked.data
@@ -128,6 +132,10 @@ class CompressSteps:
         if self.checked.curve is not None:
             self._budget_from_curve(budget_ms)
             return
+        if self.recipe.latency_table is not None:
+            self.folder.skip("budget", f"the latency table's prediction meets {budget_ms:g} ms while pruning")
+            self.keep_macs = None
+            return
         reference = self.checked.reference
         settings = {"budget_ms": budget_ms, "strategy": self.recipe.strategy, "knobs": self.recipe.knobs,
                     "latency_aware": self.recipe.latency_aware, "threads": self.recipe.bench["threads"],
@@ -141,7 +149,8 @@ class CompressSteps:
             search = search_keep_for_latency(
                 self.loaded, budget_ms=budget_ms, strategy=self.checked.strategy, round_to=self.checked.round_to,
                 latency_aware=self.recipe.latency_aware, threads=self.recipe.bench["threads"], reference=reference,
-                runs=self.recipe.bench["runs"], warmup=self.recipe.bench["warmup"], status=self.say,
+                runs=self.recipe.bench["runs"], warmup=self.recipe.bench["warmup"], calibration=self.checked.data,
+                status=self.say,
             )  # fmt: skip
             atomic_write_json(self.root / "budget.json", search.to_dict())
             return search.to_dict()
@@ -167,7 +176,10 @@ class CompressSteps:
 
     def prune(self) -> None:
         recipe, data = self.recipe, self.checked.data
+        table = {"latency_table": recipe.latency_table,
+                 "latency_budget_ms": recipe.latency_budget_ms if self.keep_macs is None else None}  # fmt: skip
         settings = {"keep_macs": self.keep_macs, "strategy": recipe.strategy, "knobs": recipe.knobs,
+                    "latency_table": _sha(recipe.latency_table), "latency_budget_ms": table["latency_budget_ms"],
                     "target": self.checked.target.name, "latency_aware": recipe.latency_aware,
                     "calibration": data.name if data else None}  # fmt: skip
 
@@ -177,7 +189,7 @@ class CompressSteps:
             pruned = rmtdeploy.prune(
                 self.loaded, self.root / "pruned", keep_macs=self.keep_macs, strategy=recipe.strategy,
                 knobs=recipe.knobs, target=recipe.target, calibration=data, latency_aware=recipe.latency_aware,
-                force=force, status=self.say,
+                **table, force=force, status=self.say,
             )  # fmt: skip
             return pruned.to_dict()
 

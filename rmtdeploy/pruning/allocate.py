@@ -36,14 +36,39 @@ class WidthRules:
 
 
 class WidthAllocator:
-    """Maps (factor, frozen widths) to the kept widths of every unit."""
+    """Maps (factor, frozen widths) to the kept widths of every unit.
 
-    def __init__(self, units: Sequence[PruningUnit], rules: WidthRules, base_ratios: Sequence[float]):
+    ``reference``: per unit, the full count (heads, or channels per group) of the model this one was pruned
+    from. A ratio is then taken from that width and the result capped at what the unit has now, so a
+    model pruned in steps ends at the widths one cut would give, instead of losing up to a channel
+    multiple to the rounding of every step. ``min_keep``: per unit, a fraction of its current full count
+    that stays (a strategy's floor, on top of ``min_channels`` / one head). Such floors yield only to a
+    budget they cannot meet: past the factor that puts every unit at its floor they shrink together, in
+    proportion, down to the rules' floors (local allocation), so no budget the rules reach is refused.
+    """
+
+    def __init__(
+        self,
+        units: Sequence[PruningUnit],
+        rules: WidthRules,
+        base_ratios: Sequence[float],
+        *,
+        reference: Sequence[int] | None = None,
+        min_keep: Sequence[float] | None = None,
+    ):
         self.units = list(units)
         self.rules = rules
         self.base_ratios = list(base_ratios)
+        self._reference = [u.full for u in self.units] if reference is None else list(reference)
+        if any(ref < u.full for ref, u in zip(self._reference, self.units, strict=True)):
+            raise ValueError("a reference width is narrower than the unit it refers to")
         self._quantum = [self._channel_quantum(u) for u in self.units]
-        self._floor = [self._floor_of(u, q) for u, q in zip(self.units, self._quantum, strict=True)]
+        shares = [0.0] * len(self.units) if min_keep is None else list(min_keep)
+        self._floor = [
+            self._floor_of(u, q, share) for u, q, share in zip(self.units, self._quantum, shares, strict=True)
+        ]
+        self._rule_floor = [self._floor_of(u, q, 0.0) for u, q in zip(self.units, self._quantum, strict=True)]
+        self._yielding = self._floor != self._rule_floor and not rules.global_pruning
 
     @property
     def dense(self) -> Widths:
@@ -55,16 +80,30 @@ class WidthAllocator:
         if self.rules.global_pruning:
             return 1.0
         positive = [b for b in self.base_ratios if b > 0]
-        return 1.0 / min(positive) if positive else 0.0
+        at_floors = 1.0 / min(positive) if positive else 0.0
+        return 2 * at_floors if self._yielding else at_floors  # then the strategy's floors yield
 
     def widths(self, factor: float, frozen: dict[int, int] | None = None) -> Widths:
         if self.rules.global_pruning:
             widths = self._global_widths(factor)
         else:
-            widths = [self._local_width(i, min(factor * b, 1.0)) for i, b in enumerate(self.base_ratios)]
+            floors = self._floors_at(factor)
+            widths = [
+                self._local_width(i, min(factor * b, 1.0), floors[i]) for i, b in enumerate(self.base_ratios)
+            ]
         for i, kept in (frozen or {}).items():
             widths[i] = kept
         return tuple(widths)
+
+    def lattice(self, i: int) -> list[int]:
+        """The kept counts unit ``i`` can take, widest first: dense, then each multiple of its channel
+        quantum (or head count) down to its floor; only dense for a unit whose base ratio is 0."""
+        unit = self.units[i]
+        if self.base_ratios[i] <= 0 or (unit.heads and not self.rules.prune_heads):
+            return [unit.full]
+        step = 1 if unit.heads else self._quantum[i]
+        below = range(self._rounded(i, unit.full - 1), self._floor[i] - 1, -step)
+        return [unit.full, *(k for k in below if k < unit.full)]
 
     # -- one unit ---------------------------------------------------------------------------------------
 
@@ -72,30 +111,47 @@ class WidthAllocator:
         # A layer's channel count is channel_groups x kept; make that a multiple of round_to.
         return self.rules.round_to // math.gcd(self.rules.round_to, unit.channel_groups)
 
-    def _floor_of(self, unit: PruningUnit, quantum: int) -> int:
+    def _floor_of(self, unit: PruningUnit, quantum: int, share: float) -> int:
+        wanted = math.ceil(share * unit.full - 1e-9)  # the strategy's floor, in heads or channels per group
         if unit.heads:
-            return unit.heads if not self.rules.prune_heads else 1
-        per_group = max(1, math.ceil(self.rules.min_channels / unit.channel_groups))
+            return unit.heads if not self.rules.prune_heads else min(unit.heads, max(1, wanted))
+        per_group = max(1, math.ceil(self.rules.min_channels / unit.channel_groups), wanted)
         return min(unit.width, math.ceil(per_group / quantum) * quantum)
 
-    def _rounded(self, i: int, kept: int) -> int:
+    def _floors_at(self, factor: float) -> list[int]:
+        """The floors at ``factor``: the strategy's up to the factor putting every unit at its floor, then
+        shrinking linearly to the rules' floors at twice that factor (rounded up to the unit's step)."""
+        at_floors = self.max_factor / 2
+        if not self._yielding or at_floors <= 0:
+            return self._floor
+        share = min(1.0, max(0.0, 2.0 - factor / at_floors))
+        if share == 1.0:
+            return self._floor
+        floors = []
+        for i, (high, low) in enumerate(zip(self._floor, self._rule_floor, strict=True)):
+            step = 1 if self.units[i].heads else self._quantum[i]
+            floors.append(min(high, math.ceil((low + share * (high - low)) / step - 1e-9) * step))
+        return floors
+
+    def _rounded(self, i: int, kept: int, floor: int | None = None) -> int:
         # TP: any pruning rounds the kept count down to round_to; nothing pruned keeps the odd width.
         unit = self.units[i]
         if kept >= unit.full:
             return unit.full
         if not unit.heads:
             kept -= kept % self._quantum[i]
-        return max(kept, self._floor[i])
+        return max(kept, self._floor[i] if floor is None else floor)
 
-    def _local_width(self, i: int, ratio: float) -> int:
-        unit = self.units[i]
+    def _local_width(self, i: int, ratio: float, floor: int) -> int:
+        # Counted from the reference width (the unit's own unless given); _rounded caps at the unit's.
+        unit, reference = self.units[i], self._reference[i]
         if unit.heads:
             if self.rules.head_rounding == "ceil":
-                removed = math.ceil(ratio * unit.heads)  # TP's head count
+                removed = math.ceil(ratio * reference)  # TP's head count
             else:
-                removed = math.floor(ratio * unit.heads + 1e-9)
-            return self._rounded(i, unit.heads - removed)
-        return self._rounded(i, int(unit.width * (1 - ratio)))  # TP's channel count
+                removed = math.floor(ratio * reference + 1e-9)
+            return self._rounded(i, reference - removed, floor)
+        return self._rounded(i, int(reference * (1 - ratio)), floor)  # TP's channel count
 
     def _global_widths(self, factor: float) -> list[int]:
         # TP's global ranking: one threshold over all channel scores, another over all head scores.
@@ -208,7 +264,7 @@ def search_widths(
                     if not frozen:
                         raise RmtdeployError(
                             f"cannot reach keep_{metric_name.lower()}={target / dense_value:.3g}: with every "
-                            f"layer at its floor (min_channels, one head) the model keeps "
+                            f"layer at its floor (min_channels, one head, a strategy's floors) the model keeps "
                             f"{hi.value / dense_value:.3f} of dense {metric_name}"
                         )
                     break

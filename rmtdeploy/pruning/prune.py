@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.models import model_family
 from rmtdeploy.preprocessing import model_data_config
 from rmtdeploy.pruning.allocate import WidthAllocator, WidthRules, Widths, search_widths
+from rmtdeploy.pruning.arguments import budget_json, check_pruning_arguments
 from rmtdeploy.pruning.graph import (
     Operation,
     PruningUnit,
@@ -28,14 +30,15 @@ from rmtdeploy.pruning.graph import (
     unit_operation,
 )
 from rmtdeploy.pruning.latency import AllocationChooser, tilted_weights
+from rmtdeploy.pruning.latency_table import LatencyTable
 from rmtdeploy.pruning.plan import build_plan
 from rmtdeploy.pruning.result import PruneResult, count_macs_params
+from rmtdeploy.pruning.table_allocation import allocate_by_table
 
 # The budget is met within this relative error or the prune fails; the search aims tighter.
 TARGET_TOLERANCE = 0.03
 _TARGET_AIM = 0.01
 
-HEAD_ROUNDINGS = ("floor", "ceil")
 RatioKey = nn.Module | tuple[nn.Module, ...]
 
 
@@ -51,11 +54,15 @@ def prune_model(
     head_rounding: str = "floor",
     global_pruning: bool = False,
     pruning_ratio_dict: Mapping[RatioKey, float] | None = None,
+    min_keep_dict: Mapping[RatioKey, float] | None = None,
+    reference: nn.Module | None = None,
     example_inputs: torch.Tensor | None = None,
     model_name: str | None = None,
     strategy: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     latency_weights: Mapping[str, float] | AllocationChooser | None = None,
+    latency_table: LatencyTable | None = None,
+    latency_budget_ms: float | None = None,
 ) -> PruneResult:
     """Remove channels and whole attention heads from a copy of ``model`` (``model`` itself is untouched).
 
@@ -66,25 +73,30 @@ def prune_model(
     without it every layer gets the same ratio, or with ``global_pruning`` one importance threshold ranks all
     layers. With no budget, ``pruning_ratio_dict`` is applied as given. Kept widths are multiples of
     ``round_to`` and at least ``min_channels`` per layer; heads keep their head_dim (at least one head stays).
+    ``min_keep_dict`` ({module or tuple: fraction}) raises that floor: a unit keeps at least the largest
+    fraction given to the modules owning its channels (rounded up to ``round_to`` / whole heads).
+    ``reference``: the model ``model`` was pruned from (same architecture, wider or equal). Per-unit ratios
+    are then counted from the reference's widths and capped at the current ones, so pruning in steps
+    ends at the widths one cut from the reference would give, not rounded down once per step (local
+    allocation; a global ranking counts from the current widths).
     ``head_rounding``: at a ratio r a unit of h heads loses floor(r·h) heads (default: a head goes only when
     r asks for a whole one) or ceil(r·h) ("ceil", torch-pruning's rule); see docs/strategies.md.
     ``latency_weights``: a chooser (:func:`rmtdeploy.benchmark.allocation.fastest_allocation`) meets the
     budget with the MAC-only allocation and a few tilted ones
     and keeps the one that runs fastest on ONNX Runtime CPU at equal MACs (recorded in the plan's
     ``latency_allocation``); a ``{component: weight}`` map scales each component's base ratios
-    as given (:mod:`rmtdeploy.pruning.latency`).
+    as given (:mod:`rmtdeploy.pruning.latency`). ``latency_table`` (measured on the target) chooses the widths
+    instead: the most importance kept per predicted ms, at the MAC / parameter budget or within
+    ``latency_budget_ms`` as the table predicts (:mod:`rmtdeploy.pruning.table_allocation`).
     ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``. ``strategy`` and ``provenance``
     go into the plan as they are (see :func:`rmtdeploy.pruning.plan.build_plan`).
     """
     check_pruning_arguments(
-        keep_macs=keep_macs,
-        keep_params=keep_params,
-        round_to=round_to,
-        min_channels=min_channels,
-        head_rounding=head_rounding,
-        global_pruning=global_pruning,
-        pruning_ratio_dict=pruning_ratio_dict,
-    )
+        keep_macs=keep_macs, keep_params=keep_params, round_to=round_to, min_channels=min_channels,
+        head_rounding=head_rounding, global_pruning=global_pruning, pruning_ratio_dict=pruning_ratio_dict,
+        latency_budget_ms=latency_budget_ms, latency_table=latency_table, latency_weights=latency_weights,
+    )  # fmt: skip
+    limits = {"min_keep": min_keep_dict, "reference": reference}
     adapter = get_adapter(model)
     model_name = model_name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if not model_name:
@@ -97,15 +109,15 @@ def prune_model(
     rules = WidthRules(round_to=round_to, min_channels=min_channels, prune_heads=prune_heads,
                        head_rounding=head_rounding, global_pruning=global_pruning)  # fmt: skip
     weights = _latency_weights(latency_weights, global_pruning)
-    candidate, factor, latency = _allocate(
+    candidate, factor, latency = _allocation(latency_table, latency_budget_ms)(
         model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs,
-        (keep_macs, keep_params, dense_cost),
+        (keep_macs, keep_params, dense_cost), limits,
     )  # fmt: skip
     candidate.model.train(model.training)
     settings = {
         **_rule_settings(rules),
         "importance": type(importance).__name__,
-        "budget": _budget_json(keep_macs, keep_params),
+        "budget": budget_json(keep_macs, keep_params, latency_budget_ms),
         "factor": round(float(factor), 6),
         **({"latency_weights": dict(weights)} if isinstance(weights, Mapping) else {}),
         **({"latency_allocation": latency} if latency else {}),
@@ -118,9 +130,16 @@ def prune_model(
     return result
 
 
-def _allocate(model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs, budget):
+def _allocate(
+    model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs, budget, limits
+):
     """The trial meeting the budget, its factor, and the latency-aware record: with ``weights`` a chooser,
-    MAC-only and the tilted allocations each meet the budget and the one it measures fastest is kept."""
+    MAC-only and the tilted allocations each meet the budget and the one it measures fastest is kept.
+    ``limits``: ``min_keep`` and ``reference`` of :func:`prune_model`."""
+    bounds = {
+        "min_keep": _min_keep(model, units, limits["min_keep"]),
+        "reference": _reference_fulls(dense, units, limits["reference"]),
+    }
     measured = callable(weights)
     if measured:
         owners = [u.owners for u in units]
@@ -131,13 +150,38 @@ def _allocate(model, dense, units, rules, pruning_ratio_dict, weights, adapter, 
     for label, weight_map in maps.items():
         ratios = _unit_ratios(model, dense, units, pruning_ratio_dict, weight_map)
         builder = _TrialBuilder(dense, adapter, units, example_inputs)
-        trials[label] = _meet_budget(builder, WidthAllocator(units, rules, ratios), *budget)
+        trials[label] = _meet_budget(builder, WidthAllocator(units, rules, ratios, **bounds), *budget)
     if not measured:
         return (*trials["given"], {})
     chosen, record = weights(
         {k: (t.model, t.macs) for k, (t, _) in trials.items()}, example_inputs[:1], "mac-only"
     )
     return (*trials[chosen], {**record, "weights": maps[chosen]})
+
+
+def _allocation(table: LatencyTable | None, budget_ms: float | None):
+    """The allocation that meets the budget: by the width rules alone (:func:`_allocate`), or along a latency
+    table's greedy path."""
+    return _allocate if table is None else functools.partial(_allocate_by_table, table=(table, budget_ms))
+
+
+def _allocate_by_table(model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs, budget,
+                       limits, table):  # fmt: skip
+    """The trial a latency table's greedy path gives at the budget (MACs, parameters or predicted ms)."""
+    (table, budget_ms), (keep_macs, keep_params, dense_cost) = table, budget
+    table.check_model(layer_widths(dense))
+    bounds = {"min_keep": _min_keep(model, units, limits["min_keep"]),
+              "reference": _reference_fulls(dense, units, limits["reference"])}  # fmt: skip
+    allocator = WidthAllocator(units, rules, _base_ratios(model, units, pruning_ratio_dict), **bounds)
+    metric, keep = ("MACs", keep_macs) if keep_params is None else ("params", keep_params)
+    dense_value = dense_cost[0] if metric == "MACs" else dense_cost[1]
+    target = None if keep is None else dense_value * keep
+    builder = _TrialBuilder(dense, adapter, units, example_inputs)
+    widths, position, record = allocate_by_table(
+        allocator, table, budget_ms=budget_ms, count=lambda w: builder.measure(w, metric, target),
+        dense_value=dense_value, target=target, tolerance=TARGET_TOLERANCE, metric_name=metric,
+    )  # fmt: skip
+    return builder.build(widths), position, record
 
 
 def _unit_ratios(model, dense, units, pruning_ratio_dict, weights) -> list[float]:
@@ -292,40 +336,6 @@ class _TrialBuilder:
         return value
 
 
-def check_pruning_arguments(
-    *,
-    keep_macs: float | None = None,
-    keep_params: float | None = None,
-    round_to: int = 8,
-    min_channels: int = 8,
-    head_rounding: str = "floor",
-    global_pruning: bool = False,
-    pruning_ratio_dict: Mapping | None = None,
-) -> None:
-    """The rules of :func:`prune_model`'s arguments, callable before any model is built."""
-    if keep_macs is not None and keep_params is not None:
-        raise RmtdeployError("give keep_macs or keep_params, not both")
-    if keep_macs is None and keep_params is None and not pruning_ratio_dict:
-        raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
-    for name, keep in (("keep_macs", keep_macs), ("keep_params", keep_params)):
-        if keep is not None and (
-            not isinstance(keep, (int, float)) or isinstance(keep, bool) or not 0 < keep <= 1
-        ):
-            raise RmtdeployError(f"{{param}} must lie in (0, 1], got {keep!r}", param=name)
-    for name, value in (("round_to", round_to), ("min_channels", min_channels)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise RmtdeployError(f"{{param}} must be a positive integer, got {value!r}", param=name)
-    if head_rounding not in HEAD_ROUNDINGS:
-        raise RmtdeployError(
-            f"{{param}} must be one of {', '.join(HEAD_ROUNDINGS)}, got '{head_rounding}'",
-            param="head_rounding",
-        )
-    if global_pruning and pruning_ratio_dict:
-        raise RmtdeployError(
-            "pruning_ratio_dict sets per-layer ratios; it cannot be combined with global_pruning"
-        )
-
-
 def _base_ratios(
     model: nn.Module, units: list[PruningUnit], pruning_ratio_dict: Mapping[RatioKey, float] | None
 ) -> list[float]:
@@ -333,37 +343,78 @@ def _base_ratios(
     modules own the unit's output channels (0, left whole, when none does)."""
     if not pruning_ratio_dict:
         return [1.0] * len(units)
-    names = {module: name for name, module in model.named_modules()}
-    unit_of_owner = {owner: i for i, unit in enumerate(units) for owner in unit.owners}
-    ratios: list[list[float]] = [[] for _ in units]
-    for key, ratio in pruning_ratio_dict.items():
-        modules = key if isinstance(key, tuple) else (key,)
-        if not all(isinstance(m, nn.Module) and m in names for m in modules):
-            raise RmtdeployError(
-                "pruning_ratio_dict keys must be modules (or tuples of modules) of the model"
-            )
-        label = ", ".join(names[m] or "<model>" for m in modules)
-        if not 0 <= ratio < 1:
-            raise RmtdeployError(
-                f"pruning_ratio_dict gives {label} the ratio {ratio}: ratios must lie in [0, 1) "
-                "(1 would leave the layer empty)"
-            )
-        # Entries for layers that own no prunable channels (the classifier) are ignored, as TP does.
-        hit = {unit_of_owner[sub] for m in modules for sub in _names_below(m, names) if sub in unit_of_owner}
-        for i in hit:
-            ratios[i].append(float(ratio))
+    ratios = _values_by_unit(model, units, pruning_ratio_dict, "pruning_ratio_dict", upper=1.0)
     if not any(ratios):
         raise RmtdeployError("pruning_ratio_dict names no layer with prunable channels")
     return [sum(r) / len(r) if r else 0.0 for r in ratios]
 
 
+def _min_keep(
+    model: nn.Module, units: list[PruningUnit], min_keep_dict: Mapping[RatioKey, float] | None
+) -> list[float] | None:
+    """Each unit's kept fraction floor: the largest of the entries whose modules own its channels."""
+    if not min_keep_dict:
+        return None
+    shares = _values_by_unit(model, units, min_keep_dict, "min_keep_dict", upper=None)
+    return [max(s, default=0.0) for s in shares]
+
+
+def _values_by_unit(
+    model: nn.Module, units: list[PruningUnit], values: Mapping[RatioKey, float], what: str, upper
+) -> list[list[float]]:
+    """The values of ``values`` ({module or tuple of modules: value in [0, upper) or [0, 1]}) each unit
+    gets, through the modules owning its output channels; entries for layers that own no prunable
+    channels (the classifier) are ignored, as TP does."""
+    names = {module: name for name, module in model.named_modules()}
+    unit_of_owner = {owner: i for i, unit in enumerate(units) for owner in unit.owners}
+    by_unit: list[list[float]] = [[] for _ in units]
+    for key, value in values.items():
+        modules = key if isinstance(key, tuple) else (key,)
+        if not all(isinstance(m, nn.Module) and m in names for m in modules):
+            raise RmtdeployError(f"{what} keys must be modules (or tuples of modules) of the model")
+        label = ", ".join(names[m] or "<model>" for m in modules)
+        if upper is not None and not 0 <= value < upper:
+            raise RmtdeployError(
+                f"{what} gives {label} the ratio {value}: ratios must lie in [0, 1) "
+                "(1 would leave the layer empty)"
+            )
+        if upper is None and not 0 <= value <= 1:
+            raise RmtdeployError(f"{what} gives {label} {value}: a kept fraction lies in [0, 1]")
+        hit = {unit_of_owner[sub] for m in modules for sub in _names_below(m, names) if sub in unit_of_owner}
+        for i in hit:
+            by_unit[i].append(float(value))
+    return by_unit
+
+
+def _reference_fulls(
+    dense: nn.Module, units: list[PruningUnit], reference: nn.Module | None
+) -> list[int] | None:
+    """Each unit's full count (heads, or channels per group) in ``reference``, from its root layer's
+    width there and here (the units are found on ``dense``, a copy of the model being pruned)."""
+    if reference is None:
+        return None
+    here, there = dict(dense.named_modules()), dict(reference.named_modules())
+    fulls = []
+    for unit in units:
+        now, then = _root_width(here.get(unit.root), unit.fn), _root_width(there.get(unit.root), unit.fn)
+        if now is None or then is None or then < now or (unit.full * then) % now:
+            raise RmtdeployError(
+                f"the reference model does not match the model being pruned at {unit.root}: "
+                "pass the model this one was pruned from"
+            )
+        fulls.append(unit.full * then // now)
+    return fulls
+
+
+def _root_width(module: nn.Module | None, fn: str) -> int | None:
+    """The width of ``module``'s dimension that the pruning function ``fn`` prunes (Linear / Conv roots)."""
+    outputs = fn == "prune_out_channels"
+    if isinstance(module, nn.Linear):
+        return module.out_features if outputs else module.in_features
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels if outputs else module.in_channels
+    return None
+
+
 def _names_below(module: nn.Module, names: dict[nn.Module, str]) -> list[str]:
     return [names[sub] for sub in module.modules() if sub in names]
-
-
-def _budget_json(keep_macs: float | None, keep_params: float | None) -> dict | None:
-    if keep_macs is not None:
-        return {"metric": "macs", "keep": keep_macs}
-    if keep_params is not None:
-        return {"metric": "params", "keep": keep_params}
-    return None

@@ -21,15 +21,21 @@ from rmtdeploy.data import open_data
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import OutputFolder
 from rmtdeploy.models import LoadedModel, ModelSource, model_source
+from rmtdeploy.pruning.arguments import HEAD_ROUNDINGS
 from rmtdeploy.pruning.plan import PRUNED_FILES, layer_report, write_pruned
-from rmtdeploy.pruning.prune import HEAD_ROUNDINGS
 from rmtdeploy.pruning.result import PruneResult
 from rmtdeploy.scores import get_strategy, strategy_names
-from rmtdeploy.scores.request import SHORT_DISTILL_STEPS, PruneSettings, check_prune_request
+from rmtdeploy.scores.request import (
+    DATA_DEFAULT_STRATEGY,
+    DEFAULT_STRATEGY,
+    SHORT_DISTILL_STEPS,
+    PruneSettings,
+    check_prune_request,
+    default_strategy,
+)
 
 REPORT_FILE = "report.json"
 PRUNE_FILES = (*PRUNED_FILES, REPORT_FILE)
-DEFAULT_STRATEGY = "hybrid"  # the best of the five in the accuracy benchmark (docs/strategies.md)
 DEFAULT_TARGET = "jetson"
 DEFAULT_CALIBRATION_IMAGES = 512
 # A strategy that fine-tunes between its pruning steps distils this many AdamW steps after each step when
@@ -96,7 +102,7 @@ def prune(
     *,
     keep_macs: float | None = None,
     keep_params: float | None = None,
-    strategy: str = DEFAULT_STRATEGY,
+    strategy: str | None = None,
     knobs: dict[str, Any] | None = None,
     target: str = DEFAULT_TARGET,
     round_to: int | None = None,
@@ -106,6 +112,8 @@ def prune(
     calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
     finetune_steps: int | None = None,
     latency_aware: bool = False,
+    latency_table: str | os.PathLike | None = None,
+    latency_budget_ms: float | None = None,
     strict: bool = False,
     force: bool = False,
     status: Status | None = None,
@@ -113,33 +121,34 @@ def prune(
     """Prune ``model`` (a name, a :class:`ModelSource` or a loaded model) and write it to ``out``.
 
     The budget is ``keep_macs`` or ``keep_params`` (a fraction in (0, 1]). ``strategy`` with its ``knobs``
-    scores the channels (``rmtdeploy.scores``); ``target`` (a profile name, alias or YAML path) sets the
+    scores the channels (``rmtdeploy.scores``; None: data-rmt with ``calibration`` images, else hybrid); ``target`` (a profile name, alias or YAML path) sets the
     channel multiple unless ``round_to`` does. ``calibration``: an ImageFolder whose first
     ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
     between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
     steps per pruning step; default :data:`SHORT_DISTILL_STEPS` with calibration images, else none).
     ``latency_aware`` meets the budget with the MAC-only allocation and up to six tilted ones and keeps the one
     that runs fastest on ONNX Runtime CPU at equal MACs (:mod:`rmtdeploy.pruning.latency`).
+    ``latency_table`` (a JSON file measured here or on the board, :mod:`rmtdeploy.pruning.latency_table`)
+    chooses the widths instead: the most importance kept per predicted ms, at the budget, which may then
+    be ``latency_budget_ms`` (the table's prediction meets it) instead of a keep fraction.
     For a TensorRT target the pruned model's attention head sizes are checked against TensorRT's fused
     attention kernels (:mod:`rmtdeploy.engine.attention`): reported, or refused with ``strict``.
     An existing output is replaced only with ``force``. ``status(text)`` receives progress lines.
     """
     settings = check_prune_request(
         keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
-        calibration, calibration_images, finetune_steps,
+        calibration, calibration_images, finetune_steps, latency_budget_ms=latency_budget_ms,
     )  # fmt: skip
-    from rmtdeploy.benchmark.allocation import fastest_allocation
-
+    allocation = _allocation_options(latency_aware, latency_table, latency_budget_ms, settings.strategy)
     source = model_source(model)
     source.check()
     with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
         loaded = source.load()
-        _check_supported(loaded)
+        _check_supported(loaded, allocation.get("latency_table"))
         batches = _calibration_batches(settings.calibration, loaded, calibration_images)
         result = _run_strategy(
             settings, loaded, batches, status, keep_macs=keep_macs, keep_params=keep_params,
-            min_channels=min_channels, head_rounding=head_rounding,
-            **({"latency_weights": fastest_allocation} if latency_aware else {}),
+            min_channels=min_channels, head_rounding=head_rounding, **allocation,
         )  # fmt: skip
         _verify_unproven(loaded, result, status)
         problems = _attention_check(settings.target, result.model, strict, status)
@@ -200,10 +209,53 @@ def _attention_check(profile, model, strict: bool, status: Status | None) -> lis
     return problems
 
 
-def _check_supported(loaded: LoadedModel) -> None:
-    """The family's adapter refuses in seconds what it cannot prune (before spectra are fitted)."""
+def _check_supported(loaded: LoadedModel, table=None) -> None:
+    """The family's adapter refuses in seconds what it cannot prune, and a latency table measured on another
+    model is refused (before spectra are fitted)."""
 
     get_adapter(loaded.model)
+    if table is not None:
+        read_latency_table(table, loaded)
+
+
+def read_latency_table(table, loaded: LoadedModel | None = None):
+    """A latency table (a JSON path or a ``LatencyTable``) read and checked; against ``loaded``'s model when
+    given (a table measured on another model is refused)."""
+    from rmtdeploy.pruning.graph import layer_widths
+    from rmtdeploy.pruning.latency_table import LatencyTable, load_latency_table
+
+    table = table if isinstance(table, LatencyTable) else load_latency_table(table)
+    if loaded is not None:
+        table.check_model(layer_widths(loaded.model), loaded.name)
+    return table
+
+
+def _allocation_options(latency_aware: bool, table, budget_ms, strategy) -> dict[str, Any]:
+    """The pruner options that choose the widths: the measured tilts, or a latency table (read and checked
+    here, before the model loads), or none (the MAC allocation)."""
+    if table is None:
+        if budget_ms is not None:
+            raise RmtdeployError("{param} is met by a latency table's prediction, and no latency table is given",
+                                 param="latency_budget_ms")  # fmt: skip
+        if not latency_aware:
+            return {}
+        from rmtdeploy.benchmark.allocation import fastest_allocation
+
+        return {"latency_weights": fastest_allocation}
+    if latency_aware:
+        raise RmtdeployError(
+            "{param} and latency-aware allocation each choose the widths: give one", param="latency_table"
+        )
+    if strategy.steps > 1:
+        raise RmtdeployError(
+            f"{{param}} describes the dense model; strategy '{strategy.name}' prunes in {strategy.steps} steps, each "
+            "from an already pruned one (use a one-shot strategy, or steps=1)",
+            param="latency_table",
+        )
+    return {
+        "latency_table": read_latency_table(table),
+        **({"latency_budget_ms": budget_ms} if budget_ms is not None else {}),
+    }
 
 
 def _verify_unproven(loaded: LoadedModel, result: PruneResult, status: Status | None) -> None:
@@ -275,6 +327,6 @@ def _say(status: Status | None, text: str) -> None:
 # Besides the stage call, what its callers (the pipeline, the CLI) use: they import nothing from the
 # mechanisms below the stage floor (docs/architecture.md, tests/test_architecture.py).
 __all__ = [
-    "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune",
-    "strategy_names",
+    "DATA_DEFAULT_STRATEGY", "DEFAULT_STRATEGY", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun",
+    "default_strategy", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
 ]  # fmt: skip

@@ -18,6 +18,8 @@ def budget_label(recipe: dict[str, Any], budget: dict[str, Any] | None) -> str:
     if not recipe.get("latency_budget_ms"):
         return f"keep {recipe.get('keep_macs') or 0.5:g} of the MACs"
     ms = f"latency budget {recipe['latency_budget_ms']:g} ms"
+    if recipe.get("latency_table"):
+        return f"{ms}, met by the latency table's prediction ({recipe['latency_table']})"
     if budget and budget.get("measured"):
         return f"{ms}, measured on {budget['measured']['device']} (its sweep)"
     if budget and budget.get("reference"):

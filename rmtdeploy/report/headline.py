@@ -115,6 +115,8 @@ def _budget(run, structure) -> str:
             estimate = f", measured on {measured['device']} ({how})"
         return (f"latency {budget['budget_ms']:g} ms: {'met' if met else 'not met'} at keep-macs "
                 f"{budget['keep_macs']:g}, {shown} ms{estimate}")  # fmt: skip
+    if run.recipe.get("latency_table") and run.recipe.get("latency_budget_ms"):
+        return _table_budget(run)
     target = run.recipe.get("keep_macs") or 0.5
     if not structure:
         return f"keep-macs {target:g}: {NOT_MEASURED}"
@@ -123,6 +125,18 @@ def _budget(run, structure) -> str:
     return (
         f"keep-macs {target:g}: {'met' if met else 'not met'} ({kept:.3f} kept, contract ±{MAC_TOLERANCE:g})"
     )
+
+
+def _table_budget(run) -> str:
+    """A latency budget met by a latency table's prediction (nothing searched, nothing timed for it)."""
+    budget_ms = run.recipe["latency_budget_ms"]
+    record = (run.read_json("pruned/plan.json") or {}).get("latency_allocation") or {}
+    if record.get("predicted_ms") is None:
+        return f"latency {budget_ms:g} ms by a latency table: {NOT_MEASURED}"
+    where = record.get("device") or record.get("cpu") or record.get("backend") or "the target"
+    met = record["predicted_ms"] <= budget_ms
+    return (f"latency {budget_ms:g} ms: {'met' if met else 'not met'} by the latency table's prediction, "
+            f"{record['predicted_ms']:.3f} ms (the table was measured on {where}; a prediction, not a measurement)")  # fmt: skip
 
 
 def _small_model_note(run, structure) -> str | None:

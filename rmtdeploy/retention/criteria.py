@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from rmtdeploy.benchmark.allocation import fastest_allocation
 
 SPECTRAL = ("rmt", "hybrid", "edge-budget", "dynamic")
-STRATEGIES = ("magnitude", *SPECTRAL)
+DATA_SPECTRAL = ("data-rmt",)  # spectral scores of the weights as the calibration images see them
+STRATEGIES = ("magnitude", *SPECTRAL, *DATA_SPECTRAL)
 PEERS = ("tp-l1", "tp-taylor", "tp-hessian", "tp-random")
 CRITERIA = (*STRATEGIES, *PEERS)
 # Ablations, not in the default run: rmt as it was before the benchmark (one global ranking, norm layers
@@ -33,6 +34,10 @@ ABLATIONS = {
     "rmt-unscaled": ("rmt", {"allocation": "uniform", "norm_scales": False}, {}),
     "rmt-flow": ("rmt", {"score": "flow"}, {}),
     "dynamic-magnitude": ("dynamic", {"then": "magnitude"}, {}),
+    # data-rmt on the inputs' second moment instead of their covariance (their constant part kept); the
+    # issue-23 run measured both (there the default was the second moment: "data-rmt" then = this row).
+    "data-rmt-raw": ("data-rmt", {"centred": False}, {}),
+    "data-rmt-centred": ("data-rmt", {"centred": True}, {}),
     # Latency-aware allocation (rmtdeploy.pruning.latency): does steering widths by measured cost lose accuracy?
     "hybrid-latency": ("hybrid", {}, {"latency_weights": fastest_allocation}),
     **{f"{name}-ceil-heads": (name, {}, {"head_rounding": "ceil"}) for name in STRATEGIES},

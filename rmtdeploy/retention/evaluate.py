@@ -35,12 +35,18 @@ def _batches(loader) -> list:
     return [(images, labels) for images, labels in loader]
 
 
-def seeded_draw(settings: Settings, seed: int, count: int, salt: int, batch_size: int = 64) -> list:
+def seeded_draw(settings: Settings, seed: int, count: int, salt: int, *, model, batch_size: int = 64) -> list:
     """``count`` training images drawn with ``seed`` (a different draw per seed and purpose ``salt``), as
-    a list of (images, labels) batches."""
+    a list of (images, labels) batches, normalised with ``model``'s mean and std, as it was trained and is
+    evaluated (ViT's are 0.5, the others ImageNet's: drawing with a default once fed ViT off-distribution
+    calibration and distillation images)."""
     from rmtdeploy.data import builtin_dataset
+    from rmtdeploy.data.builtin import model_input_spec
 
-    dataset = builtin_dataset(settings.dataset, "train", image_size=settings.image_size)
+    spec = model_input_spec(model)
+    dataset = builtin_dataset(
+        settings.dataset, "train", image_size=settings.image_size, mean=spec["mean"], std=spec["std"]
+    )
     generator = torch.Generator().manual_seed(seed * 1000 + salt)
     indices = torch.randperm(len(dataset), generator=generator)[:count].tolist()
     subset = torch.utils.data.Subset(dataset, indices)
@@ -76,9 +82,9 @@ def run_family_seed(
     log = _worker_log(events)
     dense, record = train_dense(family, seed, settings, cache, log)
     val = _batches(_loader(settings, "val", dense, max_images=settings.val_images))
-    calibration = seeded_draw(settings, seed, settings.calibration_images, salt=1)
+    calibration = seeded_draw(settings, seed, settings.calibration_images, salt=1, model=dense)
     distill_set = seeded_draw(
-        settings, seed, settings.distill_images, salt=2, batch_size=settings.distill_batch
+        settings, seed, settings.distill_images, salt=2, model=dense, batch_size=settings.distill_batch
     )
     teacher_logits = teacher_outputs(dense, distill_set)
     dense_top1 = evaluate_top1(dense, val)

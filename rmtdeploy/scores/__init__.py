@@ -6,7 +6,14 @@ The registry (``registry.py``) imports no strategy; every strategy module regist
 ``@register_strategy`` and is imported here, so the registry is complete once this package is imported.
 """
 
-from rmtdeploy.scores import dynamic, edge_budget, hybrid, magnitude, rmt  # noqa: F401  (they register)
+from rmtdeploy.scores import (  # noqa: F401  (they register)
+    data_rmt,
+    dynamic,
+    edge_budget,
+    hybrid,
+    magnitude,
+    rmt,
+)
 from rmtdeploy.scores.base import PrunerSettings, Strategy
 from rmtdeploy.scores.registry import STRATEGIES, get_strategy, register_strategy, strategy_names
 

@@ -31,6 +31,7 @@ class PrunerSettings:
     importance: tp.importance.Importance
     global_pruning: bool = False
     pruning_ratio_dict: dict[nn.Module, float] | None = None
+    min_keep_dict: dict[nn.Module, float] | None = None  # per layer, the fraction of channels that stays
 
 
 @dataclass
@@ -44,11 +45,14 @@ class Strategy:
     What a strategy supports is declared here, so callers never switch on its name:
     ``takes_finetune_hook`` — ``prune`` runs between pruning steps and accepts ``finetune=`` (a callable
     that fine-tunes the model after each step) and ``evaluate=`` (a callable giving top-1 in %);
-    ``steps`` — how many pruning passes ``prune`` makes (1 for a one-shot strategy).
+    ``steps`` — how many pruning passes ``prune`` makes (1 for a one-shot strategy);
+    ``reads_calibration`` — its scores read calibration images: ``prune`` needs ``calibration_batches``
+    and hands them to :meth:`settings` as ``calibration_batches=``.
     """
 
     name: ClassVar[str] = "base"
     takes_finetune_hook: ClassVar[bool] = False
+    reads_calibration: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -92,11 +96,19 @@ class Strategy:
         from rmtdeploy.adapters import get_adapter
         from rmtdeploy.pruning import prune_model, recalibrate_batchnorm
 
+        data = {}
+        if self.reads_calibration:
+            if calibration_batches is None:
+                raise RmtdeployError(
+                    f"strategy '{self.name}' scores channels from calibration images: give {{param}}",
+                    param="calibration_batches",
+                )
+            data = {"calibration_batches": calibration_batches}
         get_adapter(model)  # a model its family's adapter cannot prune is refused before any spectrum fit
 
         keep = keep_macs if keep_macs is not None else keep_params
         started = time.perf_counter()
-        settings = self.settings(model, 1.0 if keep is None else keep)
+        settings = self.settings(model, 1.0 if keep is None else keep, **data)
         spectra_s = time.perf_counter() - started
         result = prune_model(
             model,
@@ -105,6 +117,7 @@ class Strategy:
             keep_params=keep_params,
             global_pruning=settings.global_pruning,
             pruning_ratio_dict=settings.pruning_ratio_dict,
+            min_keep_dict=settings.min_keep_dict,
             strategy={"name": self.name, "knobs": self.knobs()},
             **pruner_options,
         )

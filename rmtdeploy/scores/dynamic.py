@@ -1,8 +1,11 @@
 """``dynamic`` — dynamic threshold: progressive pruning that switches scoring when accuracy starts to go.
 
 The budget is reached in ``steps`` geometric steps (keep_i = keep^(i/steps) of the dense MACs). Every step
-re-fits the spectra of the current, already pruned weights. Scoring starts with ``start`` (magnitude)
-and switches to ``then`` (hybrid magnitude × SER) once the model degrades:
+re-fits the spectra of the current, already pruned weights, and counts its widths from the dense model's
+(``prune_model(reference=...)``): a unit keeps what one cut to the step's goal would leave it, not the last
+step's width rounded down to the channel multiple once more (which took a narrow stage to its floor).
+Scoring starts with ``start`` (magnitude) and switches to ``then`` (hybrid magnitude × SER) once the model
+degrades:
 
 * with an ``evaluate`` callback (top-1 in %), when the drop from the dense top-1, measured after the
   step's recalibration / fine-tune, exceeds ``drop_threshold`` points (0.7 in the published protocol);
@@ -81,7 +84,7 @@ class DynamicThresholdStrategy(Strategy):
             relative = goal * dense_of(results[0]) / pruned_of(results[-1]) if results else goal
             switched = switched or (evaluate is None and 1 - goal > self.switch_depth)
             scorer = scorers["then" if switched else "start"]
-            budget = {f"keep_{metric}": relative}
+            budget = {f"keep_{metric}": relative, "reference": model}  # widths count from the dense model's
             result = scorer.prune(
                 current, calibration_batches=calibration_batches, **budget, **pruner_options
             )

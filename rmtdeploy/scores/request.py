@@ -11,8 +11,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.pruning.prune import check_pruning_arguments
+from rmtdeploy.pruning.arguments import check_pruning_arguments
 from rmtdeploy.scores.registry import get_strategy
+
+# The accuracy benchmark's choice (docs/strategies.md, "Which strategy to pick"): with calibration images,
+# data-rmt starts highest on average at deep cuts; without them, hybrid is the best data-free strategy.
+DEFAULT_STRATEGY = "hybrid"
+DATA_DEFAULT_STRATEGY = "data-rmt"
+
+
+def default_strategy(have_images: bool) -> str:
+    """The strategy used when none is named: data-rmt when calibration images are at hand, else hybrid."""
+    return DATA_DEFAULT_STRATEGY if have_images else DEFAULT_STRATEGY
+
 
 SHORT_DISTILL_STEPS = (
     32  # the dynamic strategy's distillation steps per pruning step, with calibration images
@@ -33,13 +44,16 @@ class PruneSettings:
 
 def check_prune_request(
     keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
-    calibration, calibration_images, finetune_steps,
+    calibration, calibration_images, finetune_steps, *, latency_budget_ms=None,
 ) -> PruneSettings:  # fmt: skip
-    """Every argument rule, before the model is loaded: a bad value costs the user no waiting."""
+    """Every argument rule, before the model is loaded: a bad value costs the user no waiting.
+    ``latency_budget_ms``: a budget in ms that a latency table's prediction meets (instead of a keep)."""
     from rmtdeploy.targets import load_target
 
-    if keep_macs is None and keep_params is None:
+    if keep_macs is None and keep_params is None and latency_budget_ms is None:
         raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
+    if strategy is None:
+        strategy = default_strategy(calibration is not None)
     chosen = get_strategy(strategy, **(knobs or {}))
     profile = load_target(target)
     multiple = profile.channel_multiple if round_to is None else round_to
@@ -49,7 +63,14 @@ def check_prune_request(
         round_to=multiple,
         min_channels=min_channels,
         head_rounding=head_rounding,
+        latency_budget_ms=latency_budget_ms,
     )
+    if chosen.reads_calibration and calibration is None:
+        raise RmtdeployError(
+            f"strategy '{chosen.name}' scores channels from calibration images: give {{param}} "
+            "(a built-in dataset's name or an image folder)",
+            param="calibration",
+        )
     data = _check_calibration(calibration, calibration_images) if calibration is not None else None
     return PruneSettings(
         strategy=chosen,

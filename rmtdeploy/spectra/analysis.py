@@ -172,8 +172,37 @@ def analyze_matrix(
     if s is None:
         return LayerSpectrum(**base, status=STATUS_ZERO, message="all weights are zero")
 
-    p, n = min(rows, cols), max(rows, cols)
     s, numerical_rank = _with_exact_rank(matrix, s, config.window)
+    return _spectrum_summary(base, s, numerical_rank, config)
+
+
+def analyze_singular_values(
+    singular_values: np.ndarray,
+    shape: tuple[int, int],
+    name: str = "matrix",
+    config: SpectralFitConfig | None = None,
+    *,
+    module: str | None = None,
+    block: str | None = None,
+    kind: str = "linear",
+) -> LayerSpectrum:
+    """The MP fit of a ``shape`` matrix known only by its singular values, computed exactly by the caller
+    (e.g. from the eigenvalues of a Gram matrix it formed anyway); the same fit :func:`analyze_matrix` makes."""
+    config = config or SpectralFitConfig()
+    base = dict(name=name, module=module or name, block=block, kind=kind, shape=tuple(int(d) for d in shape))
+    s = _descending(singular_values)
+    if s is None:
+        return LayerSpectrum(**base, status=STATUS_ZERO, message="all values are zero")
+    if not np.isfinite(s).all():
+        return LayerSpectrum(**base, status=STATUS_NON_FINITE, message="singular values contain NaN or Inf")
+    return _spectrum_summary(base, s, _numerical_rank(s, max(shape)), config)
+
+
+def _spectrum_summary(
+    base: dict, s: np.ndarray, numerical_rank: int, config: SpectralFitConfig
+) -> LayerSpectrum:
+    rows, cols = base["shape"]
+    p, n = min(rows, cols), max(rows, cols)
     summary = LayerSpectrum(
         **base,
         status=STATUS_OK,

@@ -1,0 +1,60 @@
+"""``data-rmt`` — classic RMT on the weights as the calibration data sees them (W·Σ½), not on W alone.
+
+Random Matrix Theory applies to what a layer does to its inputs. With Σ the second moment of a layer's
+inputs over the calibration images, M = W·Σ½ has M Mᵀ = E[y yᵀ], the layer's output energy per
+direction. Its MP fit (the same fit ``analyze`` makes of weights) finds the spikes, the directions the data
+drives and the layer carries, and the bulk, what the data does not use (:mod:`.data_spectra`). A channel
+scores the energy it carries in the spikes, as ``rmt`` scores weight signal energy: an output channel its
+share of the output's spike energy (weighted by the BatchNorm / layer-scale factor after it), an input
+channel the energy its inputs put into the consumer's spike directions. Group mean over layers, each layer
+normalised by its mean channel energy; uniform ratio per layer.
+
+It needs calibration images (``prune --calibration``, the same 256 images by default that BatchNorm
+recalibration and torch-pruning's Taylor / Hessian use); without them it is refused before the model loads.
+Scoring costs one forward pass over them plus an eigendecomposition per layer input (docs/strategies.md
+gives the times beside Taylor's and Hessian's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from rmtdeploy.scores.base import PrunerSettings, Strategy
+from rmtdeploy.scores.data_spectra import DataSpectraConfig, data_channel_spectra_by_module
+from rmtdeploy.scores.registry import register_strategy
+from rmtdeploy.scores.rmt import SignalEnergyImportance
+from rmtdeploy.spectra import SpectralFitConfig
+
+
+@register_strategy("data-rmt")
+@dataclass
+class DataRmtStrategy(Strategy):
+    reads_calibration: ClassVar[bool] = True
+
+    tie_break: float = 1e-3  # weight of a channel's total energy beside its spike energy
+    tracy_widom_level: float = 0.99
+    rank_tolerance: float = 1e-6  # input directions below this share of the top one count as unused
+    # Judge inputs by their covariance (fluctuations), not their second moment: the better of the two in the
+    # accuracy benchmark (docs/strategies.md), by far on ViT.
+    centred: bool = True
+
+    def check_knobs(self) -> None:
+        self.require(self.tie_break >= 0, "tie_break", "must be >= 0")
+        self.require(
+            0 < self.tracy_widom_level < 1,
+            "tracy_widom_level",
+            "a quantile, must lie strictly between 0 and 1",
+        )
+        self.require(0 <= self.rank_tolerance < 1, "rank_tolerance", "a fraction of the top energy in [0, 1)")
+
+    def settings(self, model: nn.Module, keep: float, calibration_batches=None) -> PrunerSettings:
+        spectra = data_channel_spectra_by_module(
+            model,
+            calibration_batches,
+            SpectralFitConfig(tracy_widom_level=self.tracy_widom_level),
+            DataSpectraConfig(rank_tolerance=self.rank_tolerance, centred=self.centred),
+        )
+        return PrunerSettings(importance=SignalEnergyImportance(spectra, self.tie_break, scaled=True))

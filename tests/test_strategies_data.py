@@ -1,0 +1,128 @@
+"""``data-rmt``: spectral scores of the weights as calibration images see them (W·Σ½)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from cli_checks import assert_one_line_usage_error, run_rmtdeploy
+from torch import nn
+
+from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.scores import get_strategy
+from rmtdeploy.scores.channel_spectra import channel_spectra_by_module
+from rmtdeploy.scores.data_spectra import (
+    DataSpectraConfig,
+    data_channel_spectra_by_module,
+    input_second_moments,
+)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+PLANTED_BLOCK = 5
+PLANTED_ROWS = torch.arange(0, 768, 12)  # 64 of the 768 hidden channels
+MARKER = 1000.0
+
+
+def test_second_moments_are_those_of_the_inputs_as_each_layer_reads_them():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    batches = [torch.randn(4, 3, 8, 8) for _ in range(3)]
+    moments, first = input_second_moments(
+        model, batches, {"0", "2"}, DataSpectraConfig(max_rows=10_000, centred=False)
+    )
+    images = torch.cat(batches)
+    patches = F.unfold(images, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 27).double()
+    flat = model[1](model[0](images)).double()
+    torch.testing.assert_close(moments["0"], patches.T @ patches / len(patches))
+    torch.testing.assert_close(moments["2"], flat.T @ flat / len(flat), rtol=1e-5, atol=1e-6)
+    assert torch.equal(first, batches[0][:1])
+    centred, _ = input_second_moments(model, batches, {"2"}, DataSpectraConfig(centred=True))
+    torch.testing.assert_close(centred["2"], torch.cov(flat.T, correction=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_layer_is_judged_on_the_directions_its_data_uses():
+    """Inputs 32–63 never carry data: their huge weights count for nothing; every output's energy is what
+    the data puts through it."""
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 48, bias=False)
+    with torch.no_grad():
+        layer.weight[:, 32:] *= 100
+    mixing = torch.randn(32, 32)
+    batches = [F.pad(torch.randn(256, 32) @ mixing, (0, 32)) for _ in range(4)]
+    spectra = data_channel_spectra_by_module(
+        nn.Sequential(layer), batches, data_config=DataSpectraConfig(centred=False)
+    )["0"]
+    assert spectra.fitted and spectra.spikes >= 1
+    assert float(spectra.col_energy[32:].abs().max()) == 0.0
+    assert float(spectra.col_energy[:32].min()) > 0
+    outputs = layer(torch.cat(batches)).double()
+    torch.testing.assert_close(spectra.row_energy.double(), outputs.pow(2).mean(0), rtol=1e-4, atol=0)
+    weights_only = channel_spectra_by_module(nn.Sequential(layer))
+    assert not weights_only or float(weights_only["0"].col_energy[32:].min()) > 0
+
+
+@pytest.fixture(scope="module")
+def silent_channels_vit():
+    """vit_tiny whose blocks.5 MLP has 64 hidden channels with 3× the weight norm of the others, pointing
+    along the direction its inputs vary least in: magnitude ranks them first, the data hardly drives them.
+    Their fc1 biases carry markers (biases take no part in the scores) so survivors can be counted."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64).eval()
+    images = [torch.randn(16, 3, 64, 64) for _ in range(2)]
+    block = model.blocks[PLANTED_BLOCK]
+    seen = []
+    handle = block.mlp.fc1.register_forward_hook(lambda _m, args, _o: seen.append(args[0].reshape(-1, 192)))
+    with torch.no_grad():
+        model(torch.cat(images))
+    handle.remove()
+    inputs = torch.cat(seen).double()
+    quietest = torch.linalg.eigh(inputs.T @ inputs).eigenvectors[:, 0].float()
+    with torch.no_grad():
+        fc1 = block.mlp.fc1
+        fc1.weight[PLANTED_ROWS] = 3 * fc1.weight.norm(dim=1).mean() * quietest
+        fc1.bias.zero_()
+        fc1.bias[PLANTED_ROWS] = MARKER
+    return model, images
+
+
+def _surviving(result) -> int:
+    return int((result.model.blocks[PLANTED_BLOCK].mlp.fc1.bias >= MARKER).sum())
+
+
+def test_data_rmt_drops_channels_the_data_does_not_drive_where_magnitude_keeps_them(silent_channels_vit):
+    model, images = silent_channels_vit
+    by_magnitude = get_strategy("magnitude").prune(model, keep_macs=0.5)
+    by_data = get_strategy("data-rmt").prune(model, keep_macs=0.5, calibration_batches=images)
+    assert _surviving(by_magnitude) == len(PLANTED_ROWS)
+    assert _surviving(by_data) == 0
+    assert abs(by_data.macs_kept - 0.5) <= 0.03 * 0.5
+    out = by_data.model(images[0][:2])
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+
+
+def test_data_rmt_without_calibration_images_is_refused():
+    with pytest.raises(
+        RmtdeployError, match="scores channels from calibration images: give calibration_batches"
+    ):
+        get_strategy("data-rmt").prune(nn.Linear(4, 4), keep_macs=0.5)
+    with pytest.raises(RmtdeployError, match="knob rank_tolerance=2.0"):
+        get_strategy("data-rmt", rank_tolerance=2.0)
+
+
+def test_cli_prune_with_data_rmt_and_no_calibration_says_so_before_loading():
+    result = run_rmtdeploy("prune", "--model", "resnet18", "--weights", "random", "--strategy", "data-rmt",
+                           "--keep-macs", "0.5", "--out", "unused-out")  # fmt: skip
+    assert_one_line_usage_error(
+        result, "strategy 'data-rmt' scores channels from calibration images: give --calibration"
+    )
+
+
+def test_cli_compress_with_data_rmt_and_no_data_says_so_before_any_work(tmp_path):
+    out = tmp_path / "run"
+    result = run_rmtdeploy("compress", "--model", "resnet18", "--weights", "random", "--strategy", "data-rmt",
+                           "--target", "cpu-ort", "--out", str(out))  # fmt: skip
+    assert_one_line_usage_error(
+        result, "strategy 'data-rmt' scores channels from calibration images: give --data"
+    )
+    assert not out.exists()
