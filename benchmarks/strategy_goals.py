@@ -19,7 +19,7 @@ import statistics
 from pathlib import Path
 
 FIVE = ("magnitude", "rmt", "hybrid", "edge-budget", "dynamic")
-DATA = ("data-rmt", "data-rmt-centred")
+DATA = ("data-rmt", "data-rmt-raw", "data-rmt-centred")
 TRAP_TOLERANCE = 1.0
 MAGNITUDE_MARGIN = 2.0
 

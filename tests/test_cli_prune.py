@@ -10,7 +10,7 @@ import torch
 import rmtdeploy
 from rmtdeploy.cli import build_parser, main
 from rmtdeploy.scores import get_strategy
-from rmtdeploy.scores.request import SHORT_DISTILL_STEPS, _finetune_steps, default_strategy
+from rmtdeploy.scores.request import SHORT_DISTILL_STEPS, _finetune_steps
 
 
 def test_prune_writes_a_model_that_load_pruned_rebuilds(tmp_path, capsys):
@@ -145,8 +145,6 @@ def test_a_strategy_that_takes_a_finetune_hook_distils_by_default_with_images(
 
 
 def test_default_strategy_and_head_rounding_follow_the_accuracy_benchmark():
-    # docs/strategies.md: with calibration images data-rmt starts highest on average, without them hybrid;
-    # floor head rounding kept ViT heads.
+    # docs/strategies.md: hybrid held on both tasks, with data or without; floor head rounding kept ViT heads.
     args = build_parser().parse_args(["prune", "--model", "m", "--keep-macs", "0.5", "--out", "o"])
-    assert (args.strategy, args.head_rounding) == (None, "floor")
-    assert (default_strategy(False), default_strategy(True)) == ("hybrid", "data-rmt")
+    assert (args.strategy, args.head_rounding) == ("hybrid", "floor")

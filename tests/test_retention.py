@@ -209,6 +209,6 @@ def test_without_group_l2_there_is_no_goal():
     assert goal(POINTS, "vit", settings) == {}
 
 
-def test_the_default_criteria_are_the_five_strategies_and_the_four_peers():
-    assert Settings().criteria == CRITERIA == ("magnitude", "rmt", "hybrid", "edge-budget", "dynamic",
+def test_the_default_criteria_are_the_strategies_and_the_four_peers():
+    assert Settings().criteria == CRITERIA == ("magnitude", "rmt", "hybrid", "edge-budget", "dynamic", "data-rmt",
                                                "tp-l1", "tp-taylor", "tp-hessian", "tp-random")  # fmt: skip

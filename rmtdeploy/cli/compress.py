@@ -41,8 +41,8 @@ def add_parser(commands) -> None:
     )
     parser.add_argument(
         "--strategy",
-        help="magnitude | rmt | hybrid | edge-budget | dynamic | data-rmt (default: data-rmt when there is data, "
-        "as with --data or --weights trained, else hybrid)",
+        help="magnitude | rmt | hybrid | edge-budget | dynamic | data-rmt (default hybrid; data-rmt reads --data, "
+        "or the training set with --weights trained)",
     )
     parser.add_argument(
         "--knob", action="append", default=[], metavar="NAME=VALUE", help="strategy knob (repeatable)"

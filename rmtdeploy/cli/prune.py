@@ -20,8 +20,9 @@ def add_parser(commands) -> None:
     ui.add_output_arguments(parser)
     parser.add_argument(
         "--strategy",
-        help=f"{' | '.join(stage.strategy_names())} (default: {stage.DATA_DEFAULT_STRATEGY} with --calibration, "
-        f"else {stage.DEFAULT_STRATEGY}: the best of them in the accuracy benchmark); see docs/strategies.md",
+        default=stage.DEFAULT_STRATEGY,
+        help=f"{' | '.join(stage.strategy_names())} (default: {stage.DEFAULT_STRATEGY}, the best of them in the "
+        "accuracy benchmark; data-rmt needs --calibration); see docs/strategies.md",
     )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument(
@@ -112,10 +113,9 @@ def _add_calibration_arguments(parser, stage) -> None:
 
 
 def run(args) -> int:
-    from rmtdeploy.pruning.stage import default_strategy, prune
+    from rmtdeploy.pruning.stage import prune
 
-    chosen = args.strategy or default_strategy(args.calibration is not None)
-    with ui.spinner(f"pruning {args.model} with {chosen}", enabled=not args.json) as status:
+    with ui.spinner(f"pruning {args.model} with {args.strategy}", enabled=not args.json) as status:
         run = prune(
             ui.model_source(args),
             args.out,

@@ -108,7 +108,7 @@ def compress(
 
 def _check(recipe, overrides: dict[str, Any]) -> Checked:
     """The recipe resolved and every setting checked that needs no model (target, strategy, data)."""
-    from rmtdeploy.pruning.stage import default_strategy, get_strategy, open_data
+    from rmtdeploy.pruning.stage import get_strategy, open_data
     from rmtdeploy.targets import load_target
 
     if isinstance(recipe, CompressRecipe):
@@ -122,8 +122,6 @@ def _check(recipe, overrides: dict[str, Any]) -> Checked:
         # The model learns this set (its train section was checked with the recipe); it is also the data it
         # is measured on.
         resolved.data = resolved.scratch_recipe().dataset
-    if resolved.strategy is None:
-        resolved.strategy = default_strategy(resolved.data is not None)
     strategy = get_strategy(resolved.strategy, **resolved.knobs)
     source = None
     if resolved.weights != "trained":

@@ -26,12 +26,10 @@ from rmtdeploy.pruning.plan import PRUNED_FILES, layer_report, write_pruned
 from rmtdeploy.pruning.result import PruneResult
 from rmtdeploy.scores import get_strategy, strategy_names
 from rmtdeploy.scores.request import (
-    DATA_DEFAULT_STRATEGY,
     DEFAULT_STRATEGY,
     SHORT_DISTILL_STEPS,
     PruneSettings,
     check_prune_request,
-    default_strategy,
 )
 
 REPORT_FILE = "report.json"
@@ -102,7 +100,7 @@ def prune(
     *,
     keep_macs: float | None = None,
     keep_params: float | None = None,
-    strategy: str | None = None,
+    strategy: str = DEFAULT_STRATEGY,
     knobs: dict[str, Any] | None = None,
     target: str = DEFAULT_TARGET,
     round_to: int | None = None,
@@ -121,7 +119,7 @@ def prune(
     """Prune ``model`` (a name, a :class:`ModelSource` or a loaded model) and write it to ``out``.
 
     The budget is ``keep_macs`` or ``keep_params`` (a fraction in (0, 1]). ``strategy`` with its ``knobs``
-    scores the channels (``rmtdeploy.scores``; None: data-rmt with ``calibration`` images, else hybrid); ``target`` (a profile name, alias or YAML path) sets the
+    scores the channels (``rmtdeploy.scores``); ``target`` (a profile name, alias or YAML path) sets the
     channel multiple unless ``round_to`` does. ``calibration``: an ImageFolder whose first
     ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
     between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
@@ -327,6 +325,5 @@ def _say(status: Status | None, text: str) -> None:
 # Besides the stage call, what its callers (the pipeline, the CLI) use: they import nothing from the
 # mechanisms below the stage floor (docs/architecture.md, tests/test_architecture.py).
 __all__ = [
-    "DATA_DEFAULT_STRATEGY", "DEFAULT_STRATEGY", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun",
-    "default_strategy", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
+    "DEFAULT_STRATEGY", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
 ]  # fmt: skip

@@ -14,16 +14,9 @@ from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.pruning.arguments import check_pruning_arguments
 from rmtdeploy.scores.registry import get_strategy
 
-# The accuracy benchmark's choice (docs/strategies.md, "Which strategy to pick"): with calibration images,
-# data-rmt starts highest on average at deep cuts; without them, hybrid is the best data-free strategy.
+# The accuracy benchmark's choice (docs/strategies.md, "Which strategy to pick"), with data or without:
+# data-rmt led on one task (mnist5k) and trailed on the other (sign-digits), hybrid held on both.
 DEFAULT_STRATEGY = "hybrid"
-DATA_DEFAULT_STRATEGY = "data-rmt"
-
-
-def default_strategy(have_images: bool) -> str:
-    """The strategy used when none is named: data-rmt when calibration images are at hand, else hybrid."""
-    return DATA_DEFAULT_STRATEGY if have_images else DEFAULT_STRATEGY
-
 
 SHORT_DISTILL_STEPS = (
     32  # the dynamic strategy's distillation steps per pruning step, with calibration images
@@ -52,8 +45,6 @@ def check_prune_request(
 
     if keep_macs is None and keep_params is None and latency_budget_ms is None:
         raise RmtdeployError("give a budget: keep_macs or keep_params (a fraction in (0, 1])")
-    if strategy is None:
-        strategy = default_strategy(calibration is not None)
     chosen = get_strategy(strategy, **(knobs or {}))
     profile = load_target(target)
     multiple = profile.channel_multiple if round_to is None else round_to
