@@ -73,6 +73,16 @@ class SignalFlowImportance(SignalEnergyImportance):
         return power if reading is None else power * reading
 
 
+def check_signal_knobs(strategy: Strategy) -> None:
+    """The range checks of the signal-energy knobs (``tie_break``, ``tracy_widom_level``) rmt shares."""
+    strategy.require(strategy.tie_break >= 0, "tie_break", "must be >= 0")
+    strategy.require(
+        0 < strategy.tracy_widom_level < 1,
+        "tracy_widom_level",
+        "a quantile, must lie strictly between 0 and 1",
+    )
+
+
 @register_strategy("rmt")
 @dataclass
 class RmtStrategy(Strategy):
@@ -84,12 +94,7 @@ class RmtStrategy(Strategy):
     score: Score = "signal"
 
     def check_knobs(self) -> None:
-        self.require(self.tie_break >= 0, "tie_break", "must be >= 0")
-        self.require(
-            0 < self.tracy_widom_level < 1,
-            "tracy_widom_level",
-            "a quantile, must lie strictly between 0 and 1",
-        )
+        check_signal_knobs(self)
 
     def settings(self, model: nn.Module, keep: float) -> PrunerSettings:
         spectra = channel_spectra_by_module(
