@@ -110,9 +110,9 @@ class _InterruptAt(Reporter):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-@pytest.mark.parametrize(
-    "crash", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["ctrl-c", "crash-after-a-checkpoint"]
-)
+# make test-slow: 15 s each; make test keeps compress's Ctrl-C-and-resume test (tests/test_compress.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("crash", [False, True], ids=["ctrl-c", "crash-after-a-checkpoint"])
 def test_an_interrupted_run_resumes_to_the_same_weights(pruned, tmp_path, crash):
     """Mid-epoch (23 steps per epoch): Ctrl-C at step 17 checkpoints there; a crash at step 17 leaves the
     step-15 checkpoint. Either way the resumed run ends where the uninterrupted one does."""
@@ -170,6 +170,7 @@ json.dump({"digest": digest, "losses": steps, "world": run.record["world_size"]}
 """
 
 
+@pytest.mark.slow  # 15 s of two processes on two cores; make test-slow
 def test_ddp_on_two_cpu_processes_keeps_the_ranks_identical(pruned, tmp_path):
     root, _ = pruned
     script = tmp_path / "ddp.py"
