@@ -120,6 +120,45 @@ def _channel_spectra_by_module(
     }
 
 
+class BlockTally:
+    """A module's fit summed over its blocks (one, or q/k/v of a fused projection): which fitted, the energy
+    above the edges, spikes, directions, α and whether every bulk passes its KS test. The weight view and
+    the data view (:mod:`rmtdeploy.scores.data_spectra`) add their blocks here the same way."""
+
+    def __init__(self) -> None:
+        self.fitted, self.bulk_is_mp = False, True
+        self.energy_above = self.total = 0.0
+        self.spikes = self.directions = 0
+        self.alphas: list[float] = []
+
+    def add(self, spectrum: LayerSpectrum, energy: float) -> int:
+        """Count one block (its fit and its total energy); returns its spikes (0 without a fit)."""
+        ok = spectrum.status == STATUS_OK
+        k = spectrum.spikes if ok else 0
+        p = min(spectrum.shape)
+        self.fitted |= ok
+        self.total += energy
+        self.energy_above += (spectrum.ser or 0.0) * energy
+        self.spikes += k
+        self.directions += p
+        if spectrum.alpha is not None:
+            self.alphas.append(spectrum.alpha)
+        if ok:
+            self.bulk_is_mp &= spectrum.ks <= KS_CRITICAL_99 / math.sqrt(p - k)
+        return k
+
+    def summary(self) -> dict:
+        """The module-wide fields of :class:`ChannelSpectra`."""
+        return {
+            "fitted": self.fitted,
+            "ser": self.energy_above / self.total if self.total > 0 else 0.0,
+            "spikes": self.spikes,
+            "signal_fraction": self.spikes / self.directions if self.directions else 0.0,
+            "alpha": sum(self.alphas) / len(self.alphas) if self.alphas else None,
+            "bulk_is_mp": self.bulk_is_mp,
+        }
+
+
 def _module_channel_spectra(
     weight: torch.Tensor, blocks: list[tuple[WeightMatrix, LayerSpectrum]], scales: dict[str, torch.Tensor]
 ) -> ChannelSpectra:
@@ -128,39 +167,19 @@ def _module_channel_spectra(
     taps = weight[0].numel() // in_channels  # kernel positions per input channel (1 for Linear)
     row_signal, row_energy = [], []
     col_signal = torch.zeros(in_channels)
-    energy_above = total = 0.0
-    spikes = directions = 0
-    alphas = []
-    fitted = False
-    bulk_is_mp = True
+    tally = BlockTally()
     for item, spectrum in blocks:
-        ok = spectrum.status == STATUS_OK
-        fitted |= ok
-        k = spectrum.spikes if ok else 0
+        k = tally.add(spectrum, float(item.matrix.double().pow(2).sum()))
         rows_signal, cols_signal = channel_signal_energy(item.matrix, k)
         row_signal.append(rows_signal)
         row_energy.append(item.matrix.pow(2).sum(1))
         col_signal += cols_signal.reshape(in_channels, taps).sum(1)
-        block_energy = float(item.matrix.double().pow(2).sum())
-        total += block_energy
-        energy_above += (spectrum.ser or 0.0) * block_energy
-        spikes += k
-        directions += min(item.matrix.shape)
-        if spectrum.alpha is not None:
-            alphas.append(spectrum.alpha)
-        if ok:
-            bulk_is_mp &= spectrum.ks <= KS_CRITICAL_99 / math.sqrt(min(item.matrix.shape) - k)
     return ChannelSpectra(
-        fitted=fitted,
         row_signal=torch.cat(row_signal),
         row_energy=torch.cat(row_energy),
         col_signal=col_signal,
         col_energy=weight.reshape(weight.shape[0], in_channels, taps).pow(2).sum((0, 2)),
-        ser=energy_above / total if total > 0 else 0.0,
-        spikes=spikes,
-        signal_fraction=spikes / directions if directions else 0.0,
-        alpha=sum(alphas) / len(alphas) if alphas else None,
-        bulk_is_mp=bulk_is_mp,
+        **tally.summary(),
         row_scale=scales.get("rows"),
         col_scale=scales.get("cols"),
     )

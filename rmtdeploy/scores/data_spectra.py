@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.scores.channel_spectra import KS_CRITICAL_99, ChannelSpectra
+from rmtdeploy.scores.channel_spectra import BlockTally, ChannelSpectra
 from rmtdeploy.scores.norm_scales import norm_channel_scales
 from rmtdeploy.spectra import SpectralFitConfig, WeightMatrix, weight_matrices
-from rmtdeploy.spectra.analysis import STATUS_OK, analyze_singular_values
+from rmtdeploy.spectra.analysis import analyze_singular_values
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def data_channel_spectra_by_module(
     data_config: DataSpectraConfig | None = None,
 ) -> dict[str, ChannelSpectra]:
     """The channel view of every (non-grouped) Linear/Conv2d of ``model``, fitted on W·Σ½ with Σ its
-    inputs' second moment over ``batches``. Rows carry the norm scale applied after the layer (BatchNorm,
+    inputs' covariance over ``batches`` (their second moment with ``data_config.centred`` off). Rows carry the norm scale applied after the layer (BatchNorm,
     layer scale): the data has not seen it yet. Columns carry none: the data has seen the norm before."""
     data_config = data_config or DataSpectraConfig()
     matrices = [m for m in weight_matrices(model) if m.kind != "depthwise_conv"]
@@ -163,9 +163,7 @@ def _module_data_spectra(
     row_signal, row_energy = [], []
     col_signal = torch.zeros(in_channels, dtype=torch.float64)
     col_energy = torch.zeros(in_channels, dtype=torch.float64)
-    energy_above = total = 0.0
-    spikes = directions = 0
-    alphas, fitted, bulk_is_mp = [], False, True
+    tally = BlockTally()
     for item in blocks:
         w = item.matrix.double()
         output_moment = (w @ sigma @ w.T) if sigma.ndim == 2 else (w * sigma) @ w.T  # W Σ Wᵀ = M Mᵀ
@@ -176,34 +174,18 @@ def _module_data_spectra(
             eigenvalues.flip(0)[: min(shape)].sqrt().numpy(), shape, item.name, config,
             module=item.module_name, block=item.block, kind=item.kind,
         )  # fmt: skip
-        ok = spectrum.status == STATUS_OK
-        fitted |= ok
-        k = spectrum.spikes if ok else 0
+        k = tally.add(spectrum, float(eigenvalues.sum()))
         top, top_values = vectors[:, len(eigenvalues) - k :], eigenvalues[len(eigenvalues) - k :]
         row_signal.append((top.pow(2) * top_values).sum(1))
         row_energy.append(output_moment.diagonal().clamp_min(0))
         col_signal += ((top.T @ w).pow(2).sum(0) * diagonal).reshape(in_channels, taps).sum(1)
         col_energy += (w.pow(2).sum(0) * diagonal).reshape(in_channels, taps).sum(1)
-        block_energy = float(eigenvalues.sum())
-        total += block_energy
-        energy_above += (spectrum.ser or 0.0) * block_energy
-        spikes += k
-        directions += min(shape)
-        if spectrum.alpha is not None:
-            alphas.append(spectrum.alpha)
-        if ok:
-            bulk_is_mp &= spectrum.ks <= KS_CRITICAL_99 / (min(shape) - k) ** 0.5
     return ChannelSpectra(
-        fitted=fitted,
         row_signal=torch.cat(row_signal).float(),
         row_energy=torch.cat(row_energy).float(),
         col_signal=col_signal.float(),
         col_energy=col_energy.float(),
-        ser=energy_above / total if total > 0 else 0.0,
-        spikes=spikes,
-        signal_fraction=spikes / directions if directions else 0.0,
-        alpha=sum(alphas) / len(alphas) if alphas else None,
-        bulk_is_mp=bulk_is_mp,
+        **tally.summary(),
         row_scale=row_scale,
         col_scale=None,
     )
