@@ -129,11 +129,7 @@ def _check(recipe, overrides: dict[str, Any]) -> Checked:
         # beside it naming another model is refused before the run starts.
         source = resolved.model_source().resolve()
         source.check_architecture()
-    if strategy.reads_calibration and resolved.data is None:
-        raise RmtdeployError(
-            f"strategy '{strategy.name}' scores channels from calibration images: give {{param}}",
-            param="data",
-        )
+    strategy.check_calibration(resolved.data is not None, "data")
     data = open_data(resolved.data) if resolved.data is not None else None
     if data is not None and source is not None and source.expected_classes() != data.num_classes:
         raise RmtdeployError(

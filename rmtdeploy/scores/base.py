@@ -68,6 +68,15 @@ class Strategy:
         if not holds:
             raise RmtdeployError(f"strategy '{self.name}' knob {knob}={getattr(self, knob)!r}: {expected}")
 
+    def check_calibration(self, given: bool, param: str, hint: str = "") -> None:
+        """Refuse a strategy that reads calibration images when none are ``given``; ``param`` names where
+        they go (``calibration_batches`` here, the prune stage's ``calibration``, compress's ``data``)."""
+        if self.reads_calibration and not given:
+            raise RmtdeployError(
+                f"strategy '{self.name}' scores channels from calibration images: give {{param}}{hint}",
+                param=param,
+            )
+
     @classmethod
     def knob_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls) if f.init]
@@ -96,14 +105,8 @@ class Strategy:
         from rmtdeploy.adapters import get_adapter
         from rmtdeploy.pruning import prune_model, recalibrate_batchnorm
 
-        data = {}
-        if self.reads_calibration:
-            if calibration_batches is None:
-                raise RmtdeployError(
-                    f"strategy '{self.name}' scores channels from calibration images: give {{param}}",
-                    param="calibration_batches",
-                )
-            data = {"calibration_batches": calibration_batches}
+        self.check_calibration(calibration_batches is not None, "calibration_batches")
+        data = {"calibration_batches": calibration_batches} if self.reads_calibration else {}
         get_adapter(model)  # a model its family's adapter cannot prune is refused before any spectrum fit
 
         keep = keep_macs if keep_macs is not None else keep_params

@@ -56,12 +56,9 @@ def check_prune_request(
         head_rounding=head_rounding,
         latency_budget_ms=latency_budget_ms,
     )
-    if chosen.reads_calibration and calibration is None:
-        raise RmtdeployError(
-            f"strategy '{chosen.name}' scores channels from calibration images: give {{param}} "
-            "(a built-in dataset's name or an image folder)",
-            param="calibration",
-        )
+    chosen.check_calibration(
+        calibration is not None, "calibration", " (a built-in dataset's name or an image folder)"
+    )
     data = _check_calibration(calibration, calibration_images) if calibration is not None else None
     return PruneSettings(
         strategy=chosen,
