@@ -177,8 +177,9 @@ def search_keep_for_latency(
         "backend": "onnxruntime-cpu",
     }
     with tempfile.TemporaryDirectory(prefix="rmtdeploy-budget-") as tmp, reused_spectra():
-        trial = _Trials(loaded, strategy, round_to, latency_aware, Path(tmp), conditions, budget_ms)
-        trial.calibration = calibration
+        trial = _Trials(
+            loaded, strategy, round_to, latency_aware, Path(tmp), conditions, budget_ms, calibration
+        )
         search = BudgetSearch(budget_ms, 1.0, trial.dense_ms(), conditions=conditions)
         trial.judge_against(reference, search)
         where = f"on {reference['device']} (estimated)" if reference else f"(ORT CPU, {threads} threads)"
@@ -225,13 +226,23 @@ def _bisect(trial, search: BudgetSearch, low: dict[str, Any], say) -> float:
 class _Trials:
     """Prunes, exports and times one keep ratio at a time (the dense graph exported once)."""
 
-    def __init__(self, loaded, strategy, round_to, latency_aware, folder: Path, conditions, budget_ms: float):
+    def __init__(
+        self,
+        loaded,
+        strategy,
+        round_to,
+        latency_aware,
+        folder: Path,
+        conditions,
+        budget_ms: float,
+        calibration=None,
+    ):
         self.loaded, self.strategy, self.round_to, self.budget_ms = loaded, strategy, round_to, budget_ms
         self.latency_aware, self.folder, self.conditions = latency_aware, folder, conditions
         self.dense_path = folder / "dense.onnx"
         self._dense_ms: float | None = None
         self.device_dense_ms: float | None = None
-        self.calibration = None  # the data source of a strategy that reads calibration images
+        self.calibration = calibration  # the data source of a strategy that reads calibration images
         self._batches: list | None = None
 
     def judge_against(self, reference: dict[str, Any] | None, search: BudgetSearch) -> None:

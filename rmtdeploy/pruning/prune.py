@@ -136,10 +136,7 @@ def _allocate(
     """The trial meeting the budget, its factor, and the latency-aware record: with ``weights`` a chooser,
     MAC-only and the tilted allocations each meet the budget and the one it measures fastest is kept.
     ``limits``: ``min_keep`` and ``reference`` of :func:`prune_model`."""
-    bounds = {
-        "min_keep": _min_keep(model, units, limits["min_keep"]),
-        "reference": _reference_fulls(dense, units, limits["reference"]),
-    }
+    bounds = _width_bounds(model, dense, units, limits)
     measured = callable(weights)
     if measured:
         owners = [u.owners for u in units]
@@ -159,6 +156,22 @@ def _allocate(
     return (*trials[chosen], {**record, "weights": maps[chosen]})
 
 
+def _width_bounds(model, dense, units, limits) -> dict[str, list | None]:
+    """The allocator's per-unit bounds from ``limits`` (``min_keep``, ``reference`` of :func:`prune_model`)."""
+    return {
+        "min_keep": _min_keep(model, units, limits["min_keep"]),
+        "reference": _reference_fulls(dense, units, limits["reference"]),
+    }
+
+
+def _budget_metric(keep_macs, keep_params, dense_cost: tuple[int, int]) -> tuple[str, float | None, int]:
+    """(the budget's unit, the fraction to keep, the dense model's cost in that unit): params when
+    ``keep_params`` is given, else MACs."""
+    if keep_params is not None:
+        return "params", keep_params, dense_cost[1]
+    return "MACs", keep_macs, dense_cost[0]
+
+
 def _allocation(table: LatencyTable | None, budget_ms: float | None):
     """The allocation that meets the budget: by the width rules alone (:func:`_allocate`), or along a latency
     table's greedy path."""
@@ -170,11 +183,9 @@ def _allocate_by_table(model, dense, units, rules, pruning_ratio_dict, weights, 
     """The trial a latency table's greedy path gives at the budget (MACs, parameters or predicted ms)."""
     (table, budget_ms), (keep_macs, keep_params, dense_cost) = table, budget
     table.check_model(layer_widths(dense))
-    bounds = {"min_keep": _min_keep(model, units, limits["min_keep"]),
-              "reference": _reference_fulls(dense, units, limits["reference"])}  # fmt: skip
+    bounds = _width_bounds(model, dense, units, limits)
     allocator = WidthAllocator(units, rules, _base_ratios(model, units, pruning_ratio_dict), **bounds)
-    metric, keep = ("MACs", keep_macs) if keep_params is None else ("params", keep_params)
-    dense_value = dense_cost[0] if metric == "MACs" else dense_cost[1]
+    metric, keep, dense_value = _budget_metric(keep_macs, keep_params, dense_cost)
     target = None if keep is None else dense_value * keep
     builder = _TrialBuilder(dense, adapter, units, example_inputs)
     widths, position, record = allocate_by_table(
@@ -275,8 +286,7 @@ def _meet_budget(
     """The trial whose MACs (or params) meet the budget, and its factor; no budget: the ratios as given."""
     if keep_macs is None and keep_params is None:
         return builder.build(allocator.widths(1.0)), 1.0
-    metric, keep = ("MACs", keep_macs) if keep_macs is not None else ("params", keep_params)
-    dense_value = dense_cost[0] if metric == "MACs" else dense_cost[1]
+    metric, keep, dense_value = _budget_metric(keep_macs, keep_params, dense_cost)
     found = search_widths(
         allocator,
         lambda widths: builder.measure(widths, metric, dense_value * keep),
