@@ -278,6 +278,10 @@ def test_the_report_opens_with_its_answer(quick_run):
         ),
         (["--model", "resnet18", "--weights", "random", "--epochs", "-1"], "finetune.epochs must be"),
         (
+            ["--model", "resnet18", "--weights", "random", "--strategy", "data-rmt"],
+            "strategy 'data-rmt' scores channels from calibration images: give --data",
+        ),
+        (
             [
                 "--model",
                 "resnet18",

@@ -6,7 +6,6 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from cli_checks import assert_one_line_usage_error, run_rmtdeploy
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
@@ -108,21 +107,3 @@ def test_data_rmt_without_calibration_images_is_refused():
         get_strategy("data-rmt").prune(nn.Linear(4, 4), keep_macs=0.5)
     with pytest.raises(RmtdeployError, match="knob rank_tolerance=2.0"):
         get_strategy("data-rmt", rank_tolerance=2.0)
-
-
-def test_cli_prune_with_data_rmt_and_no_calibration_says_so_before_loading():
-    result = run_rmtdeploy("prune", "--model", "resnet18", "--weights", "random", "--strategy", "data-rmt",
-                           "--keep-macs", "0.5", "--out", "unused-out")  # fmt: skip
-    assert_one_line_usage_error(
-        result, "strategy 'data-rmt' scores channels from calibration images: give --calibration"
-    )
-
-
-def test_cli_compress_with_data_rmt_and_no_data_says_so_before_any_work(tmp_path):
-    out = tmp_path / "run"
-    result = run_rmtdeploy("compress", "--model", "resnet18", "--weights", "random", "--strategy", "data-rmt",
-                           "--target", "cpu-ort", "--out", str(out))  # fmt: skip
-    assert_one_line_usage_error(
-        result, "strategy 'data-rmt' scores channels from calibration images: give --data"
-    )
-    assert not out.exists()
