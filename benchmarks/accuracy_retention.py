@@ -226,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--finetune-epochs", type=int, help="with --finetune default: override the recipe's epochs"
     )
+    parser.add_argument("--latency-tables", type=Path, metavar="DIR",
+                        help="<family>.latency_table.json per family (benchmarks/latency_table.py --tables-out), for the "
+                             "hybrid-table criterion; each point then records the table's predicted ms")  # fmt: skip
+    parser.add_argument("--export-onnx", type=Path, metavar="DIR",
+                        help="export the hybrid and hybrid-table points and each dense model here, for "
+                             "benchmarks/accuracy_latency.py to time on an idle machine")  # fmt: skip
     parser.add_argument("--baseline", type=Path, help="an earlier results JSON whose rows join this table")
     parser.add_argument("--baseline-criteria", nargs="+", default=["magnitude", "rmt"], metavar="C")
     args = parser.parse_args(argv)
@@ -246,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.families == list(FAMILIES):
             families = ["resnet", "vit"]
         seeds = [0]
+    if "hybrid-table" in settings.criteria and args.latency_tables is None:
+        parser.error("the hybrid-table criterion needs --latency-tables DIR")
+    settings = dataclasses.replace(
+        settings,
+        latency_tables=str(args.latency_tables.resolve()) if args.latency_tables else None,
+        export_onnx=str(args.export_onnx.resolve()) if args.export_onnx else None,
+    )
     if args.image_size is not None:
         if args.image_size < 8:
             parser.error(f"--image-size must be at least 8 pixels, got {args.image_size}")

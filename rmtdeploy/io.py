@@ -165,12 +165,15 @@ class OutputFolder:
     def commit(self) -> list[Path]:
         """Swap the staged files into ``out``, manifest last; returns the files' final paths."""
         staging = self.staging
-        names = sorted(p.name for p in staging.iterdir())
-        missing = [name for name in self.produces if name not in names]
+        top = sorted(p.name for p in staging.iterdir())
+        missing = [name for name in self.produces if name not in top]
         if missing:
             raise RuntimeError(f"stage {self.stage} did not write {', '.join(missing)}")
-        for path in staging.iterdir():
-            os.chmod(path, _umask_mode())
+        # A stage may write sub-folders (a bundle's latency_table/): the manifest lists their files by
+        # relative path, so every file is hashed, verified and replaced one by one like the others.
+        names = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        for path in staging.rglob("*"):
+            os.chmod(path, 0o777 & ~_umask() if path.is_dir() else _umask_mode())
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": MANIFEST_VERSION,
@@ -185,7 +188,7 @@ class OutputFolder:
             self._replace_files(names)
         self._staging = None
         self.committed = True
-        return [self.out / name for name in names]
+        return [self.out / name for name in top]  # the top-level entries: files and sub-folders
 
     def _replace_files(self, names: list[str]) -> None:
         # ``out`` holds an earlier run of this stage (perhaps with files the user added, which stay): replace
@@ -197,11 +200,13 @@ class OutputFolder:
         for name in previous:
             if name not in names:
                 (self.out / name).unlink(missing_ok=True)
+                _remove_empty_parents(self.out, name)
         for name in names:
+            (self.out / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.staging / name, self.out / name)
         os.replace(self.staging / MANIFEST_FILE, self.out / MANIFEST_FILE)
         (self.out / _REPLACED_MANIFEST).unlink(missing_ok=True)
-        self.staging.rmdir()
+        shutil.rmtree(self.staging)  # only the emptied sub-folders are left in it
 
 
 def verify_output_folder(directory: str | os.PathLike, stage: str | tuple[str, ...]) -> dict[str, Any]:
@@ -251,12 +256,27 @@ def json_text(obj: Any) -> str:
 
 
 def _manifest_files(directory: Path) -> list[str]:
+    """The files the folder's manifest lists (sub-folders' by relative path), never one outside it."""
     files = (_own_manifest(directory) or {}).get("files")
-    return (
-        [name for name in files if "/" not in name and name != MANIFEST_FILE]
-        if isinstance(files, dict)
-        else []
-    )
+    if not isinstance(files, dict):
+        return []
+    return [name for name in files if _inside(name) and name != MANIFEST_FILE]
+
+
+def _inside(name: str) -> bool:
+    parts = name.split("/")
+    return not name.startswith("/") and "\\" not in name and all(p not in ("", ".", "..") for p in parts)
+
+
+def _remove_empty_parents(out: Path, name: str) -> None:
+    """After ``out/name`` went: its sub-folders that are now empty (never ``out`` itself)."""
+    parent = (out / name).parent
+    while parent != out:
+        try:
+            parent.rmdir()  # only when empty: a file the user added keeps its folder
+        except OSError:
+            return
+        parent = parent.parent
 
 
 def _own_manifest(directory: Path) -> dict[str, Any] | None:

@@ -388,12 +388,28 @@ def _curve_file(path: Path, dense_macs: int, target: str = "jetson-orin-nano") -
     return str(path)
 
 
+def _board_table_file(path: Path, plan, groups) -> str:
+    """A board's bench.json carrying a latency table's record (bench_on_device.py --latency-table)."""
+    path.write_text(json.dumps({
+        "format": "rmtdeploy-bench", "samples_ms": {"dense": [2.0, 2.1], "pruned": [1.0, 1.1]},
+        "conditions": {"backend": "tensorrt", "interleave": True},
+        "latency_table": {"plan": plan, "precision": "fp16", "runs": 2, "warmup": 1, "groups": groups},
+    }))  # fmt: skip
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def device_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("device")
+    plan = {"format": "rmtdeploy-latency-table-plan", "version": 1, "graphs": {"dense": "dense.onnx"},
+            "groups": [{"labels": ["dense"], "reference": "dense"}]}  # fmt: skip
     return {"curve": _curve_file(root / "curve.json", 1_800_000_000),
             "other_model": _curve_file(root / "other.json", 123_000_000),
-            "agx": _curve_file(root / "agx.json", 1_800_000_000, target="jetson-agx-orin")}  # fmt: skip
+            "agx": _curve_file(root / "agx.json", 1_800_000_000, target="jetson-agx-orin"),
+            "table_untimed": _board_table_file(root / "untimed.json", plan, []),
+            "table_no_plan": _board_table_file(root / "no_plan.json", {"format": "rmtdeploy-bench"}, []),
+            "table_bad_samples": _board_table_file(root / "bad_samples.json", plan, [
+                {"labels": ["dense"], "reference": "dense", "samples_ms": {"dense": [1.0, -2.0]}}])}  # fmt: skip
 
 
 SWEEP_BUNDLE = ["bundle", "--pruned", "{pruned}", "--target", "jetson"]
@@ -418,6 +434,11 @@ DEVICE_CASES = [
     ([*DEVICE_BUDGET, "5", "--device-results", "{inputs}/bench.json"], "too few points for a measured curve"),
     ([*DEVICE_BUDGET, "5", "--device-results", "{agx}"], "was measured for target jetson-agx-orin"),
     ([*DEVICE_BUDGET, "5", "--device-results", "{curve}", "--latency-reference", "{curve}"], "give one device file"),
+    (["bench", "--import", "{table_untimed}"], "untimed.json: its latency table is not usable: the plan has 1 group(s), the board timed 0"),
+    (["bench", "--import", "{table_no_plan}"],
+     "its latency table is not usable: its plan is not a latency-table plan (rmtdeploy-latency-table-plan version 1)"),
+    (["bench", "--import", "{table_bad_samples}"],
+     "its latency table is not usable: group 1: the samples of dense are not positive milliseconds"),
 ]  # fmt: skip
 
 

@@ -126,3 +126,50 @@ def test_a_replace_that_stopped_half_way_is_still_this_stages_folder(tmp_path):
     assert verify_output_folder(out, "analyze")["files"] == {
         "spectra.json": file_sha256(out / "spectra.json")
     }
+
+
+def test_a_stage_folder_with_a_sub_folder_is_hashed_verified_and_replaced_file_by_file(tmp_path):
+    """A bundle's latency_table/ sub-folder: its files are in the manifest by relative path (a changed one is
+    refused), a forced rerun replaces them and drops the ones it no longer writes, and a file the user (or
+    the board) added there stays."""
+    out = tmp_path / "bundle"
+    with OutputFolder(out, ["bundle.json"], force=False, stage="bundle") as folder:
+        folder.write_text("bundle.json", "{}")
+        folder.path("table").mkdir()
+        for name in ("plan.json", "a.onnx", "b.onnx"):
+            folder.write_text(f"table/{name}", name)
+        files = folder.commit()
+    assert [p.name for p in files] == ["bundle.json", "table"]
+    listed = verify_output_folder(out, "bundle")["files"]
+    assert sorted(listed) == ["bundle.json", "table/a.onnx", "table/b.onnx", "table/plan.json"]
+    (out / "table" / "a.engine").write_text("built on the board")
+    (out / "table" / "b.onnx").write_text("changed")
+    with pytest.raises(RmtdeployError, match=r"table/b.onnx changed after its run wrote it"):
+        verify_output_folder(out, "bundle")
+
+    with OutputFolder(out, ["bundle.json"], force=True, stage="bundle") as folder:
+        folder.write_text("bundle.json", "{}")
+        folder.path("table").mkdir()
+        folder.write_text("table/plan.json", "new plan")
+        folder.write_text("table/c.onnx", "c")
+        folder.commit()
+    assert sorted(p.name for p in (out / "table").iterdir()) == ["a.engine", "c.onnx", "plan.json"]
+    assert (out / "table" / "plan.json").read_text() == "new plan"
+    listed = sorted(verify_output_folder(out, "bundle")["files"])
+    assert listed == ["bundle.json", "table/c.onnx", "table/plan.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging folder left
+
+    with OutputFolder(out, ["bundle.json"], force=True, stage="bundle") as folder:
+        folder.write_text("bundle.json", "{}")
+        folder.commit()  # no table this time: its files go, the folder stays for the user's engine
+    assert sorted(p.name for p in (out / "table").iterdir()) == ["a.engine"]
+    (out / "table" / "a.engine").unlink()
+    with OutputFolder(out, ["bundle.json"], force=True, stage="bundle") as folder:
+        folder.write_text("bundle.json", "{}")
+        folder.path("table").mkdir()
+        folder.write_text("table/plan.json", "p")
+        folder.commit()
+    with OutputFolder(out, ["bundle.json"], force=True, stage="bundle") as folder:
+        folder.write_text("bundle.json", "{}")
+        folder.commit()
+    assert sorted(p.name for p in out.iterdir()) == ["bundle.json", "manifest.json"]  # emptied: removed

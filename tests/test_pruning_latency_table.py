@@ -9,7 +9,13 @@ import pytest
 import timm
 import torch
 
-from rmtdeploy.benchmark.latency_table import grid_widths, measure_latency_table
+from rmtdeploy.benchmark.latency_table import (
+    assemble_latency_table,
+    grid_widths,
+    measure_latency_table,
+    timings_from_macs,
+)
+from rmtdeploy.benchmark.latency_table_plan import TablePlan, plan_latency_table
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.pruning import prune_model
 from rmtdeploy.pruning.allocate import WidthAllocator, WidthRules
@@ -270,6 +276,9 @@ def test_with_macs_for_times_the_table_predicts_the_counted_macs_of_any_pruned_r
     model = timm.create_model("resnet18", num_classes=10).eval()
     table = measure_latency_table(model, example_inputs=EXAMPLE, points=3, backend="macs")
     assert table.dense_ms == pytest.approx(table.dense_macs / 1e6) and len(table.layers) == 19
+    assert table.scale == pytest.approx(
+        1.0, rel=1e-4
+    )  # the structure is exact: the joint fit changes nothing
     additive = LatencyTable(**{**table.__dict__, "layers": {}})
     for extra in ({}, {"latency_table": table}):
         result = prune_model(model, keep_macs=0.4, example_inputs=EXAMPLE, **extra)
@@ -281,3 +290,32 @@ def test_with_macs_for_times_the_table_predicts_the_counted_macs_of_any_pruned_r
             not extra
         ):  # the same ratio everywhere narrows both sides of every conv: without the layers, far off
             assert additive.predict(widths) < 0.8 * result.pruned_macs / 1e6
+
+
+def test_the_joint_configurations_fit_how_the_units_savings_add_up_and_a_foreign_record_is_refused(tmp_path):
+    # Times are MACs, except that every joint configuration (all units cut at once) saves only half of what
+    # its MACs say: the fitted scale must be 0.5, and the scaled prediction must then meet each joint time.
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10).eval()
+    plan = plan_latency_table(model, None, example_inputs=EXAMPLE, points=3, calibration_points=4)
+    plan = TablePlan.from_dict(json.loads(json.dumps(plan.to_dict())))  # what a board reads back
+    timings = timings_from_macs(plan)
+    joints = {c["label"] for c in plan.data["calibration"]}
+    dense = plan.data["dense_macs"] / 1e6
+    for group in timings["groups"]:
+        for label in set(group["speedup"]) & joints:
+            ms = dense - 0.5 * (dense - plan.data["macs"][label] / 1e6)
+            group["speedup"][label] = [dense / ms] * 3
+    table = assemble_latency_table(plan, timings, {"backend": "test"})
+    assert table.scale == pytest.approx(0.5, rel=1e-3)
+    for point in table.calibration["points"]:
+        assert abs(point["error"]) < 1e-3
+    assert load_latency_table_roundtrip(table, tmp_path).scale == table.scale
+    timings["groups"][0]["labels"] = timings["groups"][0]["labels"][:-1]
+    with pytest.raises(RmtdeployError, match="does not fit the plan"):
+        assemble_latency_table(plan, timings, {"backend": "test"})
+
+
+def load_latency_table_roundtrip(table, tmp_path):
+    table.save(tmp_path / "table.json")
+    return load_latency_table(tmp_path / "table.json")

@@ -162,6 +162,26 @@ def test_every_point_reaches_its_keep_and_reports_both_columns(trained):
     assert out["dense"]["top1_eval"] > 30
 
 
+def test_hybrid_table_prunes_to_the_latency_its_table_predicts_for_hybrid_and_exports_both(trained, tmp_path):
+    from rmtdeploy.benchmark.latency_table import measure_latency_table
+
+    model, _, cache, _ = trained
+    # MACs for times: a prediction is then a MAC count, so equal predicted latency must mean equal MACs.
+    table = measure_latency_table(model, example_inputs=torch.zeros(1, 3, 16, 16), points=3, backend="macs")
+    (tmp_path / "tables").mkdir()
+    table.save(tmp_path / "tables" / "resnet.latency_table.json")
+    settings = dataclasses.replace(QUICK, criteria=("hybrid", "hybrid-table"), latency_tables=str(tmp_path / "tables"),
+                                   export_onnx=str(tmp_path / "onnx"))  # fmt: skip
+    mac_point, table_point = run_family_seed("resnet", 0, settings, cache)["points"]
+    assert table_point["predicted_ms"] <= mac_point["predicted_ms"] * (1 + 1e-6)
+    assert table_point["macs_kept"] == pytest.approx(mac_point["macs_kept"], abs=0.03)
+    assert table_point["widths"] != mac_point["widths"]  # the table's allocation, not hybrid's ratios
+    exported = {p.name for p in (tmp_path / "onnx").iterdir()}
+    assert exported == {"resnet-s0-dense.onnx", mac_point["onnx"], table_point["onnx"]}
+    with pytest.raises(ValueError, match="latency table"):
+        run_family_seed("resnet", 0, dataclasses.replace(settings, latency_tables=None), cache)
+
+
 # -- the table ----------------------------------------------------------------------------------------------
 
 

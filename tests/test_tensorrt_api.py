@@ -150,7 +150,10 @@ def test_every_trtexec_flag_rmtdeploy_writes_exists_in_that_version():
                     "static": static,
                     "int8": int8,
                     "fp16": True,
-                }
+                    # a latency table's engines too (bundle --latency-table): the sweep's precision, batch 1
+                    "table": {"graphs": 2, "groups": 1, "labels": ["dense", "unit0-8"],
+                              "precision": "fp16" if profile.precision == "int8" else profile.precision},
+                }  # fmt: skip
                 for major, lines in _script_lines_by_major(build_script(profile, graphs)).items():
                     emitted[major] += lines
                 for major in (10, 11):

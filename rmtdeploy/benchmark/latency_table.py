@@ -1,28 +1,38 @@
-"""Measuring a latency table on ONNX Runtime CPU (:mod:`rmtdeploy.pruning.latency_table` says what it holds).
+"""Measuring a latency table (:mod:`rmtdeploy.pruning.latency_table` says what it holds): timing a plan's
+groups on ONNX Runtime CPU, and assembling the table from a plan and its timings, wherever they were taken.
 
-For each prunable unit, the model is narrowed at that unit alone to a few of its allowed widths (multiples
-of the channel multiple, whole heads), exported in ONNX Runtime's form and timed, interleaved with the
-dense model on one shared pool: each width's latency is the dense median over the median per-round
-ratio, with that ratio's p10–p90 as its spread. Each Linear / convolution whose input and output widths
-belong to two different units is then timed alone (:mod:`rmtdeploy.benchmark.layer_graphs`) on the grid
-of both units' widths. A layer whose input width more than one unit sets (a concatenation) is listed
-under ``measured.unmodelled_layers``.
+:mod:`rmtdeploy.benchmark.latency_table_plan` writes what to time. Timings are JSON, one record per plan
+group in the plan's order::
+
+    {"groups": [{"labels": [...], "reference": "dense" | null,
+                 "ms": {label: [median, p10, p90]},          # per-sample milliseconds
+                 "speedup": {label: [median, p10, p90]}}]}   # per-round reference / label (with a reference)
+
+so a board's script (``bench_on_device.py``, TensorRT) produces the same record as
+:func:`time_plan_onnxruntime`. Assembling takes each graph's time as the dense median (over all groups)
+divided by its median per-round speedup; prices each layer between two units at the mean in-graph time per
+MAC of its two units (each unit's saving over the MACs it saves, from its narrowest width to dense); then
+fits the one scale by which the summed savings are multiplied so that the joint configurations' savings
+come out right (least squares through the origin), and records that fit's error.
 """
 
 from __future__ import annotations
 
-import copy
+import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 
+from rmtdeploy.benchmark.latency_table_plan import TablePlan, grid_widths, plan_latency_table
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.pruning.latency_table import LatencyTable, LayerGrid, UnitCurve
+
+__all__ = ["assemble_latency_table", "grid_widths", "measure_latency_table", "time_plan_onnxruntime",
+           "timings_from_macs"]  # fmt: skip
 
 Status = Callable[[str], None]
 
@@ -35,273 +45,196 @@ def measure_latency_table(
     round_to: int = 8,
     min_channels: int = 8,
     points: int = 5,
+    calibration_points: int = 6,
+    group_size: int = 9,
     threads: int = 2,
     runs: int = 50,
     warmup: int = 5,
     backend: str = "onnxruntime",
     status: Status | None = None,
 ) -> LatencyTable:
-    """The latency table of ``model`` (eval mode, batch 1, at ``example_inputs``' size) on ONNX Runtime CPU.
+    """The latency table of ``model`` (eval mode, batch 1, at ``example_inputs``' size) on ONNX Runtime CPU:
+    plan, time, assemble (see :func:`plan_latency_table` for ``points``, ``calibration_points`` and
+    ``group_size``); ``runs`` interleaved rounds per group after ``warmup``.
 
-    Each unit is timed at up to ``points`` widths spread evenly over what the width rules (``round_to``,
-    ``min_channels``, one head) allow, dense included; ``runs`` interleaved rounds after ``warmup``.
     ``backend="macs"`` times nothing: every "time" is the graph's (or the layer's) MACs in millions, so the
     table's predictions must equal counted MACs, a check of its structure (which layers each unit sets, the
     interactions) free of timing noise.
     """
-    from rmtdeploy.adapters import get_adapter
     from rmtdeploy.machine import loadavg
-    from rmtdeploy.pruning.graph import layer_widths
 
     if backend not in ("onnxruntime", "macs"):
         raise RmtdeployError(f"{{param}} must be onnxruntime or macs, got {backend!r}", param="backend")
-    if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-        raise RmtdeployError(f"{{param}} must be an integer >= 2, got {points!r}", param="points")
     load = loadavg()
-    adapter = get_adapter(model)
-    architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
-    dense = copy.deepcopy(model).eval()
-    example = adapter.example_inputs(dense) if example_inputs is None else example_inputs[:1]
-    units, grids = _units_and_grids(dense, adapter, example, round_to, min_channels, points)
-    timing = {"threads": threads, "runs": runs, "warmup": warmup} if backend == "onnxruntime" else None
+    options = {"model_name": model_name, "example_inputs": example_inputs, "round_to": round_to,
+               "min_channels": min_channels, "points": points, "calibration_points": calibration_points,
+               "group_size": group_size, "status": status}  # fmt: skip
+    if backend == "macs":
+        plan = plan_latency_table(model, None, **options)
+        return assemble_latency_table(
+            plan, timings_from_macs(plan), {"backend": "macs (MMACs as ms: the structure check)"}
+        )
     with tempfile.TemporaryDirectory(prefix="rmtdeploy-latency-table-") as tmp:
-        folder = Path(tmp) if timing else None
-        variants = _variants(dense, adapter, example, units, grids, folder, status)
-        plans, graphs, unmodelled = _layer_plans(dense, example, units, grids, variants.probes, folder)
-        labels = {key: f"layer{i}" for i, key in enumerate(graphs)}
-        report = _measure(variants, plans, graphs, labels, timing, status)
-    measured = {**_conditions(report, timing, load), "points": points, "unmodelled_layers": unmodelled}
-    return LatencyTable(
-        model=model_name or architecture or type(model).__name__, input_size=tuple(example.shape[1:]),
-        round_to=round_to, dense_ms=round(report.models["dense"].median_ms, 5), dense_macs=variants.dense_macs,
-        layer_widths=layer_widths(dense), units=_unit_curves(report, variants, units, grids),
-        layers=_layer_grids(report, plans, labels, grids), measured=measured,
-    )  # fmt: skip
+        plan = plan_latency_table(model, tmp, **options)
+        timings = time_plan_onnxruntime(plan, tmp, threads=threads, runs=runs, warmup=warmup, status=status)
+    return assemble_latency_table(plan, timings, _ort_conditions(timings, threads, runs, warmup, load))
 
 
-def _measure(variants, plans, graphs, labels, timing: dict[str, int] | None, status):
-    """The dense model, the narrowed ones and the one-layer graphs timed in one interleaved run (or their
-    MACs, without ``timing``)."""
+def time_plan_onnxruntime(
+    plan: TablePlan,
+    folder: str | Path,
+    *,
+    threads: int = 2,
+    runs: int = 50,
+    warmup: int = 5,
+    status: Status | None = None,
+) -> dict[str, Any]:
+    """Each group of ``plan`` (its graphs in ``folder``) timed alone on ONNX Runtime CPU, interleaved on one
+    shared pool of ``threads``; the timings record (module docstring)."""
     from rmtdeploy.benchmark.latency import measure_onnx_latency
 
-    if timing is None:
-        return _mac_report(variants, {labels[key]: key for key in graphs})
-    _say(status, f"timing the dense model, {len(variants.paths) - 1} narrowed ones and {len(graphs)} one-layer "
-         f"graphs of {len(plans)} layers between two units, interleaved")  # fmt: skip
-    return measure_onnx_latency(
-        {**variants.paths, **{labels[key]: path for key, path in graphs.items()}},
-        pairs=[("dense", label) for label in variants.of],
-        **timing,
-    )
+    records, versions = [], set()
+    for i, group in enumerate(plan.groups):
+        labels, reference = group["labels"], group.get("reference")
+        if status is not None:
+            status(f"timing group {i + 1}/{len(plan.groups)} ({len(labels)} graphs)")
+        report = measure_onnx_latency(
+            {label: str(Path(folder) / plan.graphs[label]) for label in labels},
+            threads=threads, runs=runs, warmup=warmup,
+            pairs=[(reference, label) for label in labels if label != reference] if reference else [],
+        )  # fmt: skip
+        versions.add(report.conditions.get("onnxruntime_version"))
+        records.append({
+            "labels": list(labels), "reference": reference,
+            "ms": {label: _triple(s.median_ms, s.p10_ms, s.p90_ms) for label, s in report.models.items()},
+            "speedup": {s.candidate: _triple(s.median, s.p10, s.p90) for s in report.speedups},
+        })  # fmt: skip
+    return {"groups": records, "onnxruntime": sorted(v for v in versions if v)}
 
 
-def _conditions(report, timing: dict[str, int] | None, load) -> dict[str, Any]:
-    """How the table was measured (its ``measured`` record)."""
+def timings_from_macs(plan: TablePlan) -> dict[str, Any]:
+    """The timings record with each graph's MACs (millions) for its milliseconds: noise-free."""
+    macs = plan.data["macs"]
+    records = []
+    for group in plan.groups:
+        reference = group.get("reference")
+        ms = {label: [macs[label] / 1e6] * 3 for label in group["labels"]}
+        speedup = {label: [macs[reference] / macs[label]] * 3 for label in group["labels"]
+                   if reference and label != reference}  # fmt: skip
+        records.append(
+            {"labels": list(group["labels"]), "reference": reference, "ms": ms, "speedup": speedup}
+        )
+    return {"groups": records}
+
+
+def assemble_latency_table(
+    plan: TablePlan | Mapping[str, Any], timings: Mapping[str, Any], measured: Mapping[str, Any]
+) -> LatencyTable:
+    """The table from ``plan``, its ``timings`` (measured anywhere) and ``measured`` (where and how:
+    backend, device or CPU, threads, runs, ...); a timings record that does not fit the plan is refused."""
+    plan = plan if isinstance(plan, TablePlan) else TablePlan.from_dict(plan)
+    data = plan.data
+    ms, spread, dense_ms = _graph_times(plan, timings)
+    units = {}
+    for root, u in data["units"].items():
+        times = [ms[label] for label in u["labels"]]
+        units[root] = UnitCurve(
+            u["kind"], int(u["full"]), tuple(u["widths"]), tuple(times),
+            tuple(spread.get(label, (t, t))[0] for label, t in zip(u["labels"], times, strict=True)),
+            tuple(spread.get(label, (t, t))[1] for label, t in zip(u["labels"], times, strict=True)),
+            tuple(data["macs"][label] for label in u["labels"]),
+        )  # fmt: skip
+    per_mac = {root: _ms_per_mac(curve) for root, curve in units.items()}
+    layers = {}
+    for name, g in data["layers"].items():
+        rate = (per_mac[g["in_unit"]] + per_mac[g["out_unit"]]) / 2
+        layers[name] = LayerGrid(
+            g["in_unit"], g["out_unit"], tuple(g["in_widths"]), tuple(g["out_widths"]),
+            tuple(tuple(round(rate * m, 7) or 1e-7 for m in row) for row in g["macs"]),
+            {**g["graph"], "ms": "layer MACs x the mean in-graph ms per MAC of its two units"},
+        )  # fmt: skip
+    table = LatencyTable(
+        model=data["model"], input_size=tuple(data["input_size"]), round_to=data["round_to"],
+        dense_ms=round(dense_ms, 5), dense_macs=data["dense_macs"], layer_widths=dict(data["layer_widths"]),
+        units=units, layers=layers,
+        measured={**measured, "points": data["points"], "unmodelled_layers": data["unmodelled_layers"]},
+    )  # fmt: skip
+    table.scale, table.calibration = _calibration(table, data["calibration"], ms)
+    return table
+
+
+def _graph_times(plan: TablePlan, timings: Mapping[str, Any]):
+    """Each label's time (ms), the spread of model graphs' times, and the dense time they are anchored to."""
+    groups = timings.get("groups") if isinstance(timings, Mapping) else None
+    if not isinstance(groups, list) or len(groups) != len(plan.groups):
+        raise RmtdeployError(f"{{param}} does not fit the plan: {len(plan.groups)} groups planned",
+                             param="latency_table_timings")  # fmt: skip
+    references = []
+    for planned, timed in zip(plan.groups, groups, strict=True):
+        if list(timed.get("labels", [])) != list(planned["labels"]):
+            raise RmtdeployError("{param} does not fit the plan: a group's labels differ",
+                                 param="latency_table_timings")  # fmt: skip
+        if planned.get("reference"):
+            references.append(float(timed["ms"][planned["reference"]][0]))
+    dense_ms = round(statistics.median(references), 5)
+    ms, spread = {"dense": dense_ms}, {}
+    for planned, timed in zip(plan.groups, groups, strict=True):
+        reference = planned.get("reference")
+        for label in planned["labels"]:
+            if label == reference:
+                continue
+            if reference:
+                median, p10, p90 = (float(v) for v in timed["speedup"][label])
+                ms[label], spread[label] = dense_ms / median, (dense_ms / p90, dense_ms / p10)
+            else:
+                ms[label] = float(timed["ms"][label][0])
+    return ms, spread, dense_ms
+
+
+def _ms_per_mac(curve: UnitCurve) -> float:
+    """A unit's in-graph time per MAC: what narrowing it to its narrowest width saves, over the MACs saved."""
+    macs = curve.macs[-1] - curve.macs[0]
+    return max(curve.smoothed[-1] - curve.smoothed[0], 0.0) / macs if macs > 0 else 0.0
+
+
+def _calibration(table: LatencyTable, joints: list[dict[str, Any]], ms: Mapping[str, float]):
+    """The scale on the units' summed savings that fits the joint configurations, and the fit's record."""
+    if not joints:
+        return 1.0, {
+            "scale": 1.0,
+            "points": [],
+            "note": "no joint configurations: the savings are summed as measured",
+        }
+    raw = [(table.predict(j["widths"]) - table.dense_ms, ms[j["label"]] - table.dense_ms) for j in joints]
+    square = sum(p * p for p, _ in raw)
+    scale = sum(p * m for p, m in raw) / square if square > 0 else 1.0
+    note = "least squares through the origin: measured saving = scale x summed saving, over the joint configurations"
+    if scale <= 0:
+        scale, note = (
+            1.0,
+            "the joint configurations contradict the units' savings (fitted scale <= 0): left at 1",
+        )
+    points = []
+    for j, (p, m) in zip(joints, raw, strict=True):
+        predicted, measured = table.dense_ms + scale * p, table.dense_ms + m
+        points.append({"label": j["label"], "measured_ms": round(measured, 5), "predicted_ms": round(predicted, 5),
+                       "summed_ms": round(table.dense_ms + p, 5), "error": round(predicted / measured - 1, 4)})  # fmt: skip
+    return round(scale, 5), {"scale": round(scale, 5), "note": note, "points": points,
+                             "largest_error": max(abs(p["error"]) for p in points)}  # fmt: skip
+
+
+def _ort_conditions(timings, threads: int, runs: int, warmup: int, load) -> dict[str, Any]:
     from rmtdeploy.machine import cpu_model
 
-    if timing is None:
-        return {"backend": "macs (MMACs as ms: the structure check)"}
-    dense = report.models["dense"]
     return {
-        "backend": "onnxruntime-cpu", "cpu": cpu_model(), **timing, "batch": 1, "interleaved": True,
-        "thread_pool": "shared", "onnxruntime": report.conditions.get("onnxruntime_version"),
-        "load_average_at_start": load, "dense_spread_ms": [round(dense.p10_ms, 4), round(dense.p90_ms, 4)],
-        "unit_timing": "whole graph with one unit narrowed: dense median / median per-round ratio (p10-p90 spread)",
+        "backend": "onnxruntime-cpu", "cpu": cpu_model(), "threads": threads, "runs": runs, "warmup": warmup,
+        "batch": 1, "interleaved": True, "thread_pool": "shared", "onnxruntime": ", ".join(timings["onnxruntime"]),
+        "load_average_at_start": load, "groups": len(timings["groups"]),
+        "unit_timing": "whole graph with one unit narrowed, timed in small groups with the dense model: "
+                       "dense median / median per-round ratio (p10-p90 spread)",
         "layer_timing": "one-layer ONNX graphs at the layer's input shape, median",
     }  # fmt: skip
 
 
-def grid_widths(lattice: list[int], points: int) -> tuple[int, ...]:
-    """Up to ``points`` of a unit's allowed widths (``lattice``, widest first), evenly spread, both ends
-    kept; ascending."""
-    if len(lattice) <= points:
-        return tuple(sorted(lattice))
-    picks = {round(i * (len(lattice) - 1) / (points - 1)) for i in range(points)}
-    return tuple(sorted(lattice[i] for i in picks))
-
-
-def _units_and_grids(dense, adapter, example, round_to, min_channels, points):
-    import torch_pruning as tp
-
-    from rmtdeploy.pruning.allocate import WidthAllocator, WidthRules
-    from rmtdeploy.pruning.graph import build_dependency_graph, discover_units
-
-    graph = build_dependency_graph(dense, adapter, example)
-    # Which channels go does not change the time: any importance will do.
-    units = discover_units(graph, dense, adapter, tp.importance.GroupMagnitudeImportance(p=2))
-    if not units:
-        raise RmtdeployError("found no prunable channels in this model: it has no latency table")
-    rules = WidthRules(round_to=round_to, min_channels=min_channels, prune_heads=True, global_pruning=False)
-    allocator = WidthAllocator(units, rules, [1.0] * len(units))
-    return units, {u.root: grid_widths(allocator.lattice(i), points) for i, u in enumerate(units)}
-
-
-class _Variants:
-    def __init__(self):
-        self.paths: dict[str, str] = {}
-        self.of: dict[str, tuple[str, int]] = {}  # label -> (unit, kept)
-        self.macs: dict[tuple[str, int], int] = {}
-        self.dense_macs = 0
-        self.probes: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}  # unit -> (kept, layer dims)
-
-
-def _variants(dense, adapter, example, units, grids, folder: Path, status) -> _Variants:
-    """The dense model and each unit alone at each grid width, exported; the narrowest one per unit is the
-    probe that says which layers' widths the unit sets."""
-    from rmtdeploy.pruning.graph import apply_operations, build_dependency_graph, unit_operation
-    from rmtdeploy.pruning.result import count_macs_params
-
-    found = _Variants()
-    found.paths["dense"] = _export(dense, example, folder / "dense.onnx") if folder else "dense"
-    dense_macs = found.dense_macs = count_macs_params(dense, example)[0]
-    for i, unit in enumerate(units):
-        _say(
-            status, f"narrowing unit {i + 1}/{len(units)} ({unit.root}) to {len(grids[unit.root]) - 1} widths"
-        )
-        found.macs[(unit.root, unit.full)] = dense_macs
-        for kept in grids[unit.root][:-1]:
-            narrowed = copy.deepcopy(dense)
-            apply_operations(build_dependency_graph(narrowed, adapter, example), narrowed,
-                             [unit_operation(unit, kept)])  # fmt: skip
-            adapter.repair(narrowed)
-            label = f"unit{i}-{kept}"
-            found.paths[label] = _export(narrowed, example, folder / f"{label}.onnx") if folder else label
-            found.of[label] = (unit.root, kept)
-            found.macs[(unit.root, kept)] = count_macs_params(narrowed, example)[0]
-            if kept == grids[unit.root][0]:
-                found.probes[unit.root] = (kept, _layer_dims(narrowed))
-    return found
-
-
-def _unit_curves(report, variants: _Variants, units, grids) -> dict[str, UnitCurve]:
-    """Each unit's whole-graph latency at its widths: the dense median over the median per-round ratio."""
-    dense = report.models["dense"]
-    ratio = {s.candidate: s for s in report.speedups}
-    curves = {}
-    for unit in units:
-        widths = grids[unit.root]
-        by_width = {kept: ratio[label] for label, (root, kept) in variants.of.items() if root == unit.root}
-        ms, p10, p90 = [], [], []
-        for kept in widths:
-            s = by_width.get(kept)
-            ms.append(round(dense.median_ms / s.median, 5) if s else round(dense.median_ms, 5))
-            p10.append(round(dense.median_ms / s.p90, 5) if s else round(dense.median_ms, 5))
-            p90.append(round(dense.median_ms / s.p10, 5) if s else round(dense.median_ms, 5))
-        curves[unit.root] = UnitCurve(
-            "heads" if unit.heads else "channels", unit.full, widths, tuple(ms), tuple(p10), tuple(p90),
-            tuple(variants.macs[(unit.root, kept)] for kept in widths),
-        )  # fmt: skip
-    return curves
-
-
-def _layer_grids(report, plans, labels, grids) -> dict[str, LayerGrid]:
-    """Each planned layer's median time on the grid of its two units' widths (``labels``: graph key -> label)."""
-    median = {key: report.models[label].median_ms for key, label in labels.items()}
-    layers = {}
-    for name, (shape, (a, dim_a), (b, dim_b)) in plans.items():
-        ms = tuple(tuple(round(median[(shape, dim_a(i), dim_b(o))], 5) for o in grids[b]) for i in grids[a])
-        layers[name] = LayerGrid(a, b, grids[a], grids[b], ms, shape.describe())
-    return layers
-
-
-def _layer_plans(dense, example, units, grids, probes, folder: Path):
-    """Every layer between two units: {name: (shape, (input unit, its width -> the layer's input width),
-    (output unit, likewise))}, its one-layer graphs on the grid of both units' widths written to
-    ``folder`` ({(shape, input width, output width): path}), and the layers left unmodelled."""
-    from rmtdeploy.benchmark.layer_graphs import layer_shape, write_layer_graph
-
-    fulls = {u.root: u.full for u in units}
-    inputs = _layer_inputs(dense, example)
-    plans, unmodelled = {}, []
-    for name, (dense_in, dense_out) in _layer_dims(dense).items():
-        sides = {}
-        for side, index, size in (("in", 0, dense_in), ("out", 1, dense_out)):
-            setters = [(root, kept, dims[name][index]) for root, (kept, dims) in probes.items()
-                       if dims[name][index] != size]  # fmt: skip
-            if len(setters) > 1:
-                unmodelled.append(name)
-            if len(setters) == 1:
-                root, kept, narrow = setters[0]
-                per = (size - narrow) / (fulls[root] - kept)  # width of this dimension per kept element
-                sides[side] = (
-                    root,
-                    lambda k, size=size, per=per, full=fulls[root]: round(size - per * (full - k)),
-                )
-        shape = layer_shape(dict(dense.named_modules())[name], inputs.get(name, ()))
-        if len(sides) == 2 and sides["in"][0] != sides["out"][0] and name not in unmodelled:
-            if shape is None:
-                unmodelled.append(name)
-                continue
-            plans[name] = (shape, sides["in"], sides["out"])
-    graphs: dict[tuple, str] = {}
-    for shape, (a, dim_a), (b, dim_b) in plans.values():
-        for kept_in in grids[a]:
-            for kept_out in grids[b]:
-                key = (shape, dim_a(kept_in), dim_b(kept_out))
-                if key not in graphs:
-                    graphs[key] = str(folder / f"layer{len(graphs)}.onnx") if folder else ""
-                    if folder:
-                        write_layer_graph(shape, key[1], key[2], graphs[key])
-    return plans, graphs, sorted(set(unmodelled))
-
-
-def _mac_report(variants: _Variants, layer_keys: dict[str, tuple]) -> SimpleNamespace:
-    """What :func:`measure_onnx_latency` would report, with MACs (in millions) for milliseconds."""
-
-    def stats(value: float) -> SimpleNamespace:
-        return SimpleNamespace(median_ms=value, p10_ms=value, p90_ms=value)
-
-    dense = variants.dense_macs / 1e6
-    ratios = {label: variants.dense_macs / variants.macs[key] for label, key in variants.of.items()}
-    speedups = [SimpleNamespace(candidate=label, median=r, p10=r, p90=r) for label, r in ratios.items()]
-    models = {
-        "dense": stats(dense),
-        **{label: stats(key[0].macs(key[1], key[2]) / 1e6) for label, key in layer_keys.items()},
-    }
-    return SimpleNamespace(models=models, speedups=speedups, conditions={})
-
-
-def _layer_dims(model: nn.Module) -> dict[str, tuple[int, int]]:
-    """(input width, output width) of every Linear and convolution."""
-    dims = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            dims[name] = (module.in_features, module.out_features)
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            dims[name] = (module.in_channels, module.out_channels)
-    return dims
-
-
-def _layer_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """The input shape each Linear / convolution sees at ``example``."""
-    shapes, hooks = {}, []
-
-    def keep_shape(name: str):
-        def hook(module, args, output) -> None:  # returns None: the output stays as it is
-            shapes.setdefault(name, tuple(args[0].shape))
-
-        return hook
-
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)):
-            hooks.append(module.register_forward_hook(keep_shape(name)))
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return shapes
-
-
-def _export(model: nn.Module, example: torch.Tensor, path: Path) -> str:
-    from rmtdeploy.exporting import export_onnx
-
-    export_onnx(model, path, backend="onnxruntime", dynamic_batch=False, input_shape=tuple(example.shape[1:]),
-                verify=False)  # fmt: skip
-    return str(path)
-
-
-def _say(status: Status | None, text: str) -> None:
-    if status is not None:
-        status(text)
+def _triple(median: float, p10: float, p90: float) -> list[float]:
+    return [round(float(median), 6), round(float(p10), 6), round(float(p90), 6)]

@@ -8,7 +8,8 @@ weights: latency does not depend on the values, and the dense checkpoint need no
 
 Results measured elsewhere (the Jetson bundle's on-device script writes the same ``bench.json``
 format) come in with :func:`import_results` and land in the same tables; a bundle's sweep (candidates at
-several keep ratios) comes back as a measured curve, tabled in ``bench.md`` and drawn in ``curve.png``.
+several keep ratios) comes back as a measured curve, tabled in ``bench.md`` and drawn in ``curve.png``, and
+a bundle's latency table timed on the board as ``latency_table.json`` (:mod:`rmtdeploy.benchmark.device_table`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class BenchRun:
     report: LatencyReport
     models: dict[str, dict[str, Any]]  # label -> source, MACs and parameters where known
     files: list[Path] = field(default_factory=list)
+    latency_table: Any = None  # LatencyTable: a board's timed latency table, imported (latency_table.json)
 
     def to_dict(self) -> dict[str, Any]:
         """``bench.json``: the format the on-device script writes too."""
@@ -131,12 +133,19 @@ def bench(
 
 def import_results(results: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> BenchRun:
     """A ``bench.json`` measured elsewhere (the Jetson bundle's on-device script, another machine):
-    checked, its statistics recomputed from its samples, and written to ``out`` as this stage does."""
+    checked, its statistics recomputed from its samples, and written to ``out`` as this stage does. A
+    latency table timed on the board with it is assembled into ``out/latency_table.json``."""
+    from rmtdeploy.benchmark.device_table import TABLE_FILE, board_latency_table
+
     data = read_results(results)
+    table = board_latency_table(data, str(results))
     with OutputFolder(out, BENCH_FILES, force=force, stage="bench") as folder:
         report = report_from_samples(data)
         run = BenchRun(Path(out), report, data.get("models") or {label: {} for label in report.models})
         _write(folder, run)
+        if table is not None:
+            folder.write_json(TABLE_FILE, table.to_dict())
+            run.latency_table = table
         run.files = folder.commit()
     return run
 

@@ -9,8 +9,14 @@ board, JetPack, TensorRT, the nvpmodel mode and whether jetson_clocks pinned the
 ``bench.json`` in rmtdeploy's benchmark format: ``rmtdeploy bench --import bench.json --out DIR`` on
 any machine renders it into the same tables as the local runs.
 
+With ``--latency-table`` (a bundle made with ``rmtdeploy bundle --latency-table``) it then times the
+table's engines (``latency_table/``, listed with their groups in ``latency_table/plan.json``) group by
+group: each group alone, loaded, interleaved as above and freed before the next (an 8 GB board never holds
+more than one group), and adds every sample to ``bench.json``; ``rmtdeploy bench --import`` turns them
+into ``latency_table.json`` for ``rmtdeploy prune --latency-table``.
+
     sudo nvpmodel -m 0 && sudo jetson_clocks      # optional, recorded either way
-    bash build_engine.sh && python3 bench_on_device.py --runs 200
+    bash build_engine.sh && python3 bench_on_device.py --runs 200 [--latency-table]
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from pathlib import Path
 # Bundles that list no engines in bundle.json (rmtdeploy before sweeps) hold these.
 ENGINES = (("dense", "dense.engine"), ("pruned", "model.engine"), ("pruned-int8", "model.int8.engine"))
 HERE = Path(__file__).resolve().parent
+# A latency table's graphs, engines and plan.json (rmtdeploy bundle --latency-table).
+TABLE_DIR = "latency_table"
 MEMCPY_HOST_TO_DEVICE = 1
 # libcudart's sonames, newest first: CUDA 13 (JetPack 7, the plain `tensorrt` wheel), 12 (JetPack 6), the
 # unversioned developer link, CUDA 11 (JetPack 5, for a clear TensorRT version error later rather than none).
@@ -250,6 +258,49 @@ def interleaved(calls: dict, warmup: int, runs: int) -> dict[str, list[float]]:
     return samples
 
 
+def table_engine(graph: str) -> str:
+    """The engine ``build_engine.sh`` writes for a latency-table graph (``unit3-64.onnx`` -> ``unit3-64.engine``)."""
+    return (graph[: -len(".onnx")] if graph.endswith(".onnx") else graph) + ".engine"
+
+
+def table_engines(folder: Path) -> tuple[dict, dict]:
+    """The latency table's plan (``folder/plan.json``) and its engine per label, every one built."""
+    plan = json.loads((folder / "plan.json").read_text())
+    engines = {label: folder / table_engine(graph) for label, graph in plan["graphs"].items()}
+    missing = [path.name for path in engines.values() if not path.is_file()]
+    if missing:
+        raise DeviceBenchError(
+            f"{len(missing)} of the latency table's {len(engines)} engines are not built (first: {missing[0]}): "
+            "bash build_engine.sh --latency-table builds them, skipping those already built"
+        )
+    return plan, engines
+
+
+def time_latency_table(trt, runtime, cuda: Cuda, plan: dict, engines: dict, warmup: int, runs: int,
+                       say=print) -> dict:  # fmt: skip
+    """Every group of the latency table's ``plan`` timed on its own: its ``engines`` loaded (batch 1),
+    interleaved with a rotating start after ``warmup`` rounds, then freed before the next group loads (one
+    group in memory at a time). Returns the plan and each group's samples; rmtdeploy computes the
+    statistics from them (``rmtdeploy bench --import``)."""
+    groups = []
+    for i, group in enumerate(plan["groups"]):
+        reference = group.get("reference")
+        labels = list(group["labels"]) + (
+            [reference] if reference and reference not in group["labels"] else []
+        )
+        say(f"latency table: group {i + 1}/{len(plan['groups'])}, {len(labels)} engines")
+        calls = {}
+        try:
+            for label in labels:
+                calls[label] = load_engine(trt, runtime, cuda, engines[label], 1)
+            samples = interleaved(calls, warmup, runs)
+        finally:
+            for call in calls.values():
+                call.close()
+        groups.append({"labels": list(group["labels"]), "reference": reference, "samples_ms": samples})
+    return {"plan": plan, "warmup": warmup, "runs": runs, "groups": groups}
+
+
 def board_facts(trt_version: str) -> dict:
     def read(path: str) -> str | None:
         try:
@@ -293,6 +344,25 @@ def results(samples: dict, bundle: dict, warmup: int, runs: int, facts: dict) ->
     }  # fmt: skip
 
 
+def latency_table_request(folder: Path, asked: bool):
+    """``(plan, engines)`` of the bundle's latency table when asked for (checked before any timing), else None."""
+    if not (folder / "plan.json").is_file():
+        if asked:
+            raise SystemExit(f"bench_on_device: this bundle has no latency table ({TABLE_DIR}/plan.json): make "
+                             "it with rmtdeploy bundle --latency-table")  # fmt: skip
+        return None
+    if not asked:
+        print(
+            "bench_on_device: this bundle has a latency table: add --latency-table to time it",
+            file=sys.stderr,
+        )
+        return None
+    try:
+        return table_engines(folder)
+    except DeviceBenchError as exc:
+        raise SystemExit(f"bench_on_device: {exc}") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -300,6 +370,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--out", default=str(HERE / "bench.json"))
+    parser.add_argument("--latency-table", action="store_true",
+                        help=f"then time the latency table's engines ({TABLE_DIR}/), group by group")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         import tensorrt as trt
@@ -315,6 +387,7 @@ def main(argv=None) -> int:
     if bundle.get("engines") and len(present) < len(listed):
         missing = ", ".join(file for _, file in listed if not (HERE / file).is_file())
         print(f"bench_on_device: not built, so not timed: {missing}", file=sys.stderr)
+    table = latency_table_request(HERE / TABLE_DIR, args.latency_table)
     logger = trt.Logger(trt.Logger.WARNING)
     try:
         runtime = trt.Runtime(logger)
@@ -325,9 +398,13 @@ def main(argv=None) -> int:
             samples = interleaved(calls, args.warmup, args.runs)
             for call in calls.values():
                 call.close()
+            if table is not None:
+                timed = time_latency_table(trt, runtime, cuda, *table, args.warmup, args.runs)
     except DeviceBenchError as exc:
         raise SystemExit(f"bench_on_device: {exc}") from None
     result = results(samples, bundle, args.warmup, args.runs, board_facts(trt.__version__))
+    if table is not None:
+        result["latency_table"] = {"precision": (bundle.get("latency_table") or {}).get("precision"), **timed}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for label, values in samples.items():
         print(f"{label:12s} median {sorted(values)[len(values) // 2]:.3f} ms")

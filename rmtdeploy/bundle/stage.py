@@ -10,6 +10,11 @@ A sweep adds ``keep-<ratio>.onnx`` per keep ratio: candidates pruned from the de
 weights: the strategy's scores, which choose the widths and so the latency, read them) with the pruned
 folder's strategy, knobs and width rules, the spectra fitted once. The board times them all with dense in
 one interleaved run: a measured curve (:mod:`rmtdeploy.benchmark.curve`) to choose a keep ratio from.
+
+A latency table adds ``latency_table/``: the table's plan (``plan.json``) and its ONNX graphs
+(:mod:`rmtdeploy.benchmark.latency_table_plan`), planned on the plan's dense architecture at the target's
+channel multiple. ``build_engine.sh`` builds one engine per graph, ``bench_on_device.py --latency-table``
+times them group by group, and ``rmtdeploy bench --import`` assembles ``latency_table.json``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ BUNDLE_FILES = (
     "README.md",
 )
 INPUT_NAME = "input"
+TABLE_DIR = "latency_table"  # the latency table's plan.json, graphs and (built on the board) engines
 
 
 @dataclass
@@ -55,6 +61,7 @@ def make_bundle(
     calibration_images: int = 256,
     sweep: list[float] | None = None,
     model=None,
+    latency_table: bool = False,
     force: bool = False,
     status=None,
 ) -> BundleRun:
@@ -62,7 +69,10 @@ def make_bundle(
 
     ``sweep``: keep ratios in (0, 1]; each becomes a candidate pruned from ``model`` (a model name,
     :class:`~rmtdeploy.models.ModelSource` or loaded model: the dense model ``pruned`` came from, checked by
-    name and MACs against its plan) and is built and timed on the board beside the others."""
+    name and MACs against its plan) and is built and timed on the board beside the others.
+
+    ``latency_table``: also plan the dense model's latency table (``latency_table/``), for the board to
+    time; the plan's dense architecture is its source (timing does not depend on the weights)."""
     from rmtdeploy.targets import load_target
 
     profile = load_target(target)
@@ -75,11 +85,14 @@ def make_bundle(
     if not Path(pruned).is_dir():
         raise RmtdeployError(f"pruned-model directory not found: {pruned}", param="pruned")
     request = _check_sweep(sweep, model, Path(pruned))
+    _check_latency_table(latency_table)
     say = status or (lambda text: None)
     with OutputFolder(out, BUNDLE_FILES, force=force, stage="bundle") as folder:
         graphs = _graphs(folder, Path(pruned), profile, int8, data, calibration_images, say)
         if request is not None:
             graphs["models"].update(_sweep(folder, graphs, profile, *request, say))
+        if latency_table:
+            graphs["table"] = _latency_table(folder, graphs, profile, say)
         record = _record(profile, graphs)
         folder.write_text("build_engine.sh", build_script(profile, graphs))
         folder.write_bytes(
@@ -197,6 +210,45 @@ def _sweep(folder: OutputFolder, graphs, profile, ratios, source, strategy, say)
     return models
 
 
+def _check_latency_table(latency_table) -> None:
+    # No dense model is asked for: the plan rebuilds the dense architecture, and timing does not depend on
+    # the weights (a sweep needs them: its widths are chosen by scores that read them).
+    if not isinstance(latency_table, bool):
+        raise RmtdeployError(f"{{param}} must be true or false, got {latency_table!r}", param="latency_table")
+
+
+def _latency_table(folder: OutputFolder, graphs, profile, say) -> dict[str, Any]:
+    """The dense model's latency-table plan and its graphs in ``latency_table/`` (fp16 copies for TensorRT
+    11), at the target's channel multiple; its facts for bundle.json."""
+    import torch
+
+    from rmtdeploy.benchmark.latency_table_plan import PLAN_FILE, plan_latency_table
+    from rmtdeploy.pruning.plan import dense_architecture
+
+    plan = graphs["plan"]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the graphs' random weights: the same bundle gives the same bytes
+        dense = dense_architecture(plan).eval()
+    say(f"latency table: planning {plan['model']}'s graphs (channel multiple {profile.channel_multiple})")
+    table = plan_latency_table(dense, folder.path(TABLE_DIR), model_name=plan["model"],
+                               round_to=profile.channel_multiple, min_channels=plan.get("min_channels", 8),
+                               status=say)  # fmt: skip
+    folder.write_json(f"{TABLE_DIR}/{PLAN_FILE}", table.to_dict())
+    labels = list(table.graphs)
+    if graphs["fp16"]:
+        _fp16_copy(folder, tuple(f"{TABLE_DIR}/{table.graphs[label][: -len('.onnx')]}" for label in labels))
+    # Groups with a reference hold whole-model graphs (each builds about as long as dense.engine).
+    models = len({label for group in table.groups if group.get("reference") for label in group["labels"]})
+    return {"plan_file": f"{TABLE_DIR}/{PLAN_FILE}", "graphs": len(labels), "model_graphs": models,
+            "groups": len(table.groups), "labels": labels, "precision": _float_precision(profile)}  # fmt: skip
+
+
+def _float_precision(profile) -> str:
+    """What a sweep's candidates and a latency table's graphs are built in: the target's float precision
+    (fp16 on an INT8 target: their graphs carry no Q/DQ)."""
+    return "fp16" if profile.precision == "int8" else profile.precision
+
+
 def _check_dense(loaded, plan: dict[str, Any]) -> None:
     """The sweep's dense model must be the one the plan was pruned from: same name, same MACs."""
     from rmtdeploy.adapters import get_adapter
@@ -222,10 +274,12 @@ def _fp16_copy(folder: OutputFolder, stems: tuple[str, ...]) -> bool:
 
 def build_script(profile, graphs: dict[str, Any]) -> str:
     """``build_engine.sh``: refuses a TensorRT older than 10 or outside the target's range, then runs
-    trtexec per graph, build only (``--skipInference``), for the board's TensorRT major version."""
+    trtexec per graph, build only (``--skipInference``), for the board's TensorRT major version; then the
+    latency table's engines, if the bundle has one (``--latency-table``: those only)."""
+    table = graphs.get("table")
     lines = ["#!/usr/bin/env bash", f"# Builds the engines of this bundle for {profile.name} ({profile.description}).",
              "# Written by rmtdeploy bundle; layer info goes to <engine>.layers.json.", "set -euo pipefail",
-             'cd "$(dirname "$0")"', 'TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}',
+             'cd "$(dirname "$0")"', *(_TABLE_ARGUMENT if table else ()), 'TRTEXEC=${TRTEXEC:-$(command -v trtexec || echo /usr/src/tensorrt/bin/trtexec)}',
              "TRT=$(python3 -c 'import tensorrt; print(tensorrt.__version__)')",
              'echo "TensorRT $TRT on $(tr -d "\\0" < /proc/device-tree/model 2>/dev/null || uname -m)"',
              'if [ "${TRT%%.*}" -lt 10 ]; then',
@@ -235,29 +289,73 @@ def build_script(profile, graphs: dict[str, Any]) -> str:
              f'  echo "{profile.name} wants TensorRT {profile.tensorrt} (JetPack {profile.jetpack}); this board has $TRT" >&2',
              "  exit 1", "fi"]  # fmt: skip
     majors = ["11", "10"] if profile.accepts_tensorrt_major(11) else ["10"]
+    if table:
+        lines.append('if [ "$TABLE_ONLY" = 0 ]; then')
     for major in majors:
         if len(majors) > 1:
             lines.append('if [ "${TRT%%.*}" -ge 11 ]; then' if major == "11" else "else")
         for label, onnx, engine in _engine_list(graphs, strongly_typed=major == "11"):
-            precision = (
-                "int8"
-                if label == "pruned-int8"
-                else "fp16"
-                if profile.precision == "int8"
-                else profile.precision
-            )
-            settings = build_settings(f"{major}.0", precision, dla=profile.dla, qdq=label == "pruned-int8")
-            cmd = trtexec_command(settings, onnx, engine, input_name=INPUT_NAME, shape=tuple(graphs["shape"]),
-                                  max_batch=profile.max_batch, opt_batch=profile.profile_opt_batch,
-                                  static=graphs["static"], workspace_mib=profile.workspace_mib,
-                                  timing_cache="timing.cache")  # fmt: skip
-            cmd = ["$TRTEXEC", *cmd[1:]]
+            precision = "int8" if label == "pruned-int8" else _float_precision(profile)
+            cmd = _trtexec(profile, major, precision, onnx, engine, graphs, qdq=label == "pruned-int8")
             cmd[-1] = f"--exportLayerInfo={engine}.layers.json"
             lines.append("  " + " ".join(c if c.startswith("$") else shlex.quote(c) for c in cmd))
     if len(majors) > 1:
         lines.append("fi")
-    lines += ['echo "engines built; next: python3 bench_on_device.py"', ""]
+    if table:
+        lines += ["fi", *_table_lines(profile, graphs, majors)]
+    next_step = "python3 bench_on_device.py" + (" --latency-table" if table else "")
+    lines += [f'echo "engines built; next: {next_step}"', ""]
     return "\n".join(lines)
+
+
+_TABLE_ARGUMENT = (
+    "TABLE_ONLY=0",
+    'if [ "${1:-}" = "--latency-table" ]; then TABLE_ONLY=1; fi  # only the latency table\'s engines',
+)
+
+
+def _trtexec(profile, major: str, precision: str, onnx: str, engine: str, graphs, qdq: bool) -> list[str]:
+    settings = build_settings(f"{major}.0", precision, dla=profile.dla, qdq=qdq)
+    cmd = trtexec_command(settings, onnx, engine, input_name=INPUT_NAME, shape=tuple(graphs["shape"]),
+                          max_batch=profile.max_batch, opt_batch=profile.profile_opt_batch, static=graphs["static"],
+                          workspace_mib=profile.workspace_mib, timing_cache="timing.cache")  # fmt: skip
+    return ["$TRTEXEC", *cmd[1:]]
+
+
+def _table_lines(profile, graphs: dict[str, Any], majors: list[str]) -> list[str]:
+    """One engine per latency-table graph (static batch 1, the sweep's precision), skipping the built
+    ones: written to ``<label>.engine.partial`` and renamed when done, so an interrupted build resumes."""
+    table = graphs["table"]
+    lines = [f"# The latency table: {table['graphs']} graphs in {TABLE_DIR}/ (see README.md).",
+             "TABLE=(" + " ".join(shlex.quote(label) for label in table["labels"]) + ")", "n=0",
+             'for label in "${TABLE[@]}"; do', "  n=$((n + 1))",
+             f'  engine="{TABLE_DIR}/$label.engine"', '  [ -f "$engine" ] && continue',
+             '  echo "latency table: engine $n of ${#TABLE[@]} ($label)"']  # fmt: skip
+    static = {**graphs, "static": True}  # the table's graphs are exported at batch 1
+    for major in majors:
+        if len(majors) > 1:
+            lines.append('if [ "${TRT%%.*}" -ge 11 ]; then' if major == "11" else "else")
+        fp16 = major == "11" and graphs["fp16"]
+        onnx = f"{TABLE_DIR}/$label{'.fp16' if fp16 else ''}.onnx"
+        cmd = _trtexec(profile, major, table["precision"], onnx, "$engine.partial", static, qdq=False)
+        cmd = [c for c in cmd if not c.startswith(("--exportLayerInfo", "--profilingVerbosity"))]
+        lines.append("    " + " ".join(_shell_word(c) for c in cmd) + ' > "$engine.log" 2>&1 || '
+                     '{ echo "trtexec failed on $label: see $engine.log" >&2; exit 1; }')  # fmt: skip
+    if len(majors) > 1:
+        lines.append("fi")
+    lines += ['  mv "$engine.partial" "$engine" && rm -f "$engine.log"', "done"]
+    return lines
+
+
+def _shell_word(word: str) -> str:
+    """A command word for bash: ``$TRTEXEC`` as it is, a flag's value holding ``$label`` or ``$engine``
+    in double quotes (``--onnx="latency_table/$label.onnx"``), anything else quoted as needed."""
+    if word == "$TRTEXEC":
+        return word
+    if "$" in word:
+        flag, _, value = word.partition("=")
+        return f'{flag}="{value}"'
+    return shlex.quote(word)
 
 
 def _range_test(profile) -> str:
@@ -279,7 +377,7 @@ def _engine_list(graphs: dict[str, Any], strongly_typed: bool) -> list[tuple[str
         out.append(
             ("pruned-int8", "model.int8.fp16.onnx" if fp16 else "model.int8.onnx", "model.int8.engine")
         )
-    # The sweep's candidates run in the target's float precision (fp16 on an INT8 target: no Q/DQ graph).
+    # The sweep's candidates run in the target's float precision (_float_precision: no Q/DQ graph).
     out += [
         (label, f"{label}.fp16.onnx" if fp16 else f"{label}.onnx", f"{label}.engine")
         for label in graphs.get("sweep", ())  # build_script takes graphs without a sweep too
@@ -295,7 +393,9 @@ def _record(profile, graphs: dict[str, Any]) -> dict[str, Any]:
             "batch": graphs["shape"][0], "input_shape": graphs["shape"], "models": graphs["models"],
             "engines": [[label, engine] for label, _, engine in _engine_list(graphs, strongly_typed=False)],
             "sweep": [graphs["models"][label]["keep_macs"] for label in graphs["sweep"]],
-            "int8": graphs["int8"], "fp16_onnx": graphs["fp16"], "rmtdeploy": __version__}  # fmt: skip
+            "int8": graphs["int8"], "fp16_onnx": graphs["fp16"], "rmtdeploy": __version__,
+            **({"latency_table": {k: v for k, v in graphs["table"].items() if k != "labels"}}
+               if graphs.get("table") else {})}  # fmt: skip
 
 
 def readme(profile, record: dict[str, Any]) -> str:
@@ -307,6 +407,17 @@ The sweep (keep {", ".join(f"{k:g}" for k in sweep)}) is timed in the same inter
 picks the keep ratio from it. Every engine is loaded at once: on an 8 GB board, sweep fewer ratios if
 memory runs out.
 """ if sweep else "")  # fmt: skip
+    table = record.get("latency_table")
+    table_text = (f"""
+**Latency table** (`{TABLE_DIR}/`: {table["graphs"]} graphs in {table["groups"]} groups, {table["precision"]}, static
+batch 1). `bash build_engine.sh` builds their engines after the others, one trtexec run each: the
+{table["model_graphs"]} whole-model graphs take about as long as `dense.engine` each, the one-layer graphs
+seconds, so expect roughly {table["model_graphs"]} times the dense build. Interrupted, it resumes: a built engine
+is skipped. `bash build_engine.sh --latency-table` builds only the table's. Then `python3 bench_on_device.py --runs 200 --latency-table`
+times the usual engines and then the table's, group by group (one group in memory at a time), and puts
+every sample in `bench.json`; `rmtdeploy bench --import bench.json --out results/` writes
+`results/latency_table.json`, which `rmtdeploy prune --latency-table` and `compress --latency-table` read.
+""" if table else "")  # fmt: skip
     return f"""# rmtdeploy bundle for {profile.name}
 
 {profile.description}. Engines: {models}; input {record["input_shape"]} ({profile.precision}{", DLA" if profile.dla else ""}).
@@ -321,7 +432,7 @@ Back on your machine:
 
     rmtdeploy bench --import bench.json --out results/
 
-{curve}
+{curve}{table_text}
 `model.onnx` carries what an app needs in its metadata (input size, mean/std, labels): see rmtdeploy's
 docs/export.md. `bench_on_device.py` needs only Python and TensorRT (CUDA through ctypes).
 """

@@ -19,7 +19,8 @@ def add_parser(commands) -> None:
         "median, p10-p90, p99, throughput, the speedup's spread and speedup ÷ MAC reduction. Writes bench.json, "
         "bench.md and bench.png to --out. --import renders a bench.json measured elsewhere (the Jetson "
         "bundle's on-device script) into the same tables; a bundle's sweep comes back as a measured curve "
-        "(latency and speedup against the keep ratio, curve.png). See docs/benchmarks.md.",
+        "(latency and speedup against the keep ratio, curve.png), a bundle's latency table timed on the board as "
+        "latency_table.json for prune/compress --latency-table. See docs/benchmarks.md.",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pruned", metavar="DIR", help="a folder written by rmtdeploy prune or finetune")
@@ -76,8 +77,12 @@ def run(args) -> int:
                            compile_mode=args.compile_mode, precision=args.precision, target=args.target, force=args.force,
                            status=status)  # fmt: skip
     data = result.to_dict()
+    table = result.latency_table
     if args.json:
-        print(json.dumps({k: v for k, v in data.items() if k != "samples_ms"}, indent=2))
+        shown = {k: v for k, v in data.items() if k != "samples_ms"}
+        if table is not None:
+            shown["latency_table"] = {"file": str(result.directory / "latency_table.json"), **table.summary()}
+        print(json.dumps(shown, indent=2))
         return 0
     console = ui.console()
     for label, stats in data["latency"].items():
@@ -95,5 +100,11 @@ def run(args) -> int:
     if data.get("curve"):
         console.print("measured curve, keep ratio: median ms, speedup over dense — " + "; ".join(
             f"{p['keep_macs']:g}: {p['median_ms']:.3f} ms ×{p['speedup']:.2f}" for p in data["curve"]))  # fmt: skip
+    if table is not None:
+        path = result.directory / "latency_table.json"
+        where = table.measured.get("device") or table.measured.get("target") or "the board"
+        console.print(f"latency table of {table.model} measured on {where} (TensorRT {table.measured.get('tensorrt', '?')}, "
+                      f"{table.measured.get('precision') or '?'}): {len(table.units)} units, {len(table.layers)} layer "
+                      f"grids, dense {table.dense_ms:.3f} ms; use it: rmtdeploy prune --latency-table {path}", soft_wrap=True)  # fmt: skip
     console.print(f"wrote {', '.join(p.name for p in result.files)} to {args.out}")
     return 0

@@ -19,7 +19,8 @@ def add_parser(commands) -> None:
         "and a README. Bring its bench.json back with rmtdeploy bench --import. --sweep adds one candidate per "
         "keep ratio, pruned from the dense model (--model with its weights) as the pruned folder was: the board "
         "times them all in one interleaved run, a measured curve that rmtdeploy compress --device-results picks "
-        "a keep ratio from (docs/deploy.md).",
+        "a keep ratio from (docs/deploy.md). --latency-table adds the dense model's latency table (latency_table/): "
+        "the board builds and times its graphs, bench --import writes latency_table.json for prune --latency-table.",
     )
     parser.add_argument(
         "--pruned", required=True, metavar="DIR", help="a folder written by rmtdeploy prune or finetune"
@@ -35,6 +36,11 @@ def add_parser(commands) -> None:
     parser.add_argument("--sweep", metavar="K,K,...",
                         help="keep ratios in (0, 1], e.g. 0.3,0.4,0.5,0.6,0.7,0.8,0.9: one candidate each, pruned "
                         "from --model with the pruned folder's strategy, knobs and channel rules")  # fmt: skip
+    parser.add_argument("--latency-table", action="store_true",
+                        help="also the dense model's latency-table graphs (latency_table/: its plan and ONNX graphs, "
+                        "at the target's channel multiple), for build_engine.sh to build and bench_on_device.py "
+                        "--latency-table to time on the board; no --model needed (timing does not depend on the "
+                        "weights)")  # fmt: skip
     ui.add_model_arguments(parser, required=False,
                            note=": with --sweep, the dense model the pruned folder came from, with its weights")  # fmt: skip
     parser.set_defaults(handler=run)
@@ -52,7 +58,7 @@ def run(args) -> int:
     with ui.spinner(f"bundling for {profile.name}", enabled=not args.json) as status:
         result = make_bundle(args.pruned, args.out, target=args.target, int8=args.int8, data=args.data,
                              calibration_images=args.calibration_images, sweep=sweep, model=dense,
-                             force=args.force, status=status)  # fmt: skip
+                             latency_table=args.latency_table, force=args.force, status=status)  # fmt: skip
     if args.json:
         print(json.dumps(result.record, indent=2))
         return 0
@@ -60,7 +66,10 @@ def run(args) -> int:
     if args.target != profile.name:
         console.print(f"target '{args.target}' means {profile.name}: {profile.description}")
     console.print(f"wrote {', '.join(p.name for p in result.files)} to {args.out}")
-    console.print(
-        "on the board: bash build_engine.sh && python3 bench_on_device.py; then rmtdeploy bench --import bench.json"
-    )
+    table = result.record.get("latency_table")
+    if table:
+        console.print(f"latency table: {table['graphs']} graphs in {table['groups']} groups ({table['precision']}) in "
+                      "latency_table/; building their engines on the board takes a while (README.md)")  # fmt: skip
+    timed = "python3 bench_on_device.py" + (" --latency-table" if table else "")
+    console.print(f"on the board: bash build_engine.sh && {timed}; then rmtdeploy bench --import bench.json")
     return 0

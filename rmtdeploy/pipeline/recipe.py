@@ -39,8 +39,9 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "runs": 50,
     "warmup": 10,
 }
-# sweep: keep ratios the Jetson bundle adds as candidates, timed together on the board (a measured curve).
-BUNDLE_DEFAULTS: dict[str, Any] = {"sweep": None}
+# sweep: keep ratios the Jetson bundle adds as candidates, timed together on the board (a measured curve);
+# latency_table: the bundle adds the dense model's latency-table graphs, for the board to time.
+BUNDLE_DEFAULTS: dict[str, Any] = {"sweep": None, "latency_table": False}
 
 
 @dataclass
@@ -201,6 +202,10 @@ class CompressRecipe:
                 self.bundle["sweep"] = check_sweep(self.bundle["sweep"])
             except RmtdeployError as exc:
                 raise RmtdeployError(exc.render(lambda param: "bundle.sweep")) from exc
+        if not isinstance(self.bundle["latency_table"], bool):
+            raise RmtdeployError(
+                f"bundle.latency_table must be true or false, got {self.bundle['latency_table']!r}"
+            )
 
 
 _SECTIONS: dict[str, tuple[str, ...]] = {

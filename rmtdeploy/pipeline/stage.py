@@ -151,6 +151,10 @@ def _check(recipe, overrides: dict[str, Any]) -> Checked:
         raise RmtdeployError(
             f"bundle.sweep adds candidates to the Jetson bundle; target {target.name} has none"
         )
+    if resolved.bundle["latency_table"] and not target.name.startswith(BUNDLE_TARGET_PREFIX):
+        raise RmtdeployError(
+            f"bundle.latency_table adds a latency table to the Jetson bundle; target {target.name} has none"
+        )
     # A TensorRT bench is refused now where TensorRT cannot time, not after a fine-tune.
     if resolved.bench["backend"] == "tensorrt":
         from rmtdeploy.benchmark.stage import check_tensorrt_bench

@@ -299,19 +299,22 @@ class CompressSteps:
             self.folder.skip("bundle", f"target {target.name} is not a Jetson board: no on-device bundle")
             return
 
-        sweep = self.recipe.bundle["sweep"]
+        sweep, table = self.recipe.bundle["sweep"], self.recipe.bundle["latency_table"]
 
         def run(force: bool) -> dict[str, Any]:
             from rmtdeploy.bundle.stage import make_bundle
 
             # A sweep's candidates are pruned from the dense model in memory (its weights choose their widths).
             made = make_bundle(self.final, self.root / "bundle", target=target.name, int8=self.int8, data=data,
-                               sweep=sweep, model=self.loaded if sweep else None, force=force, status=self.say)  # fmt: skip
+                               sweep=sweep, model=self.loaded if sweep else None, latency_table=table, force=force,
+                               status=self.say)  # fmt: skip
             return dict(made.record)
 
         upstream = ("load", "prune", "finetune") if sweep else ("prune", "finetune")
-        self.folder.stage("bundle", {"target": target.name, "int8": self.int8, "sweep": sweep}, upstream, ["bundle"],
-                          run, status=self.say)  # fmt: skip
+        options = {"target": target.name, "int8": self.int8, "sweep": sweep}
+        if table:  # only then: a run made before latency tables keeps its fingerprint
+            options["latency_table"] = True
+        self.folder.stage("bundle", options, upstream, ["bundle"], run, status=self.say)
 
     def report(self) -> None:
         def run(force: bool) -> dict[str, Any]:

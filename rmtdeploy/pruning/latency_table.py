@@ -14,10 +14,12 @@ time between the big layers (norms, activations, softmax, reshapes, per-op overh
   Its cost is close to the product of the two widths, so narrowing both saves less than the two units'
   curves add up to; the grid's second difference puts that back.
 
-The prediction for any widths is ``dense + Σ unit deltas + Σ layer interactions`` (linear interpolation
-between measured widths). The file is plain JSON (what was measured, where, threads, runs, spread), so a
-table measured on a board is brought in the same way as one measured here. Measuring lies on a floor
-above pruning (:func:`rmtdeploy.benchmark.latency_table.measure_latency_table`); pruning reads the data.
+The prediction for any widths is ``dense + scale × (Σ unit deltas + Σ layer interactions)`` (linear
+interpolation between measured widths). ``scale`` is fitted on a few joint configurations (every unit cut at
+once) measured with the table: how the units' separate savings add up on this target. The file is plain
+JSON (what was measured, where, threads, runs, spread, the fit and its error), so a table measured on a
+board is brought in the same way as one measured here. Measuring lies on a floor above pruning
+(:mod:`rmtdeploy.benchmark.latency_table`); pruning reads the data.
 """
 
 from __future__ import annotations
@@ -106,18 +108,22 @@ class LatencyTable:
     units: dict[str, UnitCurve]
     layers: dict[str, LayerGrid]
     measured: dict[str, Any]  # backend, device or CPU, threads, runs, warm-up, load average, spread
+    # How the units' separate savings add up when all are cut at once, fitted on joint configurations
+    # measured with the table (1: summed as measured); ``calibration`` is that fit's record.
+    scale: float = 1.0
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def predict(self, widths: Mapping[str, float]) -> float:
         """Predicted whole-graph latency (ms) with each unit at ``widths[unit]`` (missing units: dense)."""
-        total = self.dense_ms
+        saved = 0.0
         for name, curve in self.units.items():
             if name in widths:
-                total += curve.at(widths[name]) - curve.at(curve.full)
+                saved += curve.at(widths[name]) - curve.at(curve.full)
         for grid in self.layers.values():
             kept_in = widths.get(grid.in_unit, self.units[grid.in_unit].full)
             kept_out = widths.get(grid.out_unit, self.units[grid.out_unit].full)
-            total += grid.interaction(kept_in, kept_out)
-        return total
+            saved += grid.interaction(kept_in, kept_out)
+        return self.dense_ms + self.scale * saved
 
     def widths_of(self, operations: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         """Each unit's kept count in a plan's ``operations`` (one-step plans; units not named stay dense)."""
@@ -198,7 +204,7 @@ class LatencyTable:
     def summary(self) -> dict[str, Any]:
         """What a plan records about the table it was allocated with."""
         keys = ("backend", "device", "cpu", "threads", "runs")
-        return {"model": self.model, "dense_ms": self.dense_ms,
+        return {"model": self.model, "dense_ms": self.dense_ms, "scale": self.scale,
                 **{k: self.measured[k] for k in keys if k in self.measured}}  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -210,6 +216,7 @@ class LatencyTable:
             "round_to": self.round_to,
             "dense": {"ms": self.dense_ms, "macs": self.dense_macs},
             "measured": self.measured,
+            "calibration": {**self.calibration, "scale": self.scale},
             "layer_widths": dict(self.layer_widths),
             "units": {
                 name: {
@@ -298,10 +305,13 @@ def _parse(data: Any) -> LatencyTable:
     layer_widths = {str(k): int(v) for k, v in data["layer_widths"].items()}
     if not isinstance(data["measured"], dict):
         raise ValueError("measured must be a mapping")
+    calibration = data.get("calibration", {"scale": 1.0})  # tables before the joint fit: summed as measured
+    scale = _positive(calibration["scale"], "calibration scale")
     return LatencyTable(
         model=str(data["model"]), input_size=tuple(int(v) for v in data["input_size"]),
         round_to=int(data["round_to"]), dense_ms=dense_ms, dense_macs=int(data["dense"]["macs"]),
         layer_widths=layer_widths, units=units, layers=layers, measured=dict(data["measured"]),
+        scale=scale, calibration=dict(calibration),
     )  # fmt: skip
 
 

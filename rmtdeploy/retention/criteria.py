@@ -40,6 +40,9 @@ ABLATIONS = {
     "data-rmt-centred": ("data-rmt", {"centred": True}, {}),
     # Latency-aware allocation (rmtdeploy.pruning.latency): does steering widths by measured cost lose accuracy?
     "hybrid-latency": ("hybrid", {}, {"latency_weights": fastest_allocation}),
+    # A latency table's allocation (rmtdeploy.pruning.table_allocation) at the latency the table predicts for
+    # hybrid's MAC allocation at the same keep: the most importance per measured ms, at equal latency.
+    "hybrid-table": ("hybrid", {}, {}),
     **{f"{name}-ceil-heads": (name, {}, {"head_rounding": "ceil"}) for name in STRATEGIES},
 }
 
@@ -99,15 +102,26 @@ def prune_with(
     round_to: int,
     hessian_samples: int,
     seed: int,
+    latency_table=None,
 ):
     """Prune ``model`` to ``keep`` MACs with ``criterion`` (a strategy, a peer or an ablation); returns
     (result, scoring seconds). ``calibration`` (a list of (images, labels) batches) feeds the strategies
-    that read activations, the peers' gradients, and the peers' BatchNorm recalibration."""
+    that read activations, the peers' gradients, and the peers' BatchNorm recalibration. ``hybrid-table``
+    needs the model's ``latency_table``: its budget is the table's prediction for hybrid at ``keep``."""
     from rmtdeploy.pruning import prune_model, recalibrate_batchnorm
     from rmtdeploy.scores import get_strategy
 
     example = torch.zeros(1, 3, image_size, image_size)
     options = {"keep_macs": keep, "round_to": round_to, "example_inputs": example}
+    if criterion == "hybrid-table":
+        if latency_table is None:
+            raise ValueError("hybrid-table needs the family's latency table (Settings.latency_tables)")
+        strategy = get_strategy("hybrid")
+        reference = strategy.prune(model, calibration_batches=calibration, **options)
+        budget = latency_table.predict(latency_table.widths_of(reference.plan["operations"]))
+        result = strategy.prune(model, calibration_batches=calibration, latency_table=latency_table,
+                                latency_budget_ms=budget, round_to=round_to, example_inputs=example)  # fmt: skip
+        return result, result.timings.get("spectra_s", 0.0) + result.timings["scores_s"]
     if criterion in STRATEGIES or criterion in ABLATIONS:
         name, knobs, extra = ABLATIONS.get(criterion, (criterion, {}, {}))
         result = get_strategy(name, **knobs).prune(model, calibration_batches=calibration, **options, **extra)

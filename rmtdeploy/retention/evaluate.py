@@ -88,13 +88,16 @@ def run_family_seed(
     )
     teacher_logits = teacher_outputs(dense, distill_set)
     dense_top1 = evaluate_top1(dense, val)
+    table = _latency_table(settings, family)
+    if settings.export_onnx:
+        _export(dense, settings, f"{family}-s{seed}-dense")
     points = []
     for keep in settings.keeps:
         for criterion in settings.criteria:
             started = time.perf_counter()
             result, scoring_s = prune_with(criterion, dense, keep, calibration, image_size=settings.image_size,
                                            round_to=settings.round_to, hessian_samples=settings.hessian_samples,
-                                           seed=seed)  # fmt: skip
+                                           seed=seed, latency_table=table)  # fmt: skip
             prune_s = time.perf_counter() - started
             pruned_top1 = evaluate_top1(result.model, val)
             point = {
@@ -110,12 +113,36 @@ def run_family_seed(
                           "kd_loss_before": round(fine.loss_before, 4), "kd_loss_after": round(fine.loss_after, 4)}  # fmt: skip
             else:
                 point |= finetune_default(result.model, dense, settings, seed)
+            if table is not None:
+                point["predicted_ms"] = round(table.predict(table.widths_of(result.plan["operations"])), 5)
+            if settings.export_onnx and criterion in ("hybrid", "hybrid-table"):
+                point["onnx"] = _export(result.model, settings, f"{family}-s{seed}-{keep:g}-{criterion}")
             points.append(point)
             if events is not None:
                 events.put(("point", family))
             log(f"{family} s{seed} keep {keep} {criterion:12s} MACs {result.macs_kept:.3f} "
                 f"top-1 {pruned_top1:5.1f} -> {point[settings.after_key]:5.1f} (dense {dense_top1:.1f})")  # fmt: skip
     return {"dense": {**record, "top1_eval": round(dense_top1, 2)}, "points": points}
+
+
+def _latency_table(settings: Settings, family: str):
+    """The family's latency table from ``settings.latency_tables`` (None without that folder)."""
+    if not settings.latency_tables:
+        return None
+    from rmtdeploy.pruning.latency_table import load_latency_table
+
+    return load_latency_table(Path(settings.latency_tables) / f"{family}.latency_table.json")
+
+
+def _export(model, settings: Settings, name: str) -> str:
+    """``model`` as ONNX Runtime's graph (batch 1, static) in ``settings.export_onnx``; its file name."""
+    from rmtdeploy.exporting import export_onnx
+
+    folder = Path(settings.export_onnx)
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(model.eval(), folder / f"{name}.onnx", backend="onnxruntime", dynamic_batch=False,
+                input_shape=(3, settings.image_size, settings.image_size), verify=False, overwrite=True)  # fmt: skip
+    return f"{name}.onnx"
 
 
 def finetune_default(model, dense, settings: Settings, seed: int) -> dict:

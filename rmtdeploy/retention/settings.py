@@ -26,6 +26,11 @@ class Settings:
     epochs_scale: float = 1.0  # quick mode trains for a fraction of the recipe's epochs
     finetune: str = "distill"  # after pruning: the short distillation above, or "default" (FinetuneRecipe())
     finetune_epochs: int | None = None  # None: the default recipe's epochs
+    # A folder of <family>.latency_table.json (benchmarks/latency_table.py --tables-out), read by "hybrid-table".
+    latency_tables: str | None = None
+    # A folder the hybrid and hybrid-table points (and each dense model) are exported to as ONNX, for a later
+    # latency pass on an idle machine (benchmarks/accuracy_latency.py).
+    export_onnx: str | None = None
 
     @property
     def after_key(self) -> str:
