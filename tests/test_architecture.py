@@ -119,7 +119,7 @@ MECHANISMS = ("adapters", "data", "spectra", "pruning", "scores", "finetuning", 
 STAGES = frozenset({
     "rmtdeploy.spectra.outputs", "rmtdeploy.pruning.stage", "rmtdeploy.pipeline.budget",
     "rmtdeploy.finetuning.stage", "rmtdeploy.exporting.stage", "rmtdeploy.engine.stage",
-    "rmtdeploy.benchmark.stage", "rmtdeploy.bundle.stage", "rmtdeploy.report.run",
+    "rmtdeploy.benchmark.stage", "rmtdeploy.bundle.stage", "rmtdeploy.report.run", "rmtdeploy.data.stage",
 })  # fmt: skip
 ALLOWED: dict[str, frozenset[str]] = {
     "ground": frozenset({"ground"}),

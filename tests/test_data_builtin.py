@@ -14,9 +14,9 @@ from rmtdeploy.errors import RmtdeployError
 
 
 def test_registry_names_the_shipped_datasets_and_rejects_unknown_ones():
-    assert {"digits", "mnist5k", "sign-digits"} <= set(dataset_names())
-    with pytest.raises(RmtdeployError, match="unknown built-in dataset 'cifar10'; choose one of: digits"):
-        get_dataset("cifar10")
+    assert {"cifar10", "cifar10-12k", "digits", "mnist5k", "sign-digits"} <= set(dataset_names())
+    with pytest.raises(RmtdeployError, match="unknown built-in dataset 'cifar100'; choose one of: cifar10, "):
+        get_dataset("cifar100")
     with pytest.raises(RmtdeployError, match="unknown split 'test'"):
         get_dataset("digits").split_indices("test")
 

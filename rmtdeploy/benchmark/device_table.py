@@ -94,7 +94,7 @@ def board_conditions(conditions: Mapping[str, Any], record: Mapping[str, Any], g
         "runs": int(record["runs"]), "warmup": int(record["warmup"]), "interleaved": True, "groups": groups,
         "unit_timing": "whole graph with one unit narrowed, its TensorRT engine timed in a small group with the "
                        "dense one: dense median / median per-round ratio (p10-p90 spread)",
-        "layer_timing": "one-layer graphs' TensorRT engines at the layer's input shape, median",
+        "interactions": "layers between two units: their MACs x the two units' mean in-graph ms per MAC",
     }  # fmt: skip
 
 

@@ -232,7 +232,7 @@ def _ort_conditions(timings, threads: int, runs: int, warmup: int, load) -> dict
         "load_average_at_start": load, "groups": len(timings["groups"]),
         "unit_timing": "whole graph with one unit narrowed, timed in small groups with the dense model: "
                        "dense median / median per-round ratio (p10-p90 spread)",
-        "layer_timing": "one-layer ONNX graphs at the layer's input shape, median",
+        "interactions": "layers between two units: their MACs x the two units' mean in-graph ms per MAC",
     }  # fmt: skip
 
 

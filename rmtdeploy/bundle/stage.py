@@ -410,9 +410,8 @@ memory runs out.
     table = record.get("latency_table")
     table_text = (f"""
 **Latency table** (`{TABLE_DIR}/`: {table["graphs"]} graphs in {table["groups"]} groups, {table["precision"]}, static
-batch 1). `bash build_engine.sh` builds their engines after the others, one trtexec run each: the
-{table["model_graphs"]} whole-model graphs take about as long as `dense.engine` each, the one-layer graphs
-seconds, so expect roughly {table["model_graphs"]} times the dense build. Interrupted, it resumes: a built engine
+batch 1). `bash build_engine.sh` builds their engines after the others, one trtexec run each: each
+takes about as long as `dense.engine`, so expect roughly {table["model_graphs"]} times the dense build. Interrupted, it resumes: a built engine
 is skipped. `bash build_engine.sh --latency-table` builds only the table's. Then `python3 bench_on_device.py --runs 200 --latency-table`
 times the usual engines and then the table's, group by group (one group in memory at a time), and puts
 every sample in `bench.json`; `rmtdeploy bench --import bench.json --out results/` writes

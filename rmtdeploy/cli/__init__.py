@@ -18,7 +18,8 @@ from rmtdeploy.errors import RmtdeployError
 EXIT_USAGE = 2
 EXIT_INTERNAL = 1
 EXIT_INTERRUPTED = 130
-COMMANDS = ("compress", "analyze", "prune", "finetune", "export", "engine", "bench", "bundle", "report")
+COMMANDS = ("compress", "analyze", "prune", "finetune", "export", "engine", "bench", "bundle", "report",
+            "datasets")  # fmt: skip
 
 
 def build_parser() -> OneLineErrorParser:

@@ -37,7 +37,7 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--data",
         metavar="DIR|NAME",
-        help="also check parity on real images: a built-in dataset (digits, mnist5k, sign-digits) or an ImageFolder",
+        help="also check parity on real images: a built-in dataset (rmtdeploy datasets list) or an ImageFolder",
     )
     parser.add_argument(
         "--parity-images",

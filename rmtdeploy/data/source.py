@@ -112,8 +112,8 @@ def _builtin_source(name: str) -> DataSource:
     return DataSource(
         name=name,
         kind="builtin",
-        classes=tuple(str(label) for label in range(dataset.num_classes)),
-        layout=f"built-in fixed split (val {dataset.val_fraction:g}, seed {SPLIT_SEED})",
+        classes=dataset.class_names or tuple(str(label) for label in range(dataset.num_classes)),
+        layout=dataset.layout,
         counts={split: len(dataset.split_indices(split)) for split in SPLITS},
     )
 

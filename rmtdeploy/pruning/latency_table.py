@@ -9,10 +9,11 @@ time between the big layers (norms, activations, softmax, reshapes, per-op overh
   narrowed to each of a few widths, the rest dense. Everything the unit's width reaches is in it: its
   layers, the norms and activations on its channels, attention's products, fusions;
 * per layer whose input and output widths belong to two different units (a conv between a block's own
-  width and its stage's residual width, an MLP's fc1 between the residual and hidden width): its own
-  latency on a grid of (input, output) widths, timed alone as a one-layer graph at its real input shape.
-  Its cost is close to the product of the two widths, so narrowing both saves less than the two units'
-  curves add up to; the grid's second difference puts that back.
+  width and its stage's residual width, an MLP's fc1 between the residual and hidden width): its cost on
+  a grid of (input, output) widths. Its cost is close to the product of the two widths, so narrowing both
+  saves less than the two units' curves add up to; the grid's second difference puts that back. The
+  grid is the layer's MACs priced at its two units' in-graph time per MAC
+  (:mod:`rmtdeploy.benchmark.latency_table_plan` says why not timed alone).
 
 The prediction for any widths is ``dense + scale × (Σ unit deltas + Σ layer interactions)`` (linear
 interpolation between measured widths). ``scale`` is fitted on a few joint configurations (every unit cut at

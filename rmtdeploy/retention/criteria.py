@@ -43,6 +43,8 @@ ABLATIONS = {
     # A latency table's allocation (rmtdeploy.pruning.table_allocation) at the latency the table predicts for
     # hybrid's MAC allocation at the same keep: the most importance per measured ms, at equal latency.
     "hybrid-table": ("hybrid", {}, {}),
+    # The same allocation at hybrid's MACs: the second point of the table's curve on the accuracy-latency plane.
+    "hybrid-table-macs": ("hybrid", {}, {}),
     **{f"{name}-ceil-heads": (name, {}, {"head_rounding": "ceil"}) for name in STRATEGIES},
 }
 
@@ -113,14 +115,20 @@ def prune_with(
 
     example = torch.zeros(1, 3, image_size, image_size)
     options = {"keep_macs": keep, "round_to": round_to, "example_inputs": example}
-    if criterion == "hybrid-table":
+    if criterion in ("hybrid-table", "hybrid-table-macs"):
         if latency_table is None:
-            raise ValueError("hybrid-table needs the family's latency table (Settings.latency_tables)")
+            raise ValueError(f"{criterion} needs the family's latency table (Settings.latency_tables)")
         strategy = get_strategy("hybrid")
-        reference = strategy.prune(model, calibration_batches=calibration, **options)
-        budget = latency_table.predict(latency_table.widths_of(reference.plan["operations"]))
-        result = strategy.prune(model, calibration_batches=calibration, latency_table=latency_table,
-                                latency_budget_ms=budget, round_to=round_to, example_inputs=example)  # fmt: skip
+        budget = {"keep_macs": keep}
+        if criterion == "hybrid-table":
+            reference = strategy.prune(model, calibration_batches=calibration, **options)
+            budget = {
+                "latency_budget_ms": latency_table.predict(
+                    latency_table.widths_of(reference.plan["operations"])
+                )
+            }
+        result = strategy.prune(model, calibration_batches=calibration, latency_table=latency_table, **budget,
+                                round_to=round_to, example_inputs=example)  # fmt: skip
         return result, result.timings.get("spectra_s", 0.0) + result.timings["scores_s"]
     if criterion in STRATEGIES or criterion in ABLATIONS:
         name, knobs, extra = ABLATIONS.get(criterion, (criterion, {}, {}))

@@ -115,7 +115,7 @@ def run_family_seed(
                 point |= finetune_default(result.model, dense, settings, seed)
             if table is not None:
                 point["predicted_ms"] = round(table.predict(table.widths_of(result.plan["operations"])), 5)
-            if settings.export_onnx and criterion in ("hybrid", "hybrid-table"):
+            if settings.export_onnx and criterion in ("hybrid", "hybrid-table", "hybrid-table-macs"):
                 point["onnx"] = _export(result.model, settings, f"{family}-s{seed}-{keep:g}-{criterion}")
             points.append(point)
             if events is not None:
