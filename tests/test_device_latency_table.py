@@ -127,7 +127,7 @@ def test_a_latency_table_is_planned_into_the_bundle_timed_on_the_board_and_read_
     readme = " ".join((bundle / "README.md").read_text().split())
     assert (
         "python3 bench_on_device.py --runs 200 --latency-table" in readme
-        and f"the {len(models)} whole-model graphs take about as long as `dense.engine`" in readme
+        and f"expect roughly {len(models)} times the dense build" in readme
     )
 
     # build_engine.sh builds every engine, the table's too; a rerun builds nothing; --latency-table builds
@@ -248,3 +248,26 @@ def test_a_bundle_latency_table_must_be_a_yes_or_no_and_compress_refuses_it_off_
         rmtdeploy.compress(tmp_path / "run", model="resnet18", weights="random", target="cpu-ort",
                            bundle={"latency_table": True})  # fmt: skip
     assert not (tmp_path / "run").exists()
+
+
+def test_bench_measures_the_same_table_here_on_onnx_runtime_and_prune_reads_it(
+    table_bundle, tmp_path, capsys
+):
+    # The local path of the same three steps: the pruned folder's dense model planned, its groups timed on ONNX
+    # Runtime CPU, assembled, written beside bench.json.
+    out = tmp_path / "here"
+    args = ["bench", "--pruned", str(table_bundle / "pruned"), "--latency-table", "--runs", "2", "--warmup", "1",
+            "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "measured here on ONNX Runtime CPU" in capsys.readouterr().out
+    table = load_latency_table(out / "latency_table.json")
+    board_plan = json.loads((table_bundle / "bundle" / "latency_table" / "plan.json").read_text())
+    assert table.model == "test_resnet" and table.measured["backend"] == "onnxruntime-cpu"
+    assert set(table.units) == set(board_plan["units"]) and table.scale > 0 and table.calibration["points"]
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model", "test_resnet", "--weights", "random", "--num-classes", "10", "--input-size", "3",
+                 str(SIZE), str(SIZE), "--keep-macs", "0.5", "--latency-table", str(out / "latency_table.json"),
+                 "--out", str(pruned)]) == 0  # fmt: skip
+    assert (
+        json.loads((pruned / "plan.json").read_text())["latency_allocation"]["backend"] == "onnxruntime-cpu"
+    )

@@ -85,6 +85,7 @@ def bench(
     compile_mode: str | None = None,
     precision: str | None = None,
     target: str | None = None,
+    latency_table: bool = False,
     force: bool = False,
     status: Status | None = None,
 ) -> BenchRun:
@@ -97,7 +98,9 @@ def bench(
     ``target``, default gpu-fp16, through :func:`rmtdeploy.engine.stage.build_for_target`, timed on the
     GPU; ``int8`` is then a Q/DQ graph built as an INT8 engine). ``device``/``precision`` apply to the
     PyTorch backends (precision default fp32); for TensorRT ``precision`` overrides the target's.
-    ``threads`` defaults to the machine's cores.
+    ``threads`` defaults to the machine's cores. ``latency_table`` (ONNX Runtime only) also measures the
+    dense model's latency table here, at the plan's width rules, into ``latency_table.json``
+    (:func:`rmtdeploy.benchmark.latency_table.measure_latency_table`; on a board: the bundle's).
     """
     from rmtdeploy.pruning.plan import load_dense_and_pruned
 
@@ -106,6 +109,11 @@ def bench(
     engine_target = _check_request(
         pruned, int8, backend, batch, threads, runs, warmup, device, precision, target
     )
+    if latency_table not in (True, False):
+        raise RmtdeployError(f"{{param}} must be true or false, got {latency_table!r}", param="latency_table")
+    if latency_table and backend != "onnxruntime":
+        raise RmtdeployError("{param} is measured here with onnxruntime; a board's comes from its bundle "
+                             "(bundle with a latency table, then bench --import)", param="latency_table")  # fmt: skip
     with OutputFolder(out, BENCH_FILES, force=force, stage="bench") as folder:
         say("loading the models")
         dense, pruned_model, plan = load_dense_and_pruned(Path(pruned))
@@ -127,8 +135,27 @@ def bench(
             )  # fmt: skip
         run = BenchRun(Path(out), report, models)
         _write(folder, run)
+        if latency_table:
+            run.latency_table = _measure_table(dense, plan, threads, runs, warmup, say)
+            from rmtdeploy.benchmark.device_table import TABLE_FILE
+
+            folder.write_json(TABLE_FILE, run.latency_table.to_dict())
         run.files = folder.commit()
     return run
+
+
+def _measure_table(dense, plan, threads: int, runs: int, warmup: int, say):
+    """The dense model's latency table on ONNX Runtime CPU, at the plan's input size and width rules."""
+    import torch
+
+    from rmtdeploy.benchmark.latency_table import measure_latency_table
+
+    say(f"measuring {plan['model']}'s latency table on onnxruntime ({runs} rounds per group)")
+    return measure_latency_table(
+        dense, model_name=plan["model"], example_inputs=torch.zeros(1, *plan["input_size"]),
+        round_to=plan.get("round_to", 8), min_channels=plan.get("min_channels", 8), threads=threads, runs=runs,
+        warmup=warmup, status=say,
+    )  # fmt: skip
 
 
 def import_results(results: str | os.PathLike, out: str | os.PathLike, *, force: bool = False) -> BenchRun:

@@ -53,6 +53,10 @@ def add_parser(commands) -> None:
                         f"{stage.DEFAULT_TENSORRT_TARGET}); the engines are built here, on this GPU")  # fmt: skip
     parser.add_argument("--compile-mode", metavar="MODE",
                         help="torch-compile: default | reduce-overhead (CUDA graphs) | max-autotune")  # fmt: skip
+    parser.add_argument("--latency-table", action="store_true",
+                        help="--backend onnxruntime: also measure the dense model's latency table here (each unit "
+                        "narrowed alone, joint configurations; minutes) into latency_table.json, for prune/compress "
+                        "--latency-table; docs/strategies.md#latency-tables")  # fmt: skip
     parser.set_defaults(handler=run)
 
 
@@ -62,8 +66,8 @@ def run(args) -> int:
     if args.import_file is not None:
         extra = [
             f
-            for f in ("int8", "threads", "compile_mode", "target", "precision")
-            if getattr(args, f) is not None
+            for f in ("int8", "threads", "compile_mode", "target", "precision", "latency_table")
+            if getattr(args, f) not in (None, False)
         ]
         if extra:
             raise RmtdeployError(
@@ -74,7 +78,8 @@ def run(args) -> int:
         with ui.spinner("benchmarking", enabled=not args.json) as status:
             result = bench(args.pruned, args.out, int8=args.int8, backend=args.backend, batch=args.batch,
                            threads=args.threads, runs=args.runs, warmup=args.warmup, device=args.device,
-                           compile_mode=args.compile_mode, precision=args.precision, target=args.target, force=args.force,
+                           compile_mode=args.compile_mode, precision=args.precision, target=args.target,
+                           latency_table=args.latency_table, force=args.force,
                            status=status)  # fmt: skip
     data = result.to_dict()
     table = result.latency_table
@@ -102,9 +107,12 @@ def run(args) -> int:
             f"{p['keep_macs']:g}: {p['median_ms']:.3f} ms ×{p['speedup']:.2f}" for p in data["curve"]))  # fmt: skip
     if table is not None:
         path = result.directory / "latency_table.json"
-        where = table.measured.get("device") or table.measured.get("target") or "the board"
-        console.print(f"latency table of {table.model} measured on {where} (TensorRT {table.measured.get('tensorrt', '?')}, "
-                      f"{table.measured.get('precision') or '?'}): {len(table.units)} units, {len(table.layers)} layer "
-                      f"grids, dense {table.dense_ms:.3f} ms; use it: rmtdeploy prune --latency-table {path}", soft_wrap=True)  # fmt: skip
+        m = table.measured
+        where = (f"here on ONNX Runtime CPU ({m.get('cpu')}, {m.get('threads')} threads)" if m.get("backend") == "onnxruntime-cpu"
+                 else f"on {m.get('device') or m.get('target') or 'the board'} (TensorRT {m.get('tensorrt', '?')}, "
+                      f"{m.get('precision') or '?'})")  # fmt: skip
+        console.print(f"latency table of {table.model} measured {where}: {len(table.units)} units, {len(table.layers)} layer "
+                      f"grids, dense {table.dense_ms:.3f} ms, joint fit ×{table.scale:.2f}; use it: rmtdeploy prune "
+                      f"--latency-table {path}", soft_wrap=True)  # fmt: skip
     console.print(f"wrote {', '.join(p.name for p in result.files)} to {args.out}")
     return 0
