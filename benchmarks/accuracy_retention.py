@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-tables", type=Path, metavar="DIR",
                         help="<family>.latency_table.json per family (benchmarks/latency_table.py --tables-out), for the "
                              "hybrid-table criterion; each point then records the table's predicted ms")  # fmt: skip
+    parser.add_argument("--table-trust", type=float, metavar="T",
+                        help="the hybrid-table criteria's trust region: each unit within [T x, 1/T x] hybrid's own "
+                             "width (0: none; default prune_model's)")  # fmt: skip
     parser.add_argument("--export-onnx", type=Path, metavar="DIR",
                         help="export the hybrid and hybrid-table points and each dense model here, for "
                              "benchmarks/accuracy_latency.py to time on an idle machine")  # fmt: skip
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         settings,
         latency_tables=str(args.latency_tables.resolve()) if args.latency_tables else None,
         export_onnx=str(args.export_onnx.resolve()) if args.export_onnx else None,
+        **({} if args.table_trust is None else {"table_trust": args.table_trust}),
     )
     if args.image_size is not None:
         if args.image_size < 8:

@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rmtdeploy.io import cache_folder
+
 RESULTS = Path(__file__).parent / "results"
-CACHE = Path(os.environ.get("RMTDEPLOY_CACHE", Path.home() / ".cache" / "rmtdeploy")) / "finetune_small_data"
+CACHE = cache_folder("finetune_small_data")
 SETS = {"digits": ("digits", None, 2), "mnist100": ("mnist5k", 100, 6)}  # built-in, per class, dense epochs
 # (label, recipe options, whether the teacher's BatchNorm is re-estimated): the former default first.
 RUNS = (

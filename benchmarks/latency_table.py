@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 
 from rmtdeploy.benchmark import machine_conditions, measure_onnx_latency  # noqa: E402
 from rmtdeploy.benchmark.latency_table import PILOT, measure_latency_table  # noqa: E402
-from rmtdeploy.exporting import export_onnx  # noqa: E402
+from rmtdeploy.exporting import export_for_timing  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
 from rmtdeploy.retention import FAMILIES  # noqa: E402
 
@@ -80,8 +80,7 @@ def run_family(family: str, args, tmp: Path) -> dict:
     paths = {}
     for label, net in (("dense", model), *pruned.items()):
         paths[label] = str(tmp / f"{family}-{label}.onnx")
-        export_onnx(net.eval(), paths[label], backend="onnxruntime", dynamic_batch=False,
-                    input_shape=tuple(example.shape[1:]), verify=False, overwrite=True)  # fmt: skip
+        export_for_timing(net.eval(), paths[label], example.shape[1:])
     # A pilot copy of dense takes the first session's place (1-5 % slower in A/A runs here; see PILOT).
     report = measure_onnx_latency({PILOT: paths["dense"], **paths}, threads=args.threads, runs=args.runs, warmup=10,
                                   pairs=[("dense", label) for label in pruned])  # fmt: skip

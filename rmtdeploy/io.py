@@ -243,6 +243,12 @@ def verify_output_folder(directory: str | os.PathLike, stage: str | tuple[str, .
     return manifest
 
 
+def cache_folder(name: str) -> Path:
+    """rmtdeploy's cache for ``name`` (trained models, TensorRT engines, datasets): ``$RMTDEPLOY_CACHE/name``,
+    default ``~/.cache/rmtdeploy/name``; the variable is read when called."""
+    return Path(os.environ.get("RMTDEPLOY_CACHE", Path.home() / ".cache" / "rmtdeploy")) / name
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -408,6 +408,7 @@ def device_files(tmp_path_factory):
             "agx": _curve_file(root / "agx.json", 1_800_000_000, target="jetson-agx-orin"),
             "table_untimed": _board_table_file(root / "untimed.json", plan, []),
             "table_no_plan": _board_table_file(root / "no_plan.json", {"format": "rmtdeploy-bench"}, []),
+            "table_no_reference": _board_table_file(root / "no_reference.json", {**plan, "groups": [{"labels": ["dense"]}]}, []),
             "table_bad_samples": _board_table_file(root / "bad_samples.json", plan, [
                 {"labels": ["dense"], "reference": "dense", "samples_ms": {"dense": [1.0, -2.0]}}])}  # fmt: skip
 
@@ -440,6 +441,8 @@ DEVICE_CASES = [
     (["bench", "--import", "{table_untimed}"], "untimed.json: its latency table is not usable: the plan has 1 group(s), the board timed 0"),
     (["bench", "--import", "{table_no_plan}"],
      "its latency table is not usable: its plan is not a latency-table plan (rmtdeploy-latency-table-plan version 1)"),
+    (["bench", "--import", "{table_no_reference}"],
+     "its latency table is not usable: its plan: group 1 has no reference graph among its labels"),
     (["bench", "--import", "{table_bad_samples}"],
      "its latency table is not usable: group 1: the samples of dense are not positive milliseconds"),
 ]  # fmt: skip
@@ -489,6 +492,8 @@ LATENCY_TABLE_CASES = [
     ([*PRUNE_HALF, "--latency-table", "{narrow_table}"],
      "--latency-table was measured on another model (resnet18): dense widths differ, fc is 10 wide there and 1000 in resnet18"),
     (["prune", *RANDOM_RESNET, "--latency-budget-ms", "5"], "--latency-budget-ms is met by a latency table's prediction"),
+    ([*PRUNE_HALF, "--latency-table-trust", "0.5"], "--latency-table-trust bounds a latency table's allocation"),
+    ([*PRUNE_HALF, "--latency-table", "{narrow_table}", "--latency-table-trust", "2"], "--latency-table-trust must lie in [0, 1]"),
     (["prune", *RANDOM_RESNET, "--latency-budget-ms", "-5", "--latency-table", "{narrow_table}"], "--latency-budget-ms must be a time in ms > 0"),
     ([*PRUNE_HALF, "--latency-budget-ms", "5", "--latency-table", "{narrow_table}"], "not allowed with argument"),
     ([*PRUNE_HALF, "--latency-table", "{narrow_table}", "--latency-aware"], "--latency-table and latency-aware allocation"),

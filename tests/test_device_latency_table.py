@@ -117,7 +117,7 @@ def test_a_latency_table_is_planned_into_the_bundle_timed_on_the_board_and_read_
     record = json.loads((bundle / "bundle.json").read_text())["latency_table"]
     plan = json.loads((bundle / "latency_table" / "plan.json").read_text())
     assert plan["model"] == "test_resnet" and plan["round_to"] == 8  # the Orin Nano's channel multiple
-    models = {label for g in plan["groups"] if g["reference"] for label in g["labels"]}
+    models = {label for g in plan["groups"] for label in g["labels"]}
     assert record == {"plan_file": "latency_table/plan.json", "graphs": len(plan["graphs"]), "groups": len(plan["groups"]),
                       "model_graphs": len(models), "precision": "fp16"}  # fmt: skip
     assert models == {"dense", *(label for u in plan["units"].values() for label in u["labels"]),
@@ -150,7 +150,7 @@ def test_a_latency_table_is_planned_into_the_bundle_timed_on_the_board_and_read_
 
     # On the board: the usual engines, then the table's group by group, never more than one group loaded.
     cudart = _board(bundle)
-    largest = max(len(g["labels"]) + (g["reference"] not in (None, *g["labels"])) for g in plan["groups"])
+    largest = max(len(g["labels"]) for g in plan["groups"])
     assert cudart._peak == 2 * largest < 2 * len(plan["graphs"])  # an input and an output buffer per engine
     assert cudart._live == {} and cudart._streams == set()
     sent = json.loads((bundle / "bench.json").read_text())
@@ -180,9 +180,7 @@ def test_a_latency_table_is_planned_into_the_bundle_timed_on_the_board_and_read_
     # The statistics come from the board's samples: dense is the median of the groups' dense medians, a
     # narrowed graph's time the dense time over its median per-round speedup to its group's dense.
     groups = timed["groups"]
-    dense = float(
-        np.median([np.median(g["samples_ms"]["dense"]) for g in groups if g["reference"] == "dense"])
-    )
+    dense = float(np.median([np.median(g["samples_ms"]["dense"]) for g in groups]))
     assert table.dense_ms == pytest.approx(dense, rel=1e-4)
     root, unit = next(iter(plan["units"].items()))
     label = unit["labels"][0]
@@ -206,7 +204,8 @@ def test_the_board_script_refuses_a_table_it_cannot_time_before_timing_anything(
                                          r"with rmtdeploy bundle --latency-table"):  # fmt: skip
         script.latency_table_request(tmp_path, asked=True)
     assert script.latency_table_request(tmp_path, asked=False) is None
-    plan = {"graphs": {"dense": "dense.onnx", "layer0": "layer0.onnx"}, "groups": [{"labels": ["layer0"]}]}
+    plan = {"graphs": {"dense": "dense.onnx", "layer0": "layer0.onnx"},
+            "groups": [{"labels": ["dense", "layer0"], "reference": "dense"}]}  # fmt: skip
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     (tmp_path / "dense.engine").write_text("built")
     with pytest.raises(SystemExit, match=r"1 of the latency table's 2 engines are not built \(first: layer0.engine\): "
@@ -216,25 +215,45 @@ def test_the_board_script_refuses_a_table_it_cannot_time_before_timing_anything(
     assert "add --latency-table to time it" in capsys.readouterr().err
 
 
-def test_a_group_without_a_reference_gets_medians_only_and_a_reference_outside_the_labels_is_timed_too():
+def test_the_board_samples_become_per_label_medians_and_per_round_speedups_to_the_groups_reference():
     from rmtdeploy.benchmark.device_table import table_timings
 
-    planned = [{"labels": ["a", "b"], "reference": "dense"}, {"labels": ["layer0"], "reference": None}]
-    timed = [{"labels": ["a", "b"], "reference": "dense",
-              "samples_ms": {"a": [1.0, 2.0, 3.0], "b": [4.0, 4.0, 4.0], "dense": [8.0, 8.0, 9.0]}},
-             {"labels": ["layer0"], "reference": None, "samples_ms": {"layer0": [0.5, 0.1, 0.3]}}]  # fmt: skip
+    planned = [{"labels": ["dense", "a", "b"], "reference": "dense"}]
+    timed = [{"labels": ["dense", "a", "b"], "reference": "dense",
+              "samples_ms": {"a": [1.0, 2.0, 3.0], "b": [4.0, 4.0, 4.0], "dense": [8.0, 8.0, 9.0]}}]  # fmt: skip
     result = table_timings(planned, timed)["groups"]
     assert result[0]["ms"]["dense"][0] == 8.0 and result[0]["speedup"]["a"][0] == 4.0  # median of 8, 4, 3
-    assert result[0]["speedup"]["b"] == [2.0, 2.0, 2.2]
-    assert result[1] == {
-        "labels": ["layer0"],
-        "reference": None,
-        "ms": {"layer0": [0.3, 0.14, 0.46]},
-        "speedup": {},
-    }
+    assert result[0]["speedup"]["b"] == [2.0, 2.0, 2.2] and set(result[0]["speedup"]) == {"a", "b"}
     timed[0]["samples_ms"]["b"] = [4.0, 4.0]
     with pytest.raises(ValueError, match="group 1: its labels were timed a different number of rounds"):
         table_timings(planned, timed)
+
+
+@pytest.mark.parametrize("group", [{"labels": ["dense", "unit0-8"]}, {"labels": ["unit0-8"], "reference": "dense"},
+                                   {"labels": ["dense", "unit0-8"], "reference": None}])  # fmt: skip
+def test_a_plan_group_without_its_reference_among_its_labels_is_refused_here_and_on_the_board(
+    group, tmp_path
+):
+    from rmtdeploy.benchmark.device_table import board_latency_table
+    from rmtdeploy.benchmark.latency_table_plan import TablePlan
+    from rmtdeploy.bundle import bench_on_device as script
+
+    plan = {"format": "rmtdeploy-latency-table-plan", "version": 1,
+            "graphs": {"dense": "dense.onnx", "unit0-8": "unit0-8.onnx"},
+            "groups": [{"labels": ["dense"], "reference": "dense"}, group]}  # fmt: skip
+    said = "group 2 has no reference graph among its labels"
+    with pytest.raises(RmtdeployError, match=f"^latency_table_plan the plan: {said} \\(every group is timed"):
+        TablePlan.from_dict(plan)
+    with pytest.raises(
+        RmtdeployError, match=f"^bench.json: its latency table is not usable: its plan: {said}"
+    ):
+        board_latency_table({"latency_table": {"plan": plan, "groups": []}}, "bench.json")
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    for name in ("dense", "unit0-8"):
+        (tmp_path / f"{name}.engine").write_text("built")
+    with pytest.raises(SystemExit, match="^bench_on_device: group 2 of the latency table's plan has no reference "
+                                         "graph among its labels: make the bundle again"):  # fmt: skip
+        script.latency_table_request(tmp_path, asked=True)
 
 
 def test_a_bundle_latency_table_must_be_a_yes_or_no_and_compress_refuses_it_off_jetson(tmp_path):

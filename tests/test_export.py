@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from rmtdeploy.errors import RmtdeployError
-from rmtdeploy.exporting import export_onnx
+from rmtdeploy.exporting import export_for_timing, export_onnx
 from rmtdeploy.targets import load_target
 
 SMALL = (3, 32, 32)
@@ -141,6 +141,14 @@ def test_path_under_a_file_is_a_user_error(tmp_path):
 def test_missing_parent_directories_are_created(tmp_path):
     result = export_onnx(_tiny_cnn(), tmp_path / "a" / "b" / "m.onnx", input_shape=SMALL, verify=False)
     assert result.path.is_file() and not result.verified and result.max_abs_diff is None
+
+
+def test_a_graph_for_timing_is_onnx_runtimes_at_static_batch_one_unverified_and_replaces_the_file(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"an earlier graph")
+    result = export_for_timing(_tiny_cnn(), path, [3, 16, 16])
+    assert result.backend == "onnxruntime" and result.input_shape == (1, 3, 16, 16) and not result.verified
+    assert [i.shape for i in _session(path).get_inputs()] == [[1, 3, 16, 16]]
 
 
 @pytest.mark.parametrize(

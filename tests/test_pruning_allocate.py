@@ -147,6 +147,13 @@ def test_a_target_between_two_reachable_steps_fails_with_the_nearest_fractions()
     measure = linear_cost([10.0], Counter())
     with pytest.raises(RmtdeployError, match=r"within ±3%.*nearest reached fractions: \[0\.5, 1\.0\]"):
         search_widths(allocator, measure, dense_value=20.0, target=15.0, metric_name="params")
+    # Asked for the nearest instead (a latency table's trust region is centred there): the closer step.
+    assert search_widths(allocator, measure, dense_value=20.0, target=12.0, nearest=True).widths == (1,)
+    floors = WidthAllocator([channels(64), channels(64)], rules(min_channels=32), [1.0, 1.0])
+    found = search_widths(
+        floors, linear_cost([1.0, 1.0], Counter()), dense_value=128.0, target=12.8, nearest=True
+    )
+    assert found.widths == (32, 32)
 
 
 def test_a_reference_width_makes_a_second_cut_round_as_one_cut_from_the_reference_would():

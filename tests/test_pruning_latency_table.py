@@ -21,7 +21,12 @@ from rmtdeploy.pruning import prune_model
 from rmtdeploy.pruning.allocate import WidthAllocator, WidthRules
 from rmtdeploy.pruning.graph import PruningUnit, layer_widths
 from rmtdeploy.pruning.latency_table import LatencyTable, LayerGrid, UnitCurve, load_latency_table, monotone
-from rmtdeploy.pruning.table_allocation import index_for_latency, table_path
+from rmtdeploy.pruning.table_allocation import (
+    allocate_by_table,
+    centre_at_latency,
+    index_for_latency,
+    table_path,
+)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 EXAMPLE = torch.zeros(1, 3, 32, 32)
@@ -121,13 +126,24 @@ def _linear_curve(full: int, dense_ms: float, ms_per_channel: float, macs_per_ch
     return UnitCurve("channels", full, widths, ms, ms, ms, tuple(macs_per_channel * w for w in widths))
 
 
-def test_the_allocation_cuts_where_time_is_saved_and_keeps_more_importance_than_a_latency_blind_one():
-    # Two units alike in width and scores; cutting "slow" saves 10x the time of cutting "fast".
+def _slow_and_fast():
+    """Two units alike in width and scores; cutting "slow" saves 10x the time of cutting "fast"."""
     scores = torch.linspace(0.5, 1.5, 64)
     units = [_unit("slow", scores.clone()), _unit("fast", scores.flip(0).clone())]
     curves = {"slow": _linear_curve(64, 20.0, 1.0 / 8, 1000), "fast": _linear_curve(64, 20.0, 0.1 / 8, 1000)}
     table = LatencyTable("m", (3, 8, 8), 8, 20.0, 128_000, {}, curves, {}, {})
-    allocator = WidthAllocator(units, WidthRules(8, 8, True, False), [1.0, 1.0])
+    return units, table, WidthAllocator(units, WidthRules(8, 8, True, False), [1.0, 1.0])
+
+
+def _kept_importance(units, widths) -> float:
+    return sum(
+        float(torch.sort(u.channel_scores, descending=True).values[:w].sum())
+        for u, w in zip(units, widths, strict=True)
+    )
+
+
+def test_the_allocation_cuts_where_time_is_saved_and_keeps_more_importance_than_a_latency_blind_one():
+    units, table, allocator = _slow_and_fast()
     path = table_path(allocator, table)
     assert path.widths[0] == (64, 64) and path.widths[-1] == (8, 8)
     assert all(b <= a for a, b in zip(path.predicted_ms, path.predicted_ms[1:], strict=False))
@@ -139,14 +155,62 @@ def test_the_allocation_cuts_where_time_is_saved_and_keeps_more_importance_than_
     blind = next(w for f in torch.linspace(0, 1, 201).tolist()
                  if table.predict(dict(zip(("slow", "fast"), w := allocator.widths(f), strict=True))) <= budget)  # fmt: skip
     assert blind[0] < 64 and blind[1] < 64
+    assert _kept_importance(units, chosen) > _kept_importance(units, blind) + 5
 
-    def kept_importance(widths):
-        return sum(
-            float(torch.sort(u.channel_scores, descending=True).values[:w].sum())
-            for u, w in zip(units, widths, strict=True)
-        )
 
-    assert kept_importance(chosen) > kept_importance(blind) + 5
+def _by_table(allocator, table, budget_ms, trust):
+    return allocate_by_table(allocator, table, budget_ms=budget_ms, count=len, dense_value=1.0, target=None,
+                             tolerance=0.03, metric_name="MACs", trust=trust)  # fmt: skip
+
+
+def test_the_trust_region_keeps_each_unit_near_the_strategys_own_width():
+    units, table, allocator = _slow_and_fast()
+    budget = 16.0
+    free, _, record = _by_table(allocator, table, budget, trust=0.0)
+    assert free == (32, 64) and record["trust"] == 0.0  # no region: the slow unit alone, down to half
+    centre = centre_at_latency(allocator, table, budget)  # the strategy's one ratio, the least cut within
+    assert (
+        centre[0] == centre[1] and table.predict(dict(zip(("slow", "fast"), centre, strict=True))) <= budget
+    )
+    wider = allocator.widths(0.0)
+    assert table.predict(dict(zip(("slow", "fast"), wider, strict=True))) > budget
+    held, _, record = _by_table(allocator, table, budget, trust=0.75)
+    assert all(0.75 * c <= kept <= c / 0.75 for kept, c in zip(held, centre, strict=True)), (held, centre)
+    assert held != centre and held[0] < held[1]  # the region still moves width to where time goes
+    assert table.predict(dict(zip(("slow", "fast"), held, strict=True))) <= budget
+    assert _kept_importance(units, centre) < _kept_importance(units, held) < _kept_importance(units, free)
+    assert record["trust"] == 0.75 and record["strategy_predicted_ms"] <= budget
+    assert (
+        _by_table(allocator, table, budget, trust=1.0)[0] == centre
+    )  # a region of one point: the strategy's
+
+
+def test_a_count_the_region_cannot_meet_widens_the_region_and_says_so():
+    units, table, allocator = _slow_and_fast()
+    centre = (48, 48)  # region at trust 0.75: 40..64 per unit, so at least 80 channels in all
+
+    def by_channels(trust):
+        return allocate_by_table(allocator, table, budget_ms=None, count=sum, dense_value=128.0, target=56.0,
+                                 tolerance=0.03, metric_name="channels", centre=centre, trust=trust)  # fmt: skip
+
+    widths, _, record = by_channels(0.75)
+    assert sum(widths) == 56 and record["trust"] == 0.375 and record["trust_asked"] == 0.75
+    assert all(0.375 * c <= kept for kept, c in zip(widths, centre, strict=True))
+    widths, _, record = allocate_by_table(allocator, table, budget_ms=None, count=sum, dense_value=128.0,
+                                          target=96.0, tolerance=0.03, metric_name="channels", centre=centre,
+                                          trust=0.75)  # fmt: skip
+    assert sum(widths) == 96 and record["trust"] == 0.75 and "trust_asked" not in record
+
+
+def test_with_full_trust_the_table_gives_the_strategys_own_mac_allocation(measured):
+    model, table = measured
+    table = _synthetic(table)
+    plain = prune_model(model, keep_macs=0.5, example_inputs=EXAMPLE)
+    held = prune_model(
+        model, keep_macs=0.5, example_inputs=EXAMPLE, latency_table=table, latency_table_trust=1.0
+    )
+    assert held.plan["operations"] == plain.plan["operations"]
+    assert held.plan["latency_allocation"]["trust"] == 1.0
 
 
 def _synthetic(table: LatencyTable) -> LatencyTable:
@@ -196,6 +260,7 @@ def test_prune_model_meets_macs_or_a_predicted_latency_with_the_table(measured):
         ({}, "give a budget"),
         ({"keep_macs": 0.5, "latency_budget_ms": 1.0}, "give one budget"),
         ({"latency_budget_ms": -1.0}, "latency_budget_ms must be a time in ms > 0"),
+        ({"keep_macs": 0.5, "latency_table_trust": 1.5}, r"latency_table_trust must lie in \[0, 1\]"),
     ],
 )
 def test_table_arguments_are_checked_before_the_work(measured, kwargs, phrase):

@@ -32,14 +32,13 @@ def fastest_allocation(
     from rmtdeploy import (
         benchmark,
     )  # its measure_onnx_latency, looked up at call time (tests stand in for it)
-    from rmtdeploy.exporting import export_onnx
+    from rmtdeploy.exporting import export_for_timing
 
     with tempfile.TemporaryDirectory(prefix="rmtdeploy-allocation-") as tmp:
         paths = {}
         for label, (model, _) in candidates.items():
             paths[label] = str(Path(tmp) / f"{label}.onnx")
-            export_onnx(model, paths[label], backend="onnxruntime", dynamic_batch=False,
-                        input_shape=tuple(example.shape[1:]), verify=False)  # fmt: skip
+            export_for_timing(model, paths[label], example.shape[1:])
         others = [label for label in candidates if label != baseline]
         report = benchmark.measure_onnx_latency(paths, threads=threads, runs=runs, warmup=5,
                                       pairs=[(baseline, label) for label in others])  # fmt: skip

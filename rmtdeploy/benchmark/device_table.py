@@ -58,7 +58,9 @@ def board_latency_table(data: Mapping[str, Any], where: str) -> LatencyTable | N
 
 
 def table_timings(planned: list[dict[str, Any]], timed: Any) -> dict[str, Any]:
-    """The timings record of the plan's groups from the board's samples (one record per group, in order)."""
+    """The timings record of the plan's groups (checked by
+    :class:`~rmtdeploy.benchmark.latency_table_plan.TablePlan`: each holds its reference
+    among its labels) from the board's samples (one record per group, in order)."""
     from rmtdeploy.benchmark.stats import LatencyStats, SpeedupStats
 
     if not isinstance(timed, list) or len(timed) != len(planned):
@@ -66,17 +68,16 @@ def table_timings(planned: list[dict[str, Any]], timed: Any) -> dict[str, Any]:
         raise ValueError(f"the plan has {len(planned)} group(s), the board timed {count}")
     records = []
     for i, (group, record) in enumerate(zip(planned, timed, strict=True)):
-        labels, reference = list(group["labels"]), group.get("reference")
+        labels, reference = list(group["labels"]), group["reference"]
         if list(record["labels"]) != labels or record.get("reference") != reference:
             raise ValueError(f"group {i + 1} was timed with other labels than the plan's")
-        extra = [reference] if reference is not None and reference not in labels else []
-        samples = _samples(record["samples_ms"], [*labels, *extra], i)
+        samples = _samples(record["samples_ms"], labels, i)
         ms = {
             label: _triple(*_stats(LatencyStats.from_samples(label, values)))
             for label, values in samples.items()
         }
         speedup = {}
-        for label in labels if reference is not None else ():
+        for label in labels:
             if label != reference:
                 s = SpeedupStats.from_samples(
                     reference, label, samples[reference], samples[label], paired=True

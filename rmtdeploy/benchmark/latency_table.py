@@ -4,9 +4,9 @@ groups on ONNX Runtime CPU, and assembling the table from a plan and its timings
 :mod:`rmtdeploy.benchmark.latency_table_plan` writes what to time. Timings are JSON, one record per plan
 group in the plan's order::
 
-    {"groups": [{"labels": [...], "reference": "dense" | null,
+    {"groups": [{"labels": [...], "reference": "dense",      # one of the labels, in every group
                  "ms": {label: [median, p10, p90]},          # per-sample milliseconds
-                 "speedup": {label: [median, p10, p90]}}]}   # per-round reference / label (with a reference)
+                 "speedup": {label: [median, p10, p90]}}]}   # per-round reference / label
 
 so a board's script (``bench_on_device.py``, TensorRT) produces the same record as
 :func:`time_plan_onnxruntime`. Assembling takes each graph's time as the dense median (over all groups)
@@ -101,13 +101,13 @@ def time_plan_onnxruntime(
 
     records, versions = [], set()
     for i, group in enumerate(plan.groups):
-        labels, reference = group["labels"], group.get("reference")
+        labels, reference = group["labels"], group["reference"]
         if status is not None:
             status(f"timing group {i + 1}/{len(plan.groups)} ({len(labels)} graphs)")
         paths = {label: str(Path(folder) / plan.graphs[label]) for label in labels}
         report = measure_onnx_latency(
             {PILOT: paths[labels[0]], **paths}, threads=threads, runs=runs, warmup=warmup,
-            pairs=[(reference, label) for label in labels if label != reference] if reference else [],
+            pairs=[(reference, label) for label in labels if label != reference],
         )  # fmt: skip
         versions.add(report.conditions.get("onnxruntime_version"))
         records.append({
@@ -124,10 +124,11 @@ def timings_from_macs(plan: TablePlan) -> dict[str, Any]:
     macs = plan.data["macs"]
     records = []
     for group in plan.groups:
-        reference = group.get("reference")
+        reference = group["reference"]
         ms = {label: [macs[label] / 1e6] * 3 for label in group["labels"]}
-        speedup = {label: [macs[reference] / macs[label]] * 3 for label in group["labels"]
-                   if reference and label != reference}  # fmt: skip
+        speedup = {
+            label: [macs[reference] / macs[label]] * 3 for label in group["labels"] if label != reference
+        }
         records.append(
             {"labels": list(group["labels"]), "reference": reference, "ms": ms, "speedup": speedup}
         )
@@ -181,20 +182,14 @@ def _graph_times(plan: TablePlan, timings: Mapping[str, Any]):
         if list(timed.get("labels", [])) != list(planned["labels"]):
             raise RmtdeployError("{param} does not fit the plan: a group's labels differ",
                                  param="latency_table_timings")  # fmt: skip
-        if planned.get("reference"):
-            references.append(float(timed["ms"][planned["reference"]][0]))
+        references.append(float(timed["ms"][planned["reference"]][0]))
     dense_ms = round(statistics.median(references), 5)
     ms, spread = {"dense": dense_ms}, {}
     for planned, timed in zip(plan.groups, groups, strict=True):
-        reference = planned.get("reference")
         for label in planned["labels"]:
-            if label == reference:
-                continue
-            if reference:
+            if label != planned["reference"]:
                 median, p10, p90 = (float(v) for v in timed["speedup"][label])
                 ms[label], spread[label] = dense_ms / median, (dense_ms / p90, dense_ms / p10)
-            else:
-                ms[label] = float(timed["ms"][label][0])
     return ms, spread, dense_ms
 
 

@@ -17,7 +17,7 @@ units' measured in-graph time per MAC. (Timed alone as one-layer graphs, such la
 narrowing them saved inside the graph on ONNX Runtime CPU, where layout conversions and per-op costs scale
 with the widths too: their second differences were far too small.)
 
-Model graphs are timed in small groups, each with the dense model as its reference: a per-round ratio to
+The graphs are timed in small groups, each with the dense model as its reference: a per-round ratio to
 dense cancels drift, and a small group keeps the cache and memory context close to a model timed on its
 own (in one group of hundreds of sessions, the dense model ran 20–35 % slower than alone, and that offset
 entered every unit's saving).
@@ -48,7 +48,8 @@ Status = Callable[[str], None]
 
 @dataclass
 class TablePlan:
-    """The plan's JSON data (see the module docstring) with accessors; ``data`` is what ``plan.json`` holds."""
+    """The plan's JSON data (see the module docstring) with accessors; ``data`` is what ``plan.json`` holds.
+    Every group holds its ``reference`` (the graph its others are timed against) among its ``labels``."""
 
     data: dict[str, Any]
 
@@ -83,6 +84,13 @@ class TablePlan:
         if not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") != VERSION:
             raise RmtdeployError(f"{{param}} {where} is not a latency-table plan ({FORMAT} version {VERSION})",
                                  param="latency_table_plan")  # fmt: skip
+        groups = data.get("groups")
+        for i, group in enumerate(groups if isinstance(groups, list) else ()):
+            labels = group.get("labels") if isinstance(group, dict) else None
+            if not isinstance(labels, list) or group.get("reference") not in labels:
+                raise RmtdeployError(f"{{param}} {where}: group {i + 1} has no reference graph among its labels "
+                                     "(every group is timed against one, the dense model)",
+                                     param="latency_table_plan")  # fmt: skip
         return cls(data)
 
 
@@ -193,12 +201,11 @@ class _GraphWriter:
         self.macs: dict[str, int] = {}
 
     def model(self, label: str, net: nn.Module, macs: int) -> None:
-        from rmtdeploy.exporting import export_onnx
+        from rmtdeploy.exporting import export_for_timing
 
         self.graphs[label], self.macs[label] = f"{label}.onnx", int(macs)
         if self.folder is not None:
-            export_onnx(net, self.folder / self.graphs[label], backend="onnxruntime", dynamic_batch=False,
-                        input_shape=tuple(self.example.shape[1:]), verify=False, overwrite=True)  # fmt: skip
+            export_for_timing(net, self.folder / self.graphs[label], self.example.shape[1:])
 
 
 class _Narrower:

@@ -264,8 +264,15 @@ def table_engine(graph: str) -> str:
 
 
 def table_engines(folder: Path) -> tuple[dict, dict]:
-    """The latency table's plan (``folder/plan.json``) and its engine per label, every one built."""
+    """The latency table's plan (``folder/plan.json``) and its engine per label, every one built; each group
+    holds its reference (the graph the others are timed against) among its labels."""
     plan = json.loads((folder / "plan.json").read_text())
+    for i, group in enumerate(plan["groups"]):
+        if group.get("reference") not in group["labels"]:
+            raise DeviceBenchError(
+                f"group {i + 1} of the latency table's plan has no reference graph among its labels: "
+                "make the bundle again with rmtdeploy bundle --latency-table"
+            )
     engines = {label: folder / table_engine(graph) for label, graph in plan["graphs"].items()}
     missing = [path.name for path in engines.values() if not path.is_file()]
     if missing:
@@ -284,10 +291,7 @@ def time_latency_table(trt, runtime, cuda: Cuda, plan: dict, engines: dict, warm
     statistics from them (``rmtdeploy bench --import``)."""
     groups = []
     for i, group in enumerate(plan["groups"]):
-        reference = group.get("reference")
-        labels = list(group["labels"]) + (
-            [reference] if reference and reference not in group["labels"] else []
-        )
+        labels = list(group["labels"])
         say(f"latency table: group {i + 1}/{len(plan['groups'])}, {len(labels)} engines")
         calls = {}
         try:
@@ -297,7 +301,7 @@ def time_latency_table(trt, runtime, cuda: Cuda, plan: dict, engines: dict, warm
         finally:
             for call in calls.values():
                 call.close()
-        groups.append({"labels": list(group["labels"]), "reference": reference, "samples_ms": samples})
+        groups.append({"labels": labels, "reference": group["reference"], "samples_ms": samples})
     return {"plan": plan, "warmup": warmup, "runs": runs, "groups": groups}
 
 

@@ -61,18 +61,26 @@ def add_parser(commands) -> None:
         metavar="KEY=VALUE",
         help="strategy knob, repeatable (e.g. --knob steps=3 for dynamic); see docs/strategies.md",
     )
-    _add_deployment_arguments(parser)
+    _add_deployment_arguments(parser, stage)
     _add_calibration_arguments(parser, stage)
     parser.set_defaults(handler=run)
 
 
-def _add_deployment_arguments(parser) -> None:
+def _add_deployment_arguments(parser, stage) -> None:
     parser.add_argument(
         "--latency-table",
         metavar="FILE",
         help="a latency table of this model measured on the target (JSON: here with "
         "rmtdeploy.benchmark.latency_table, or on the board): widths keep the most importance per measured "
         "millisecond at the budget; docs/strategies.md#latency-tables",
+    )
+    parser.add_argument(
+        "--latency-table-trust",
+        type=float,
+        metavar="T",
+        help="with --latency-table: each unit keeps between T x and 1/T x the width the strategy's own "
+        f"allocation gives it (default {stage.DEFAULT_TABLE_TRUST:g}; 0: anywhere down to the floors; 1: the "
+        "strategy's widths)",
     )
     parser.add_argument(
         "--latency-aware",
@@ -133,6 +141,7 @@ def run(args) -> int:
             latency_aware=args.latency_aware,
             latency_table=args.latency_table,
             latency_budget_ms=args.latency_budget_ms,
+            latency_table_trust=args.latency_table_trust,
             strict=args.strict,
             force=args.force,
             status=status,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.io import cache_folder
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60
@@ -39,7 +40,7 @@ class DatasetFile:
 def datasets_folder() -> Path:
     """Where fetched files are kept: ``$RMTDEPLOY_CACHE/datasets`` (default ``~/.cache/rmtdeploy``), read
     when called, as every rmtdeploy cache is."""
-    return Path(os.environ.get("RMTDEPLOY_CACHE", Path.home() / ".cache" / "rmtdeploy")) / "datasets"
+    return cache_folder("datasets")
 
 
 def locate(file: DatasetFile) -> Path | None:

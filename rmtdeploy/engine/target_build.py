@@ -6,15 +6,15 @@ the form TensorRT's parser takes) and the build with its record. Used by the eng
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from rmtdeploy.engine.versions import build_settings, check_supported, installed_tensorrt, timing_cache_name
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.io import cache_folder
 
-CACHE = Path(os.environ.get("RMTDEPLOY_CACHE", Path.home() / ".cache" / "rmtdeploy")) / "tensorrt"
+CACHE = cache_folder("tensorrt")
 
 
 def check_tensorrt_qdq(path: Path, graph) -> None:

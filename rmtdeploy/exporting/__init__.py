@@ -1,6 +1,7 @@
 """Export: a (pruned) PyTorch model -> a verified ONNX file an app or TensorRT can take as is.
 
-Modules: ``graph`` (:func:`export_onnx`: exporter, export forms per backend, the atomic verified write),
+Modules: ``graph`` (:func:`export_onnx`: exporter, export forms per backend, the atomic verified write;
+:func:`export_for_timing`, the unverified static batch-1 ONNX Runtime graph a timing run needs),
 ``settings`` (what one export runs with: arguments, target, the model's input size), ``onnx_file``
 (simplification, metadata entries, checked save, the graph's precision), ``parity`` (ONNX Runtime against
 PyTorch on random and real inputs), ``metadata`` (what an app needs, in ``metadata_props``), ``int8``
@@ -16,6 +17,7 @@ from rmtdeploy.exporting.graph import (
     EXPORTERS,
     MIN_OPSET,
     ExportResult,
+    export_for_timing,
     export_onnx,
 )
 from rmtdeploy.exporting.metadata import deployment_metadata, read_metadata
@@ -29,6 +31,7 @@ __all__ = [
     "ExportResult",
     "Parity",
     "deployment_metadata",
+    "export_for_timing",
     "export_onnx",
     "read_metadata",
 ]

@@ -189,6 +189,13 @@ def export_onnx(
     return _result(path, settings, state, notes)
 
 
+def export_for_timing(model: nn.Module, path: str | os.PathLike, input_shape: Sequence[int]) -> ExportResult:
+    """``model`` as ONNX Runtime's graph at a static batch of 1 and ``input_shape`` (C, H, W), to be timed:
+    unverified (the time does not depend on the outputs) and replacing ``path`` if it exists."""
+    return export_onnx(model, path, backend="onnxruntime", batch=1, dynamic_batch=False,
+                       input_shape=tuple(input_shape), verify=False, overwrite=True)  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------- internals
 
 

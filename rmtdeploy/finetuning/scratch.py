@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from rmtdeploy.errors import RmtdeployError
+from rmtdeploy.io import cache_folder
 from rmtdeploy.models import LoadedModel, build_timm_model, model_family, resolve_model_name
 
 SCRATCH_VERSION = 1  # bump when the training loop changes: cached weights of another loop are not reused
-CACHE = Path(os.environ.get("RMTDEPLOY_CACHE", Path.home() / ".cache" / "rmtdeploy")) / "trained"
+CACHE = cache_folder("trained")
 
 
 @dataclass(frozen=True)

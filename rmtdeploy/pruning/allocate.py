@@ -241,9 +241,11 @@ def search_widths(
     patience: int = 5,
     max_measures: int = 30,
     metric_name: str = "MACs",
+    nearest: bool = False,
 ) -> SearchResult:
     """Widths whose measured metric is within ``aim`` (relative) of ``target`` (within ``tolerance`` once
-    ``patience`` measurements are spent); RmtdeployError when the target cannot be met within ``tolerance``.
+    ``patience`` measurements are spent); RmtdeployError when the target cannot be met within ``tolerance``,
+    or with ``nearest`` the measured widths nearest it.
 
     ``measure`` builds and counts a model (the expensive step); every distinct width tuple is measured once.
     The metric is assumed non-increasing in the factor (more pruning never adds MACs or parameters).
@@ -261,7 +263,7 @@ def search_widths(
                 if budget.accepts(budget.value_of(hi)):
                     return budget.result(hi)
                 if hi.value > target:
-                    if not frozen:
+                    if not frozen and not nearest:
                         raise RmtdeployError(
                             f"cannot reach keep_{metric_name.lower()}={target / dense_value:.3g}: with every "
                             f"layer at its floor (min_channels, one head, a strategy's floors) the model keeps "
@@ -279,7 +281,7 @@ def search_widths(
     except _OutOfMeasures:
         pass
     best = budget.closest()
-    if budget.error(best.value) <= tolerance:
+    if budget.error(best.value) <= tolerance or nearest:
         return best
     near = sorted(
         {round(v / dense_value, 3) for v in budget.values.values()},

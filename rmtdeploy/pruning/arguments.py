@@ -25,6 +25,7 @@ def check_pruning_arguments(
     latency_budget_ms: float | None = None,
     latency_table: Any = _NOT_GIVEN,
     latency_weights: Any = None,
+    latency_table_trust: Any = 0.0,
 ) -> None:
     """The rules of :func:`prune_model`'s arguments, callable before any model is built. The latency table's
     rules are checked when ``latency_table`` is passed (``None`` included): a caller that reads the table
@@ -47,6 +48,15 @@ def check_pruning_arguments(
     ):
         raise RmtdeployError(
             f"{{param}} must be a time in ms > 0, got {latency_budget_ms!r}", param="latency_budget_ms"
+        )
+    if (
+        isinstance(latency_table_trust, bool)
+        or not isinstance(latency_table_trust, (int, float))
+        or not (0 <= latency_table_trust <= 1)
+    ):
+        raise RmtdeployError(
+            f"{{param}} must lie in [0, 1] (0: no trust region), got {latency_table_trust!r}",
+            param="latency_table_trust",
         )
     for name, value in (("round_to", round_to), ("min_channels", min_channels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -33,7 +33,7 @@ from rmtdeploy.pruning.latency import AllocationChooser, tilted_weights
 from rmtdeploy.pruning.latency_table import LatencyTable
 from rmtdeploy.pruning.plan import build_plan
 from rmtdeploy.pruning.result import PruneResult, count_macs_params
-from rmtdeploy.pruning.table_allocation import allocate_by_table
+from rmtdeploy.pruning.table_allocation import DEFAULT_TRUST, allocate_by_table
 
 # The budget is met within this relative error or the prune fails; the search aims tighter.
 TARGET_TOLERANCE = 0.03
@@ -63,6 +63,7 @@ def prune_model(
     latency_weights: Mapping[str, float] | AllocationChooser | None = None,
     latency_table: LatencyTable | None = None,
     latency_budget_ms: float | None = None,
+    latency_table_trust: float = DEFAULT_TRUST,
 ) -> PruneResult:
     """Remove channels and whole attention heads from a copy of ``model`` (``model`` itself is untouched).
 
@@ -87,7 +88,8 @@ def prune_model(
     ``latency_allocation``); a ``{component: weight}`` map scales each component's base ratios
     as given (:mod:`rmtdeploy.pruning.latency`). ``latency_table`` (measured on the target) chooses the widths
     instead: the most importance kept per predicted ms, at the MAC / parameter budget or within
-    ``latency_budget_ms`` as the table predicts (:mod:`rmtdeploy.pruning.table_allocation`).
+    ``latency_budget_ms`` as the table predicts (:mod:`rmtdeploy.pruning.table_allocation`), each unit within
+    ``latency_table_trust`` of the strategy's own width at the budget (0: anywhere from dense to the floors).
     ``model_name`` defaults to timm's ``pretrained_cfg['architecture']``. ``strategy`` and ``provenance``
     go into the plan as they are (see :func:`rmtdeploy.pruning.plan.build_plan`).
     """
@@ -95,8 +97,8 @@ def prune_model(
         keep_macs=keep_macs, keep_params=keep_params, round_to=round_to, min_channels=min_channels,
         head_rounding=head_rounding, global_pruning=global_pruning, pruning_ratio_dict=pruning_ratio_dict,
         latency_budget_ms=latency_budget_ms, latency_table=latency_table, latency_weights=latency_weights,
+        latency_table_trust=latency_table_trust,
     )  # fmt: skip
-    limits = {"min_keep": min_keep_dict, "reference": reference}
     adapter = get_adapter(model)
     model_name = model_name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if not model_name:
@@ -109,9 +111,9 @@ def prune_model(
     rules = WidthRules(round_to=round_to, min_channels=min_channels, prune_heads=prune_heads,
                        head_rounding=head_rounding, global_pruning=global_pruning)  # fmt: skip
     weights = _latency_weights(latency_weights, global_pruning)
-    candidate, factor, latency = _allocation(latency_table, latency_budget_ms)(
+    candidate, factor, latency = _allocation(latency_table, latency_budget_ms, latency_table_trust)(
         model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs,
-        (keep_macs, keep_params, dense_cost), limits,
+        (keep_macs, keep_params, dense_cost), {"min_keep": min_keep_dict, "reference": reference},
     )  # fmt: skip
     candidate.model.train(model.training)
     settings = {
@@ -172,25 +174,35 @@ def _budget_metric(keep_macs, keep_params, dense_cost: tuple[int, int]) -> tuple
     return "MACs", keep_macs, dense_cost[0]
 
 
-def _allocation(table: LatencyTable | None, budget_ms: float | None):
+def _allocation(table: LatencyTable | None, budget_ms: float | None, trust: float):
     """The allocation that meets the budget: by the width rules alone (:func:`_allocate`), or along a latency
     table's greedy path."""
-    return _allocate if table is None else functools.partial(_allocate_by_table, table=(table, budget_ms))
+    return (
+        _allocate if table is None else functools.partial(_allocate_by_table, table=(table, budget_ms, trust))
+    )
 
 
 def _allocate_by_table(model, dense, units, rules, pruning_ratio_dict, weights, adapter, example_inputs, budget,
                        limits, table):  # fmt: skip
-    """The trial a latency table's greedy path gives at the budget (MACs, parameters or predicted ms)."""
-    (table, budget_ms), (keep_macs, keep_params, dense_cost) = table, budget
+    """The trial a latency table's greedy path gives at the budget (MACs, parameters or predicted ms), within
+    the trust region around the strategy's own widths (its MAC allocation at a counted budget)."""
+    (table, budget_ms, trust), (keep_macs, keep_params, dense_cost) = table, budget
     table.check_model(layer_widths(dense))
     bounds = _width_bounds(model, dense, units, limits)
     allocator = WidthAllocator(units, rules, _base_ratios(model, units, pruning_ratio_dict), **bounds)
     metric, keep, dense_value = _budget_metric(keep_macs, keep_params, dense_cost)
     target = None if keep is None else dense_value * keep
     builder = _TrialBuilder(dense, adapter, units, example_inputs)
+    centre = None
+    if trust > 0 and target is not None:  # the strategy's MAC allocation nearest the budget
+        centre = search_widths(
+            allocator, lambda w: builder.measure(w, metric, target), dense_value=dense_value, target=target,
+            aim=_TARGET_AIM, tolerance=TARGET_TOLERANCE, metric_name=metric, nearest=True,
+        ).widths  # fmt: skip
     widths, position, record = allocate_by_table(
         allocator, table, budget_ms=budget_ms, count=lambda w: builder.measure(w, metric, target),
         dense_value=dense_value, target=target, tolerance=TARGET_TOLERANCE, metric_name=metric,
+        centre=centre, trust=trust,
     )  # fmt: skip
     return builder.build(widths), position, record
 

@@ -21,9 +21,10 @@ from rmtdeploy.data import open_data
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import OutputFolder
 from rmtdeploy.models import LoadedModel, ModelSource, model_source
-from rmtdeploy.pruning.arguments import HEAD_ROUNDINGS
+from rmtdeploy.pruning.arguments import HEAD_ROUNDINGS, check_pruning_arguments
 from rmtdeploy.pruning.plan import PRUNED_FILES, layer_report, write_pruned
 from rmtdeploy.pruning.result import PruneResult
+from rmtdeploy.pruning.table_allocation import DEFAULT_TRUST as DEFAULT_TABLE_TRUST
 from rmtdeploy.scores import get_strategy, strategy_names
 from rmtdeploy.scores.request import (
     DEFAULT_STRATEGY,
@@ -112,6 +113,7 @@ def prune(
     latency_aware: bool = False,
     latency_table: str | os.PathLike | None = None,
     latency_budget_ms: float | None = None,
+    latency_table_trust: float | None = None,
     strict: bool = False,
     force: bool = False,
     status: Status | None = None,
@@ -128,7 +130,9 @@ def prune(
     that runs fastest on ONNX Runtime CPU at equal MACs (:mod:`rmtdeploy.pruning.latency`).
     ``latency_table`` (a JSON file measured here or on the board, :mod:`rmtdeploy.pruning.latency_table`)
     chooses the widths instead: the most importance kept per predicted ms, at the budget, which may then
-    be ``latency_budget_ms`` (the table's prediction meets it) instead of a keep fraction.
+    be ``latency_budget_ms`` (the table's prediction meets it) instead of a keep fraction, each unit within
+    ``latency_table_trust`` (default :data:`rmtdeploy.pruning.table_allocation.DEFAULT_TRUST`) of the width the
+    strategy's own allocation gives it.
     For a TensorRT target the pruned model's attention head sizes are checked against TensorRT's fused
     attention kernels (:mod:`rmtdeploy.engine.attention`): reported, or refused with ``strict``.
     An existing output is replaced only with ``force``. ``status(text)`` receives progress lines.
@@ -137,7 +141,8 @@ def prune(
         keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
         calibration, calibration_images, finetune_steps, latency_budget_ms=latency_budget_ms,
     )  # fmt: skip
-    allocation = _allocation_options(latency_aware, latency_table, latency_budget_ms, settings.strategy)
+    allocation = _allocation_options(latency_aware, latency_table, latency_budget_ms, settings.strategy,
+                                     latency_table_trust)  # fmt: skip
     source = model_source(model)
     source.check()
     with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
@@ -228,13 +233,16 @@ def read_latency_table(table, loaded: LoadedModel | None = None):
     return table
 
 
-def _allocation_options(latency_aware: bool, table, budget_ms, strategy) -> dict[str, Any]:
+def _allocation_options(latency_aware: bool, table, budget_ms, strategy, trust=None) -> dict[str, Any]:
     """The pruner options that choose the widths: the measured tilts, or a latency table (read and checked
     here, before the model loads), or none (the MAC allocation)."""
     if table is None:
         if budget_ms is not None:
             raise RmtdeployError("{param} is met by a latency table's prediction, and no latency table is given",
                                  param="latency_budget_ms")  # fmt: skip
+        if trust is not None:
+            raise RmtdeployError("{param} bounds a latency table's allocation, and no latency table is given",
+                                 param="latency_table_trust")  # fmt: skip
         if not latency_aware:
             return {}
         from rmtdeploy.benchmark.allocation import fastest_allocation
@@ -250,9 +258,12 @@ def _allocation_options(latency_aware: bool, table, budget_ms, strategy) -> dict
             "from an already pruned one (use a one-shot strategy, or steps=1)",
             param="latency_table",
         )
+    if trust is not None:
+        check_pruning_arguments(keep_macs=1.0, latency_table_trust=trust)
     return {
         "latency_table": read_latency_table(table),
         **({"latency_budget_ms": budget_ms} if budget_ms is not None else {}),
+        **({"latency_table_trust": trust} if trust is not None else {}),
     }
 
 
@@ -325,5 +336,5 @@ def _say(status: Status | None, text: str) -> None:
 # Besides the stage call, what its callers (the pipeline, the CLI) use: they import nothing from the
 # mechanisms below the stage floor (docs/architecture.md, tests/test_architecture.py).
 __all__ = [
-    "DEFAULT_STRATEGY", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
+    "DEFAULT_STRATEGY", "DEFAULT_TABLE_TRUST", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
 ]  # fmt: skip

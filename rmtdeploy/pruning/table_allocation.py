@@ -16,6 +16,14 @@ comparable across units: a unit's scores divided by their mean, times the MACs a
 carries (from the table), divided by the unit's share of the strategy's per-layer ratios (when it gives
 them; 1 for uniform strategies). With latency proportional to MACs the greedy is thus one threshold on
 the mean-normalised scores; the table moves widths only where measured time departs from MACs.
+
+The path runs inside a *trust region* around the strategy's own allocation at the same budget (its MAC
+allocation at a MAC budget; at a latency budget, its allocation the table predicts within it): each unit
+keeps between ``trust`` × and 1 / ``trust`` × the width the strategy gives it. Without one (``trust`` 0)
+the greedy drove residual streams to the 8-channel floor wherever the table promised time, and the
+mean-normalised scores never charged what that did to every later block: top-1 fell 23-52 points at
+hybrid's measured latency (benchmarks/results/accuracy_latency_table.md). The region also bounds how far
+the greedy can follow curves that are fast by noise (the winner's curse of the table validation).
 """
 
 from __future__ import annotations
@@ -35,6 +43,9 @@ from rmtdeploy.pruning.latency_table import LatencyTable
 # budget: it ranks after every step that saves time.
 _NO_SAVING_MS = 1e-9
 _NOTHING_SAVED = 1e30
+# Each unit's width stays within [TRUST x, 1 / TRUST x] the strategy's own width (0: no region).
+DEFAULT_TRUST = 0.5
+_CENTRE_SCAN = 100  # factors tried before the bisection of the strategy's allocation at a latency budget
 
 
 @dataclass
@@ -53,21 +64,64 @@ def unit_kinds(units: Sequence[PruningUnit]) -> dict[str, tuple[str, int]]:
     return {u.root: ("heads" if u.heads else "channels", u.full) for u in units}
 
 
+def trust_region(allocator: WidthAllocator, centre: Widths, trust: float) -> list[list[int]]:
+    """Per unit, the widths it may take (widest first): those of its lattice within [``trust`` × c,
+    c / ``trust``] of its ``centre`` width c, c included; the whole lattice when ``trust`` is 0."""
+    if not 0 <= trust <= 1:
+        raise ValueError(f"trust must be in [0, 1], got {trust}")
+    region = []
+    for i, kept in enumerate(centre):
+        lattice = allocator.lattice(i)
+        if trust > 0:
+            low, high = trust * kept - 1e-9, kept / trust + 1e-9
+            lattice = sorted({k for k in lattice if low <= k <= high} | {kept}, reverse=True)
+        region.append(lattice)
+    return region
+
+
+def centre_at_latency(allocator: WidthAllocator, table: LatencyTable, budget_ms: float) -> Widths:
+    """The strategy's own allocation (one factor on its per-unit ratios) that the table predicts within
+    ``budget_ms``, the least cut that does; every unit at its floor when none does. The prediction need not
+    fall monotonically with the factor (on ConvNeXt every unit at its floor predicts slower than hybrid at
+    keep 0.3: the layer interactions add back more than the extra cut saves), so the factor is scanned
+    before it is bisected."""
+    names = [u.root for u in allocator.units]
+
+    def within(factor: float) -> bool:
+        return table.predict(dict(zip(names, allocator.widths(factor), strict=True))) <= budget_ms
+
+    factors = [allocator.max_factor * k / _CENTRE_SCAN for k in range(_CENTRE_SCAN + 1)]
+    first = next((k for k, factor in enumerate(factors) if within(factor)), None)
+    if first is None:
+        return allocator.widths(allocator.max_factor)
+    if first == 0:
+        return allocator.widths(0.0)
+    low, high = factors[first - 1], factors[first]
+    for _ in range(30):  # the widths move in whole slices: 30 halvings of one scan step are far below one
+        middle = (low + high) / 2
+        low, high = (low, middle) if within(middle) else (middle, high)
+    return allocator.widths(high)
+
+
 def table_path(
     allocator: WidthAllocator,
     table: LatencyTable,
     start: Widths | None = None,
     frozen: frozenset[int] = frozenset(),
+    region: Sequence[Sequence[int]] | None = None,
 ) -> TablePath:
-    """The greedy path of :mod:`this module <rmtdeploy.pruning.table_allocation>` for ``allocator``'s units,
-    from ``start`` (default: dense; widths the rules allow), the ``frozen`` units (indices) left as they are."""
+    """The greedy path of :mod:`this module <rmtdeploy.pruning.table_allocation>` for ``allocator``'s units
+    over the widths ``region`` allows (:func:`trust_region`; default: each unit's lattice), from ``start``
+    (default: each unit's widest allowed width), the ``frozen`` units (indices) left as they are."""
     units = allocator.units
     table.check_units(unit_kinds(units))
     names = [u.root for u in units]
-    lattices = [allocator.lattice(i) for i in range(len(units))]
-    costs = _removal_costs(allocator, table)
+    lattices = (
+        [allocator.lattice(i) for i in range(len(units))] if region is None else [list(r) for r in region]
+    )
+    costs = _removal_costs(allocator, table, lattices)
     neighbours = _neighbours(names, table)
-    start = allocator.dense if start is None else start
+    start = tuple(lattice[0] for lattice in lattices) if start is None else start
     position = [lattice.index(kept) for lattice, kept in zip(lattices, start, strict=True)]
     widths = dict(zip(names, start, strict=True))
     path, predicted = [tuple(start)], [table.predict(widths)]
@@ -137,8 +191,10 @@ def _neighbours(names: list[str], table: LatencyTable) -> list[set[int]]:
     return near
 
 
-def _removal_costs(allocator: WidthAllocator, table: LatencyTable) -> list[list[float]]:
-    """Per unit, the importance lost at each lattice position: the sum of its lowest scores down to that
+def _removal_costs(
+    allocator: WidthAllocator, table: LatencyTable, lattices: Sequence[Sequence[int]]
+) -> list[list[float]]:
+    """Per unit, the importance lost at each position of its ``lattices`` entry: the sum of its lowest scores down to that
     width, scores divided by the unit's mean score, weighted by MACs per element and the unit's ratio."""
     units, ratios = allocator.units, allocator.base_ratios
     positive = [r for r in ratios if r > 0]
@@ -153,7 +209,7 @@ def _removal_costs(allocator: WidthAllocator, table: LatencyTable) -> list[list[
         weight = max(table.units[unit.root].macs_per_element(), 1.0)
         if ratios[i] > 0:
             weight *= mean_ratio / ratios[i]
-        costs.append([weight * cumulative[unit.full - kept] for kept in allocator.lattice(i)])
+        costs.append([weight * cumulative[unit.full - kept] for kept in lattices[i]])
     return costs
 
 
@@ -167,28 +223,52 @@ def allocate_by_table(
     target: float | None,
     tolerance: float,
     metric_name: str,
+    centre: Widths | None = None,
+    trust: float = DEFAULT_TRUST,
 ) -> tuple[Widths, float, dict]:
     """The widths on the table's path that meet the budget (``budget_ms`` by prediction, else ``target`` of the
-    metric ``count`` gives), the path position in [0, 1], and the plan's record.
+    metric ``count`` gives), the path position in [0, 1], and the plan's record. The path stays within the
+    trust region around ``centre`` (the strategy's widths at the budget; at a latency budget found here
+    when not given); ``trust`` 0 or no ``centre`` at a counted budget: the whole path from dense.
 
     A count budget is bisected along the path. Where one slice of a coarse unit steps over the tolerance
     window, that unit is frozen at the wider side and the path goes on from there with the others, whose
-    slices are finer (as the MAC-only search does)."""
-    path = table_path(allocator, table)
+    slices are finer (as the MAC-only search does). Where the region's widths cannot meet it, the
+    strategy's own widths are taken if they do, else the region widens (half the trust, then none); the
+    record's ``trust`` is the one used."""
+    if trust > 0 and centre is None and budget_ms is not None:
+        centre = centre_at_latency(allocator, table, budget_ms)
+    asked = trust = trust if centre is not None else 0.0
     if budget_ms is not None:
+        region = trust_region(allocator, allocator.dense if centre is None else centre, trust)
+        path = table_path(allocator, table, region=region)
         index = index_for_latency(path, budget_ms)
         widths, predicted_ms = path.widths[index], path.predicted_ms[index]
     else:
-        index, widths, predicted_ms = _meet_count(allocator, table, path, count, dense_value, target, tolerance,
-                                                  metric_name)  # fmt: skip
+        values: dict[Widths, float] = {allocator.dense: dense_value}
+        for trust in dict.fromkeys((asked, 1.0, asked / 2, 0.0) if asked > 0 else (0.0,)):
+            region = trust_region(allocator, allocator.dense if centre is None else centre, trust)
+            path = table_path(allocator, table, region=region)
+            try:
+                index, widths, predicted_ms = _meet_count(allocator, table, path, count, values, target, tolerance,
+                                                          metric_name, region)  # fmt: skip
+                break
+            except RmtdeployError:
+                if trust == 0.0:
+                    raise
     record = {"chooser": "latency table", **table.summary(), "predicted_ms": round(predicted_ms, 4),
-              "path_step": index, "path_steps": len(path) - 1}  # fmt: skip
+              "path_step": index, "path_steps": len(path) - 1, "trust": trust,
+              **({"trust_asked": asked} if trust != asked else {})}  # fmt: skip
+    if centre is not None:
+        record["strategy_predicted_ms"] = round(table.predict(dict(zip(
+            (u.root for u in allocator.units), centre, strict=True))), 4)  # fmt: skip
     return widths, index / max(len(path) - 1, 1), record
 
 
-def _meet_count(allocator, table, path, count, dense_value, target, tolerance, metric_name):
-    """(index on the greedy path, widths, predicted ms) meeting ``target`` of the counted metric."""
-    values: dict[Widths, float] = {path.widths[0]: dense_value}
+def _meet_count(allocator, table, path, count, values, target, tolerance, metric_name, region):
+    """(index on the greedy path, widths, predicted ms) meeting ``target`` of the counted metric; ``values``:
+    the metric of every widths counted so far (dense's included)."""
+    dense_value = values[allocator.dense]
 
     def value(widths: Widths) -> float:
         if widths not in values:
@@ -212,7 +292,7 @@ def _meet_count(allocator, table, path, count, dense_value, target, tolerance, m
             break
         frozen |= {i for i, (a, b) in enumerate(zip(sub.widths[lo], sub.widths[hi], strict=True)) if a != b}
         offset += lo
-        sub = table_path(allocator, table, start=sub.widths[lo], frozen=frozenset(frozen))
+        sub = table_path(allocator, table, start=sub.widths[lo], frozen=frozenset(frozen), region=region)
     near = sorted(
         {round(v / dense_value, 3) for v in values.values()}, key=lambda v: abs(v * dense_value - target)
     )
@@ -245,6 +325,6 @@ def index_for_latency(path: TablePath, budget_ms: float) -> int:
             return index
     raise RmtdeployError(
         f"{{param}}={budget_ms:g} ms is below what the latency table predicts for the narrowest widths the "
-        f"rules allow ({path.predicted_ms[-1]:.3f} ms; dense {path.predicted_ms[0]:.3f} ms)",
+        f"rules allow ({path.predicted_ms[-1]:.3f} ms; the widest considered {path.predicted_ms[0]:.3f} ms)",
         param="latency_budget_ms",
     )

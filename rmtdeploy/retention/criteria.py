@@ -105,11 +105,13 @@ def prune_with(
     hessian_samples: int,
     seed: int,
     latency_table=None,
+    table_trust: float | None = None,
 ):
     """Prune ``model`` to ``keep`` MACs with ``criterion`` (a strategy, a peer or an ablation); returns
     (result, scoring seconds). ``calibration`` (a list of (images, labels) batches) feeds the strategies
     that read activations, the peers' gradients, and the peers' BatchNorm recalibration. ``hybrid-table``
-    needs the model's ``latency_table``: its budget is the table's prediction for hybrid at ``keep``."""
+    needs the model's ``latency_table``: its budget is the table's prediction for hybrid at ``keep``;
+    ``table_trust``: its trust region (None: prune_model's default)."""
     from rmtdeploy.pruning import prune_model, recalibrate_batchnorm
     from rmtdeploy.scores import get_strategy
 
@@ -127,8 +129,9 @@ def prune_with(
                     latency_table.widths_of(reference.plan["operations"])
                 )
             }
+        trust = {} if table_trust is None else {"latency_table_trust": table_trust}
         result = strategy.prune(model, calibration_batches=calibration, latency_table=latency_table, **budget,
-                                round_to=round_to, example_inputs=example)  # fmt: skip
+                                round_to=round_to, example_inputs=example, **trust)  # fmt: skip
         return result, result.timings.get("spectra_s", 0.0) + result.timings["scores_s"]
     if criterion in STRATEGIES or criterion in ABLATIONS:
         name, knobs, extra = ABLATIONS.get(criterion, (criterion, {}, {}))

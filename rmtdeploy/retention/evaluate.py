@@ -97,7 +97,7 @@ def run_family_seed(
             started = time.perf_counter()
             result, scoring_s = prune_with(criterion, dense, keep, calibration, image_size=settings.image_size,
                                            round_to=settings.round_to, hessian_samples=settings.hessian_samples,
-                                           seed=seed, latency_table=table)  # fmt: skip
+                                           seed=seed, latency_table=table, table_trust=settings.table_trust)  # fmt: skip
             prune_s = time.perf_counter() - started
             pruned_top1 = evaluate_top1(result.model, val)
             point = {
@@ -136,12 +136,11 @@ def _latency_table(settings: Settings, family: str):
 
 def _export(model, settings: Settings, name: str) -> str:
     """``model`` as ONNX Runtime's graph (batch 1, static) in ``settings.export_onnx``; its file name."""
-    from rmtdeploy.exporting import export_onnx
+    from rmtdeploy.exporting import export_for_timing
 
     folder = Path(settings.export_onnx)
     folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(model.eval(), folder / f"{name}.onnx", backend="onnxruntime", dynamic_batch=False,
-                input_shape=(3, settings.image_size, settings.image_size), verify=False, overwrite=True)  # fmt: skip
+    export_for_timing(model.eval(), folder / f"{name}.onnx", (3, settings.image_size, settings.image_size))
     return f"{name}.onnx"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rmtdeploy.pruning.table_allocation import DEFAULT_TRUST
 from rmtdeploy.retention.criteria import CRITERIA
 
 
@@ -28,6 +29,8 @@ class Settings:
     finetune_epochs: int | None = None  # None: the default recipe's epochs
     # A folder of <family>.latency_table.json (benchmarks/latency_table.py --tables-out), read by "hybrid-table".
     latency_tables: str | None = None
+    # The hybrid-table criteria's trust region around hybrid's own widths (prune_model's latency_table_trust).
+    table_trust: float = DEFAULT_TRUST
     # A folder the hybrid and hybrid-table points (and each dense model) are exported to as ONNX, for a later
     # latency pass on an idle machine (benchmarks/accuracy_latency.py).
     export_onnx: str | None = None
