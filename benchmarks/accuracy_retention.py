@@ -28,6 +28,8 @@ results, the Markdown and the plot.
         --seeds 2 --stem accuracy_retention_sign_digits  # the second task: photographs at 64×64
     python benchmarks/accuracy_retention.py --dataset cifar10-12k --stem accuracy_retention_cifar10
                                                            # colour photographs at 32×32 (make datasets first)
+    python benchmarks/accuracy_retention.py --families mobilenetv3 efficientvit --image-size 64 --keeps 0.5 0.3 \
+        --criteria magnitude rmt hybrid edge-budget dynamic --stem accuracy_retention_edge  # the edge models
     python benchmarks/accuracy_retention.py --quick --out /tmp/acc   # a CI-sized smoke run
 """
 
@@ -53,6 +55,7 @@ from rmtdeploy.data import dataset_names
 from rmtdeploy.finetuning.scratch import CACHE
 from rmtdeploy.retention import (
     ABLATIONS,
+    ALL_FAMILIES,
     CRITERIA,
     FAMILIES,
     SPECTRAL,
@@ -204,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(ALL_FAMILIES),
+                        help=f"default: the six ({', '.join(FAMILIES)}); the edge models "
+                             f"({', '.join(f for f in ALL_FAMILIES if f not in FAMILIES)}) only by name, at --image-size 64")  # fmt: skip
     parser.add_argument("--criteria", nargs="+", default=list(CRITERIA), choices=[*CRITERIA, *ABLATIONS])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.75, 0.5, 0.3])
@@ -340,7 +345,9 @@ def _run(tasks, settings: Settings, cache: Path, workers: int) -> dict:
         manager = multiprocessing.get_context("spawn").Manager()
         events = manager.Queue()
         # Heaviest first, so the two workers finish together.
-        order = sorted(tasks, key=lambda t: -FAMILIES[t[0]].epochs * family_macs(t[0], settings.image_size))
+        order = sorted(
+            tasks, key=lambda t: -ALL_FAMILIES[t[0]].epochs * family_macs(t[0], settings.image_size)
+        )
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_family_seed, f, s, settings, cache, events): (f, s) for f, s in order}
             pending = set(futures)

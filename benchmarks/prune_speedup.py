@@ -45,6 +45,7 @@ if str(REPO) not in sys.path:  # run as a plain script from a source checkout
 from rmtdeploy.benchmark import LatencyReport, measure_onnx_latency, profile_onnx_ops  # noqa: E402
 from rmtdeploy.exporting import export_onnx  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
+from rmtdeploy.macs import count_ops  # noqa: E402
 from rmtdeploy.report import (  # noqa: E402
     block_breakdown,
     export_summary,
@@ -239,19 +240,18 @@ def finish_families(
 def prepare_family(name: str, args: argparse.Namespace, onnx_dir: Path) -> dict[str, Any]:
     """Build, prune and export one family: everything but the timing."""
     import timm
-    import torch_pruning as tp
 
     torch.manual_seed(0)
     dense = timm.create_model(name, pretrained=False).eval()
     _randomise_zero_classifier(dense)
     example = torch.randn(1, 3, 224, 224)
-    dense_macs, dense_params = tp.utils.count_ops_and_params(dense, example)
+    dense_macs, dense_params = count_ops(dense, example)
 
     started = time.perf_counter()
     pruned, prune_info = prune(copy.deepcopy(dense), args.keep_macs, args.pruner, example, args.round_to)
     prune_s = time.perf_counter() - started
     pruned.eval()
-    pruned_macs, pruned_params = tp.utils.count_ops_and_params(pruned, example)
+    pruned_macs, pruned_params = count_ops(pruned, example)
 
     paths = {"dense": onnx_dir / f"{name}.dense.onnx", "pruned": onnx_dir / f"{name}.pruned.onnx"}
     exports = {}
@@ -376,12 +376,12 @@ def _prune_tp_magnitude(
         num_heads={},
         channel_groups={},
     )
-    dense_macs, _ = tp.utils.count_ops_and_params(model, example)
+    dense_macs, _ = count_ops(model, example)
     macs, taken = dense_macs, 0
     while macs > keep_macs * dense_macs and taken < steps:
         pruner.step()
         taken += 1
-        macs, _ = tp.utils.count_ops_and_params(model, example)
+        macs, _ = count_ops(model, example)
     return model, {"pruner": "torch_pruning MetaPruner + MagnitudeImportance(p=2)", "steps": taken}
 
 

@@ -4,6 +4,8 @@
   (magnitude, rmt, hybrid, edge-budget, dynamic) within 1 point of magnitude or above, per family.
 * Spectral scores that read calibration data, right after pruning at the deepest keep: at least the best of
   TP Taylor and TP Hessian (per family, means over seeds), and at least magnitude + 2.
+* Every keep, both columns: each of the five strategies' top-1 right after pruning and after the short
+  distillation, beside magnitude's (the table the edge run, issue 24, asks for).
 
 Each cell gives the family's mean over seeds and the per-seed paired difference's mean (min). Writes
 ``<stem>_goals.{json,md}`` beside the results.
@@ -71,7 +73,27 @@ def goals(results: dict) -> dict:
                          "best_peer": best_peer, "gap_to_best_peer": to_peer, "gap_to_magnitude": to_magnitude,
                          "at_least_best_peer": to_peer is not None and to_peer["mean"] >= 0,
                          "magnitude_plus_2": to_magnitude["mean"] >= MAGNITUDE_MARGIN})  # fmt: skip
-    return {"source": results["conditions"], "keep": keep, "traps": traps, "data_scores": data}
+    return {"source": results["conditions"], "keep": keep, "traps": traps, "data_scores": data,
+            "per_keep": per_keep(points, families, [c for c in FIVE if c in criteria])}  # fmt: skip
+
+
+def per_keep(points, families, strategies) -> list[dict]:
+    """Per family, keep and strategy: mean top-1 over seeds after pruning and after the distillation, and
+    the per-seed paired gap of each to magnitude."""
+    rows = []
+    for family in families:
+        for keep in sorted({p["keep"] for p in points if p["family"] == family}, reverse=True):
+            for criterion in strategies:
+                row = {"family": family, "keep": keep, "criterion": criterion}
+                for key in ("top1_pruned", "top1_distilled"):
+                    ours = _by_seed(points, family, keep, criterion, key)
+                    if not ours:
+                        continue
+                    row[key] = round(statistics.mean(ours.values()), 2)
+                    if criterion != "magnitude":
+                        row[f"{key}_gap"] = _paired(ours, _by_seed(points, family, keep, "magnitude", key))
+                rows.append(row)
+    return rows
 
 
 def render(record: dict, source: str) -> list[str]:
@@ -86,22 +108,49 @@ def render(record: dict, source: str) -> list[str]:
         lines.append(f"| {row['family']} | {row['criterion']} | {gap['mean']:+.1f} ({gap['min']:+.1f}) | "
                      f"{'met' if row['met'] else '**missed**'} |")  # fmt: skip
     met = sum(r["met"] for r in record["traps"])
-    lines += ["", f"{met} of {len(record['traps'])} points met.", "",
-              f"## Scores that read calibration data: keep {keep}, right after pruning", "",
+    lines += ["", f"{met} of {len(record['traps'])} points met."]
+    if record["data_scores"]:  # a run without data-rmt has no such section
+        lines += _render_data_scores(record["data_scores"], keep)
+    lines += _render_per_keep(record["per_keep"])
+    return lines
+
+
+def _render_data_scores(data_scores: list[dict], keep: float) -> list[str]:
+    lines = ["", f"## Scores that read calibration data: keep {keep}, right after pruning", "",
               "| family | criterion | top-1 | best of Taylor / Hessian | gap to it | goal ≥ it | gap to magnitude | "
               "goal ≥ magnitude + 2 |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for row in record["data_scores"]:
+    for row in data_scores:
         peer, mag = row["gap_to_best_peer"], row["gap_to_magnitude"]
         lines.append(
             f"| {row['family']} | {row['criterion']} | {row['top1']:.1f} | {row['best_peer']} | "
             f"{peer['mean']:+.1f} ({peer['min']:+.1f}) | {'met' if row['at_least_best_peer'] else '**missed**'} | "
             f"{mag['mean']:+.1f} ({mag['min']:+.1f}) | {'met' if row['magnitude_plus_2'] else '**missed**'} |"
         )
-    for criterion in dict.fromkeys(r["criterion"] for r in record["data_scores"]):
-        rows = [r for r in record["data_scores"] if r["criterion"] == criterion]
+    for criterion in dict.fromkeys(r["criterion"] for r in data_scores):
+        rows = [r for r in data_scores if r["criterion"] == criterion]
         lines.append(f"\n{criterion}: ≥ best of Taylor / Hessian in {sum(r['at_least_best_peer'] for r in rows)} of "
                      f"{len(rows)} families (goal ≥ 5 of 6); ≥ magnitude + 2 in "
                      f"{sum(r['magnitude_plus_2'] for r in rows)} of {len(rows)} (goal 6 of 6).")  # fmt: skip
+    return lines
+
+
+def _render_per_keep(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Every keep: the five strategies beside magnitude", "",
+             "Top-1 % mean over seeds right after pruning → after the short distillation; gap = per-seed paired "
+             "difference to magnitude, mean (min).", "",
+             "| family | keep | strategy | after pruning | gap | after distillation | gap |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in rows:
+        cells = []
+        for key in ("top1_pruned", "top1_distilled"):
+            gap = row.get(f"{key}_gap")
+            cells += [f"{row[key]:.1f}" if key in row else "–",
+                      f"{gap['mean']:+.1f} ({gap['min']:+.1f})" if gap else "–"]  # fmt: skip
+        lines.append(
+            f"| {row['family']} | {row['keep']:g} | {row['criterion']} | " + " | ".join(cells) + " |"
+        )
     return lines
 
 

@@ -31,15 +31,32 @@ def scope_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     return macs_by_key(model, example, lambda name: module_scope(model, name))
 
 
+def count_ops(model: nn.Module, example: torch.Tensor, layer_wise: bool = False):
+    """torch-pruning's ``count_ops_and_params`` (the budget's unit everywhere), with every subclass of a layer
+    it counts (the adapters' ``GatedLinear`` and ``HeadRowsLinear``, timm's ``Conv2dSame``) counted as that
+    layer: the counter picks its hook by exact type, and counted such layers as zero MACs."""
+    import torch
+    import torch_pruning as tp
+    from torch_pruning.utils import op_counter
+
+    hooks = op_counter.MODULES_MAPPING
+    subclasses = {}
+    for kind in {type(module) for module in model.modules()} - set(hooks):
+        base = next((b for b in kind.__mro__[1:] if b in hooks), None)
+        if base is not None:
+            subclasses[kind] = hooks[base]
+    op_counter.CUSTOM_MODULES_MAPPING = subclasses  # read while the hooks are placed, reset by the call
+    with torch.no_grad():
+        return tp.utils.count_ops_and_params(model, example, layer_wise=layer_wise)
+
+
 def macs_by_key(model: nn.Module, example: torch.Tensor, key_of) -> dict[str, int]:
     """MACs (torch-pruning's counter, the budget's own) summed by ``key_of(module name)``.
 
     Each MAC is counted once, at the deepest module the counter reports: a leaf layer, or a module it
     counts whole (timm's Attention: qkv, the q·kᵀ and attn·v products and proj, its children unreported).
     """
-    import torch_pruning as tp
-
-    _, _, layer_macs, _ = tp.utils.count_ops_and_params(model, example, layer_wise=True)
+    _, _, layer_macs, _ = count_ops(model, example, layer_wise=True)
     names = {module: name for name, module in model.named_modules()}
     totals: Counter[str] = Counter()
     for module, macs in layer_macs.items():

@@ -27,6 +27,8 @@ PLUG_INS = {
     "metaformer",
     "resnet",
     "swin",
+    "swin_v2",
+    "tiny_vit",
     "vit",
 }
 CNN_AT_64 = {"pretrained_cfg_overlay": {"input_size": (3, 64, 64)}}
@@ -45,7 +47,7 @@ def test_registry_and_base_import_no_adapter(module):
 def test_every_family_is_served_by_an_adapter_module():
     assert sorted(ADAPTERS) == [
         "byobnet", "convnext", "deit", "edgenext", "eva", "hiera", "levit", "metaformer", "mobilevit", "resnet",
-        "swin", "vit",
+        "swin", "swin_transformer_v2", "tiny_vit", "vit",
     ]  # fmt: skip
     # Every other timm family: the generic adapter, registered as the fallback.
     assert {cls.__module__.rsplit(".", 1)[-1] for cls in ADAPTERS.values()} == PLUG_INS - {"generic"}

@@ -185,6 +185,22 @@ def test_the_trust_region_keeps_each_unit_near_the_strategys_own_width():
     )  # a region of one point: the strategy's
 
 
+def test_the_strategys_centre_at_a_latency_budget_survives_a_prediction_that_rises_again_at_the_floors():
+    # Two alike units; a layer between them whose interaction k(64-a)(64-b) adds back more than deep cuts
+    # save (as the ConvNeXt table did): the prediction along one shared ratio falls to 16 ms at 32 channels
+    # and rises to 18.25 ms at the floors.
+    scores = torch.linspace(0.5, 1.5, 64)
+    units = [_unit("a", scores.clone()), _unit("b", scores.clone())]
+    curves = {"a": _linear_curve(64, 20.0, 1.0 / 8, 1000), "b": _linear_curve(64, 20.0, 1.0 / 8, 1000)}
+    widths = tuple(range(8, 65, 8))
+    grid = LayerGrid("a", "b", widths, widths, tuple(tuple(w * v / 256 for v in widths) for w in widths))
+    table = LatencyTable("m", (3, 8, 8), 8, 20.0, 128_000, {}, curves, {"layer": grid}, {})
+    allocator = WidthAllocator(units, WidthRules(8, 8, True, False), [1.0, 1.0])
+    assert table.predict({"a": 8, "b": 8}) == pytest.approx(18.25)
+    assert table.predict({"a": 32, "b": 32}) == pytest.approx(16.0)
+    assert centre_at_latency(allocator, table, 17.0) == (48, 48)  # the least cut within 17 ms
+
+
 def test_a_count_the_region_cannot_meet_widens_the_region_and_says_so():
     units, table, allocator = _slow_and_fast()
     centre = (48, 48)  # region at trust 0.75: 40..64 per unit, so at least 80 channels in all

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmtdeploy.finetuning.scratch import trained_model
+from rmtdeploy.finetuning.scratch import build_small_model, trained_model
 from rmtdeploy.retention import (
+    ALL_FAMILIES,
     CRITERIA,
+    EDGE_FAMILIES,
     FAMILIES,
     Settings,
     prune_with,
@@ -45,6 +47,30 @@ def test_patch_embedding_families_are_built_for_the_input_size_and_cnns_are_not(
     assert resnet.model_kwargs == {} and resnet.seed == 3
     assert resnet.epochs == 1 and resnet.lr == FAMILIES["resnet"].lr  # 6 × 0.1 rounds to 1, never to 0
     assert FAMILIES["swin"].scratch_recipe("mnist5k", 32, seed=0).epochs == 10
+
+
+def test_the_edge_families_are_asked_for_by_name_and_leave_the_default_run_alone():
+    assert list(FAMILIES) == ["vit", "deit", "swin", "convnext", "hiera", "resnet"]  # the default run
+    assert list(EDGE_FAMILIES) == ["mobilenetv3", "efficientvit"]
+    assert ALL_FAMILIES == {**FAMILIES, **EDGE_FAMILIES}
+
+
+@pytest.mark.parametrize("family", ["mobilenetv3", "efficientvit"])
+def test_an_edge_family_builds_at_64_px_and_prunes_to_half_its_macs(family, single_torch_thread):
+    """Random weights, the size the edge run uses; EfficientViT's attention blocks (LiteMLA, the
+    ``context_module``) take part: the residual stream they read and write loses channels."""
+    member = EDGE_FAMILIES[family]
+    model = build_small_model(member.timm_name, member.scratch_recipe("mnist5k", 64, seed=0), 10)
+    result, _ = prune_with(
+        "magnitude", model, 0.5, None, image_size=64, round_to=8, hessian_samples=8, seed=0
+    )
+    assert abs(result.macs_kept / 0.5 - 1) <= 0.03, result.macs_kept
+    assert result.model(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+    dense, pruned = result.plan["widths"]["dense"], result.plan["widths"]["pruned"]
+    narrower = {name for name in dense if pruned[name] < dense[name]}
+    assert len(narrower) > 10
+    if family == "efficientvit":
+        assert any("context_module" in name for name in narrower)
 
 
 @pytest.fixture(scope="module")

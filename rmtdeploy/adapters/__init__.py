@@ -17,6 +17,8 @@ from rmtdeploy.adapters import (  # noqa: F401  (they register)
     metaformer,
     resnet,
     swin,
+    swin_v2,
+    tiny_vit,
     vit,
 )
 from rmtdeploy.adapters.base import ArchitectureAdapter

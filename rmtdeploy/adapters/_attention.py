@@ -232,3 +232,32 @@ def parameters_hidden_from_autograd(params: list[nn.Parameter]) -> Iterator[None
     finally:
         for p, flag in zip(params, old, strict=True):
             p.requires_grad_(flag)
+
+
+def keep_head_channels(
+    attention: nn.Module, names: tuple[str, ...], kept_heads: list[int], head_dim: int
+) -> None:
+    """Cut per-channel vectors of a head-major attention (``head * head_dim + d``: q/v bias parameters, a
+    k-bias buffer) to the kept heads; a name whose value is None is skipped."""
+    channels = [h * head_dim + d for h in kept_heads for d in range(head_dim)]
+    for name in names:
+        vector = getattr(attention, name)
+        if isinstance(vector, nn.Parameter):
+            setattr(attention, name, nn.Parameter(vector.data[channels].clone(), vector.requires_grad))
+        elif vector is not None:
+            setattr(attention, name, vector[channels].clone())
+
+
+@contextmanager
+def qkv_biases_added_after_the_layer(attentions: list[nn.Module]) -> Iterator[None]:
+    """For attentions whose q and v biases are parameters around a zero k-bias buffer (timm's Eva, SwinV2):
+    while the graph is traced, the biases are added after the qkv layer (``qkv_bias_separate``, the same
+    function: fused, timm calls ``F.linear`` on ``qkv.weight`` and the layer never runs as a module) and hidden
+    from autograd (the graph would map them onto channels wrongly; :func:`keep_head_channels` cuts them by
+    head when a ``HeadLayoutProbe`` reports the kept heads)."""
+    biases = [b for attn in attentions for b in (attn.q_bias, attn.v_bias) if isinstance(b, nn.Parameter)]
+    with ExitStack() as stack:
+        for attn in attentions:
+            stack.enter_context(attribute_set(attn, "qkv_bias_separate", True))
+        stack.enter_context(parameters_hidden_from_autograd(biases))
+        yield

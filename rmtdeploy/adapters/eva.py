@@ -30,7 +30,8 @@ from rmtdeploy.adapters._attention import (
     AttentionLayout,
     HeadProbingAdapter,
     attribute_set,
-    parameters_hidden_from_autograd,
+    keep_head_channels,
+    qkv_biases_added_after_the_layer,
 )
 from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin
 from rmtdeploy.adapters.generic import GenericAdapter
@@ -92,13 +93,7 @@ class EvaAdapter(PatchEmbedSizeMixin, HeadProbingAdapter, GenericAdapter):
         ]
 
     def apply_head_change(self, attention: nn.Module, kept_heads: list[int], head_dim: int) -> None:
-        channels = [h * head_dim + d for h in kept_heads for d in range(head_dim)]
-        for name in ("q_bias", "v_bias"):
-            bias = getattr(attention, name)
-            if bias is not None:
-                setattr(attention, name, nn.Parameter(bias.data[channels].clone(), bias.requires_grad))
-        if attention.k_bias is not None:
-            attention.k_bias = attention.k_bias[channels].clone()
+        keep_head_channels(attention, ("q_bias", "k_bias", "v_bias"), kept_heads, head_dim)
         attention.num_heads = len(kept_heads)
 
     @contextmanager
@@ -107,9 +102,7 @@ class EvaAdapter(PatchEmbedSizeMixin, HeadProbingAdapter, GenericAdapter):
             if getattr(model, "rope", None) is not None:
                 stack.enter_context(attribute_set(model, "rope", None))
             attentions = [m for m in model.modules() if isinstance(m, EvaAttention)]
-            for attn in attentions:
-                stack.enter_context(attribute_set(attn, "qkv_bias_separate", True))
-            stack.enter_context(parameters_hidden_from_autograd(_qv_biases(attentions)))
+            stack.enter_context(qkv_biases_added_after_the_layer(attentions))
             yield
 
     def customized_pruners(self, model: nn.Module) -> dict:
@@ -124,7 +117,3 @@ class EvaAdapter(PatchEmbedSizeMixin, HeadProbingAdapter, GenericAdapter):
             if isinstance(attn, EvaAttention) and attn.num_heads * attn.head_dim != attn.proj.out_features:
                 attn.__class__ = PrunedEvaAttention
         GenericAdapter.repair(self, model)
-
-
-def _qv_biases(attentions: list[EvaAttention]) -> list[nn.Parameter]:
-    return [b for attn in attentions for b in (attn.q_bias, attn.v_bias) if isinstance(b, nn.Parameter)]

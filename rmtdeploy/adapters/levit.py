@@ -1,11 +1,14 @@
 """LeViT: timm's ``Levit`` / ``LevitDistilled`` (convolutional stem, attention with per-head key, key and
 value splits and position-bias tables, BatchNorm-ed linear layers, two classifiers when distilled).
 
-What differs from the generic path: inside an ``Attention`` / ``AttentionDownsample`` the projections are
-split per head into ``key_dim, key_dim, val_dim`` (sizes the module caches) and read position biases per
-head, so their inner channels are left whole; the streams between blocks, the MLPs and the stem prune. The
-graph is traced with the query's token subsampling written as a gather (the same function), which it
-follows.
+What differs from the generic path: an ``Attention`` interleaves each head's q, k and v rows in its ``qkv``
+(``view(B, N, heads, -1).split([key_dim, key_dim, val_dim])``), an ``AttentionDownsample`` each head's k and
+v rows in its ``kv`` and its query rows head by head in ``q``, each projection with a BatchNorm over its rows,
+and both add a per-head bias table indexed by position (``attention_biases``). Heads are removed whole
+through ``_head_rows`` (a head's rows of every projection and their BatchNorm entries, its table row and its
+columns of ``proj``), and ``num_heads`` / ``key_attn_dim`` / ``val_attn_dim`` (the reshapes' widths) follow.
+The streams between blocks, the MLPs and the stem prune as the generic adapter traces them; the graph is
+traced with the query's token subsampling written as a gather (the same function), which it follows.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import torch
 from timm.models.levit import Attention, AttentionDownsample, Downsample
 from torch import nn
 
-from rmtdeploy.adapters._attention import forwards_replaced
-from rmtdeploy.adapters.generic import GenericAdapter
+from rmtdeploy.adapters._attention import AttentionLayout, forwards_replaced
+from rmtdeploy.adapters._head_rows import HeadRows, HeadRowsAdapter
 from rmtdeploy.adapters.registry import register_adapter
 
 
 @register_adapter("levit")
-class LevitAdapter(GenericAdapter):
+class LevitAdapter(HeadRowsAdapter):
     family = "levit"
 
     def unsupported_reason(self, module: nn.Module) -> str | None:
@@ -33,6 +36,33 @@ class LevitAdapter(GenericAdapter):
             )
         return super().unsupported_reason(module)
 
+    def attention_layouts(self, model: nn.Module) -> list[AttentionLayout]:
+        return [
+            AttentionLayout(
+                attn, self.head_rows(attn)[0].layers[0], attn.proj.ln.linear, attn.num_heads, attn.val_dim
+            )
+            for attn in model.modules()
+            if isinstance(attn, (Attention, AttentionDownsample))
+        ]
+
+    def head_rows(self, attention: nn.Module) -> list[HeadRows]:
+        key_dim, val_dim = attention.key_dim, attention.val_dim
+        if isinstance(attention, Attention):
+            return [_rows_of(attention.qkv, 2 * key_dim + val_dim)]
+        # The query's rows are read through the subsampling: the attention reads the Sequential's output.
+        return [
+            _rows_of(attention.kv, key_dim + val_dim),
+            _rows_of(attention.q.ln, key_dim, source=attention.q),
+        ]
+
+    def head_tables(self, attention: nn.Module) -> list[str]:
+        return ["attention_biases"]  # (heads, positions)
+
+    def set_head_count(self, attention: nn.Module, heads: int) -> None:
+        attention.num_heads = heads  # key_dim, val_dim and scale stay: heads go whole
+        attention.key_attn_dim = heads * attention.key_dim
+        attention.val_attn_dim = heads * attention.val_dim
+
     def trace_forward(self, model: nn.Module, example_inputs: Any) -> Any:
         # The token subsampling before a downsampling attention's query is a 4-D view, a strided slice and
         # a reshape, which the graph does not follow (the query would keep its input width); the same
@@ -41,17 +71,10 @@ class LevitAdapter(GenericAdapter):
         with forwards_replaced(subsamples, _subsample_by_gather):
             return super().trace_forward(model, example_inputs)
 
-    def group_problem(self, graph: Any, group: Any, names: dict[nn.Module, str]) -> str | None:
-        inner = {
-            layer: name
-            for attn, name in names.items()
-            if isinstance(attn, (Attention, AttentionDownsample))
-            for layer in _head_projections(attn)
-        }
-        for dep, _ in group:
-            if dep.target.module in inner and graph.is_out_channel_pruning_fn(dep.handler):
-                return f"{inner[dep.target.module]}: attention heads split into cached key / value sizes"
-        return super().group_problem(graph, group, names)
+
+def _rows_of(linear_norm: nn.Module, per_head: int, source: nn.Module | None = None) -> HeadRows:
+    """A ``LinearNorm``'s rows (the Linear and its BatchNorm); the attention reads its output."""
+    return HeadRows((linear_norm.linear, linear_norm.bn), per_head, source=source or linear_norm)
 
 
 def _subsample_by_gather(module: Downsample, x: torch.Tensor) -> torch.Tensor:
@@ -59,15 +82,3 @@ def _subsample_by_gather(module: Downsample, x: torch.Tensor) -> torch.Tensor:
     rows, cols = module.resolution
     keep = torch.arange(rows * cols, device=x.device).view(rows, cols)[:: module.stride, :: module.stride]
     return x[:, keep.flatten()]
-
-
-def _head_projections(attn: nn.Module) -> list[nn.Module]:
-    """The layers whose outputs the attention splits per head (the Linear and its BatchNorm)."""
-    layers = [getattr(attn, name, None) for name in ("qkv", "kv", "q")]
-    return [
-        m
-        for layer in layers
-        if layer is not None
-        for m in layer.modules()
-        if isinstance(m, (nn.Linear, nn.modules.batchnorm._BatchNorm))
-    ]

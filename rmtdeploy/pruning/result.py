@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
+
+from rmtdeploy.macs import count_ops
 
 
 @dataclass
@@ -35,6 +36,5 @@ class PruneResult:
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
     """MACs per sample and parameter count, by torch-pruning's counter (the budget's unit everywhere)."""
-    with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    macs, params = count_ops(model, example_inputs)
     return int(macs), int(params)

@@ -89,7 +89,7 @@ class PruneRun:
                 "pruned": result.pruned_params,
                 "kept": round(result.params_kept, 4),
             },
-            "counted_by": "torch_pruning.utils.count_ops_and_params, batch 1, input "
+            "counted_by": "torch_pruning.utils.count_ops_and_params (layer subclasses as their layer), batch 1, input "
             + "x".join(map(str, result.plan["input_size"])),
             **layer_report(result.plan),
         }
