@@ -21,6 +21,9 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 DATA_CONFIG_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 
 
+_SIZE_KEYS = ("size", "input_size", "img_size")  # one input size, by any of its names
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """Any subset of timm's data config; ``None`` means "the model's own". ``source`` says where the given
@@ -38,7 +41,14 @@ class InputConfig:
         """From ``size``/``input_size``/``img_size`` (an int, [H, W] or [C, H, W]), ``mean``, ``std``,
         ``interpolation``, ``crop_pct``; unset and null keys stay the model's own."""
         values = {k: v for k, v in (values or {}).items() if v is not None and v != ""}  # timm: "" is unset
-        size = values.pop("size", None) or values.pop("input_size", None) or values.pop("img_size", None)
+        sizes = {key: values.pop(key) for key in _SIZE_KEYS if key in values}
+        parsed = {key: parse_input_size(value, source) for key, value in sizes.items()}
+        if len(set(parsed.values())) > 1:
+            shown = ", ".join(f"{key} {value!r}" for key, value in sizes.items())
+            raise RmtdeployError(
+                f"{source}: the input size is given twice and the two differ ({shown}); give one"
+            )
+        size = next(iter(sizes.values()), None)
         unknown = sorted(set(values) - set(DATA_CONFIG_KEYS))
         if unknown:
             allowed = ", ".join(("size", *DATA_CONFIG_KEYS[1:]))

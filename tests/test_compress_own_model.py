@@ -77,6 +77,14 @@ def test_given_values_win_over_the_saved_config_and_reach_the_model(own):
     assert loaded.facts["input_from"].startswith("the command line over ")
 
 
+def test_an_input_size_given_twice_must_agree():
+    same = InputConfig.from_mapping({"img_size": 224, "input_size": [3, 224, 224]}, "args.yaml")
+    assert same.input_size == (3, 224, 224)
+    with pytest.raises(RmtdeployError, match=r"args.yaml: the input size is given twice and the two differ "
+                                             r"\(input_size \[3, 160, 160\], img_size 224\); give one"):  # fmt: skip
+        InputConfig.from_mapping({"input_size": [3, 160, 160], "img_size": 224}, "args.yaml")
+
+
 def test_timm_train_args_yaml_beside_a_checkpoint_is_read(tmp_path):
     import timm
 
