@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn import functional as F
 
 from rmtdeploy.adapters.base import ArchitectureAdapter
 from rmtdeploy.errors import RmtdeployError
@@ -246,6 +247,17 @@ def keep_head_channels(
             setattr(attention, name, nn.Parameter(vector.data[channels].clone(), vector.requires_grad))
         elif vector is not None:
             setattr(attention, name, vector[channels].clone())
+
+
+def qkv_with_biases(attention: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's qkv of an attention whose q and v biases are parameters around a zero k-bias buffer (Eva,
+    SwinV2): the layer, plus the three biases, added after it (``qkv_bias_separate``) or fused."""
+    if attention.q_bias is None:
+        return attention.qkv(x)
+    bias = torch.cat((attention.q_bias, attention.k_bias, attention.v_bias))
+    if attention.qkv_bias_separate:
+        return attention.qkv(x) + bias
+    return F.linear(x, attention.qkv.weight, bias)
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from rmtdeploy.adapters._attention import (
     attribute_set,
     keep_head_channels,
     qkv_biases_added_after_the_layer,
+    qkv_with_biases,
 )
 from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin
 from rmtdeploy.adapters.generic import GenericAdapter
@@ -44,11 +45,7 @@ class PrunedEvaAttention(EvaAttention):
 
     def forward(self, x, rope=None, attn_mask=None, is_causal: bool = False):
         batch, tokens, _ = x.shape
-        if self.q_bias is None:
-            qkv = self.qkv(x)
-        else:
-            bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
-            qkv = self.qkv(x) + bias if self.qkv_bias_separate else F.linear(x, self.qkv.weight, bias)
+        qkv = qkv_with_biases(self, x)
         q, k, v = qkv.reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:

@@ -36,6 +36,7 @@ from rmtdeploy.adapters._attention import (
     AttentionLayout,
     keep_head_channels,
     qkv_biases_added_after_the_layer,
+    qkv_with_biases,
 )
 from rmtdeploy.adapters._head_rows import HeadRows, HeadRowsAdapter
 from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin, layer_norm_width
@@ -50,11 +51,7 @@ class PrunedWindowAttention(WindowAttention):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         windows_batch, tokens, _ = x.shape
-        if self.q_bias is None:
-            qkv = self.qkv(x)
-        else:
-            bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
-            qkv = self.qkv(x) + bias if self.qkv_bias_separate else F.linear(x, self.qkv.weight, bias)
+        qkv = qkv_with_biases(self, x)
         q, k, v = qkv.reshape(windows_batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
         attn = attn * torch.clamp(self.logit_scale, max=math.log(1.0 / 0.01)).exp()
