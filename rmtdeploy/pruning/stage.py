@@ -21,7 +21,7 @@ from rmtdeploy.data import open_data
 from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.io import OutputFolder
 from rmtdeploy.models import LoadedModel, ModelSource, model_source
-from rmtdeploy.pruning.arguments import HEAD_ROUNDINGS, check_pruning_arguments
+from rmtdeploy.pruning.arguments import HEAD_ROUNDINGS
 from rmtdeploy.pruning.plan import PRUNED_FILES, layer_report, write_pruned
 from rmtdeploy.pruning.result import PruneResult
 from rmtdeploy.pruning.table_allocation import DEFAULT_TRUST as DEFAULT_TABLE_TRUST
@@ -140,6 +140,7 @@ def prune(
     settings = check_prune_request(
         keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
         calibration, calibration_images, finetune_steps, latency_budget_ms=latency_budget_ms,
+        latency_table_trust=latency_table_trust,
     )  # fmt: skip
     allocation = _allocation_options(latency_aware, latency_table, latency_budget_ms, settings.strategy,
                                      latency_table_trust)  # fmt: skip
@@ -258,8 +259,6 @@ def _allocation_options(latency_aware: bool, table, budget_ms, strategy, trust=N
             "from an already pruned one (use a one-shot strategy, or steps=1)",
             param="latency_table",
         )
-    if trust is not None:
-        check_pruning_arguments(keep_macs=1.0, latency_table_trust=trust)
     return {
         "latency_table": read_latency_table(table),
         **({"latency_budget_ms": budget_ms} if budget_ms is not None else {}),

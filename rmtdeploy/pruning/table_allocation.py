@@ -239,15 +239,15 @@ def allocate_by_table(
     if trust > 0 and centre is None and budget_ms is not None:
         centre = centre_at_latency(allocator, table, budget_ms)
     asked = trust = trust if centre is not None else 0.0
+    middle = allocator.dense if centre is None else centre
     if budget_ms is not None:
-        region = trust_region(allocator, allocator.dense if centre is None else centre, trust)
-        path = table_path(allocator, table, region=region)
+        path = table_path(allocator, table, region=trust_region(allocator, middle, trust))
         index = index_for_latency(path, budget_ms)
         widths, predicted_ms = path.widths[index], path.predicted_ms[index]
     else:
         values: dict[Widths, float] = {allocator.dense: dense_value}
         for trust in dict.fromkeys((asked, 1.0, asked / 2, 0.0) if asked > 0 else (0.0,)):
-            region = trust_region(allocator, allocator.dense if centre is None else centre, trust)
+            region = trust_region(allocator, middle, trust)
             path = table_path(allocator, table, region=region)
             try:
                 index, widths, predicted_ms = _meet_count(allocator, table, path, count, values, target, tolerance,

@@ -37,10 +37,11 @@ class PruneSettings:
 
 def check_prune_request(
     keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
-    calibration, calibration_images, finetune_steps, *, latency_budget_ms=None,
+    calibration, calibration_images, finetune_steps, *, latency_budget_ms=None, latency_table_trust=None,
 ) -> PruneSettings:  # fmt: skip
     """Every argument rule, before the model is loaded: a bad value costs the user no waiting.
-    ``latency_budget_ms``: a budget in ms that a latency table's prediction meets (instead of a keep)."""
+    ``latency_budget_ms``: a budget in ms that a latency table's prediction meets (instead of a keep);
+    ``latency_table_trust``: the trust region of a latency table's allocation (None: the default)."""
     from rmtdeploy.targets import load_target
 
     if keep_macs is None and keep_params is None and latency_budget_ms is None:
@@ -55,6 +56,7 @@ def check_prune_request(
         min_channels=min_channels,
         head_rounding=head_rounding,
         latency_budget_ms=latency_budget_ms,
+        **({} if latency_table_trust is None else {"latency_table_trust": latency_table_trust}),
     )
     chosen.check_calibration(
         calibration is not None, "calibration", " (a built-in dataset's name or an image folder)"
