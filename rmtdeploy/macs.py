@@ -37,6 +37,7 @@ def count_ops(model: nn.Module, example: torch.Tensor, layer_wise: bool = False)
     layer: the counter picks its hook by exact type, and counted such layers as zero MACs."""
     import torch
     import torch_pruning as tp
+    from torch import nn
     from torch_pruning.utils import op_counter
 
     hooks = op_counter.MODULES_MAPPING
@@ -47,7 +48,60 @@ def count_ops(model: nn.Module, example: torch.Tensor, layer_wise: bool = False)
             subclasses[kind] = hooks[base]
     op_counter.CUSTOM_MODULES_MAPPING = subclasses  # read while the hooks are placed, reset by the call
     with torch.no_grad():
-        return tp.utils.count_ops_and_params(model, example, layer_wise=layer_wise)
+        macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
+            model, example, layer_wise=True
+        )
+        if any(isinstance(m, nn.Linear) and not layer_macs.get(m) for m in model.modules()):
+            for module, extra in _functional_linear_macs(model, example).items():
+                layer_macs[module] = (layer_macs.get(module) or 0) + extra
+                macs += extra
+    if layer_wise:
+        return macs, params, layer_macs, layer_params
+    return macs, params
+
+
+def _functional_linear_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
+    """MACs of linear layers whose weight a parent multiplies with ``F.linear`` instead of calling the layer:
+    timm's Eva, BEiT and SwinV2 attentions do so for ``qkv`` to add their separate q and v biases, and the
+    module hooks never see it (SwinV2-T and EVA02-Ti counted a quarter short). Counted by torch-pruning's linear formula."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    linears = {id(m.weight): m for m in model.modules() if isinstance(m, nn.Linear)}
+    running: set[int] = set()
+    found: Counter[nn.Module] = Counter()
+    hooks = []
+    for module in linears.values():
+        hooks.append(module.register_forward_pre_hook(lambda m, _: running.add(id(m))))
+        hooks.append(module.register_forward_hook(lambda m, _i, _o: running.discard(id(m))))
+    original = F.linear
+
+    def counted_linear(input, weight, bias=None):
+        owner = linears.get(id(weight))
+        if owner is not None and id(owner) not in running:
+            found[owner] += int(
+                input.numel() * weight.shape[0] + (weight.shape[0] if bias is not None else 0)
+            )
+        return original(input, weight, bias)
+
+    F.linear = counted_linear
+    training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()  # as torch-pruning's pass: batch-norm statistics stay as they are
+            if isinstance(example, (tuple, list)):
+                model(*example)
+            elif isinstance(example, dict):
+                model(**example)
+            else:
+                model(example)
+    finally:
+        F.linear = original
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return dict(found)
 
 
 def macs_by_key(model: nn.Module, example: torch.Tensor, key_of) -> dict[str, int]:
