@@ -75,8 +75,9 @@ def family_sample(per_family: int, exclude: list[str]) -> list[str]:
     return chosen
 
 
-def run_status(name: str, keep: float, strategy: str, onnx_dir: Path) -> dict[str, Any]:
-    """One model's row: status, reason, the pruned figures and the verification's measurements."""
+def run_status(name: str, keep: float, strategy: str, onnx_dir: Path | None) -> dict[str, Any]:
+    """One model's row: status, reason, the pruned figures and the verification's measurements (and, with
+    ``onnx_dir``, its dense and pruned ONNX graphs for the speed phase)."""
     row: dict[str, Any] = {"model": name, "set": "issue 24" if name in EDGE_MODELS else "family sample"}
     started = time.perf_counter()
     try:
@@ -99,7 +100,8 @@ def run_status(name: str, keep: float, strategy: str, onnx_dir: Path) -> dict[st
         row.update(measured=verification.measured, not_applicable=verification.not_applicable)
         if not verification.ok:
             raise RmtdeployError(f"refused {name}: {verification.failures[0]}")
-        _export_pair(loaded.model, result.model, onnx_dir / name)
+        if onnx_dir is not None:  # kept for the speed phase
+            _export_pair(loaded.model, result.model, onnx_dir / name)
         row["status"] = "ok"
     except RmtdeployError as exc:
         row.update(status="refused", reason=str(exc))
@@ -207,7 +209,27 @@ def coverage_block(rows: list[dict[str, Any]], conditions: dict[str, Any]) -> st
         lines += ["", f"A sample of other architectures of the same families ({len(good)} of {len(sample)} ok): "
                   + ", ".join(f"`{m}`" for m in good) + ".", ""]  # fmt: skip
         lines += [f"- `{r['model']}`: {r['status']}: {r['reason']}" for r in sample if r["status"] != "ok"]
+    lines += sweep_summary(RESULTS / "coverage_sweep.json")
     return "\n".join(lines) + "\n"
+
+
+def sweep_summary(path: Path) -> list[str]:
+    """The coverage sweep's counts (``benchmarks/coverage_sweep.py``), saying how much of it has run."""
+    import json
+
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows, candidates = data["results"], data["conditions"]["candidates"]
+    count = {status: sum(r["status"] == status for r in rows) for status in ("ok", "refused", "broken")}
+    part = "all" if len(rows) == len(candidates["under"]) else f"{len(rows)} so far"
+    return [
+        "",
+        f"The coverage sweep (`benchmarks/results/coverage_sweep.md`): every timm "
+        f"architecture with a pretrained tag under {candidates['max_gmacs']:g} GMACs in these families, "
+        f"{len(candidates['under'])} in all; {part}: {count['ok']} ok, {count['refused']} refused with the reason "
+        f"named, {count['broken']} broken.",
+    ]
 
 
 def write_docs(rows: list[dict[str, Any]], conditions: dict[str, Any]) -> None:

@@ -32,9 +32,11 @@ def scope_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
 
 
 def count_ops(model: nn.Module, example: torch.Tensor, layer_wise: bool = False):
-    """torch-pruning's ``count_ops_and_params`` (the budget's unit everywhere), with every subclass of a layer
-    it counts (the adapters' ``GatedLinear`` and ``HeadRowsLinear``, timm's ``Conv2dSame``) counted as that
-    layer: the counter picks its hook by exact type, and counted such layers as zero MACs."""
+    """torch-pruning's ``count_ops_and_params`` (the budget's unit everywhere), mended where it miscounts:
+    - every subclass of a layer it counts (the adapters' ``GatedLinear`` and ``HeadRowsLinear``, timm's
+      ``Conv2dSame``) counts as that layer: the counter picks its hook by exact type, and counted them as 0;
+    - a linear layer whose weight a parent multiplies with ``F.linear`` counts as the layer's call;
+    - timm's ``Attention`` and ``WindowAttention`` count their output projection by its own shape."""
     import torch
     import torch_pruning as tp
     from torch import nn
@@ -46,18 +48,49 @@ def count_ops(model: nn.Module, example: torch.Tensor, layer_wise: bool = False)
         base = next((b for b in kind.__mro__[1:] if b in hooks), None)
         if base is not None:
             subclasses[kind] = hooks[base]
+    for kind in {type(module) for module in model.modules()}:
+        if _counts_timm_attention_whole(kind, hooks):
+            subclasses[kind] = _timm_attention_macs
     op_counter.CUSTOM_MODULES_MAPPING = subclasses  # read while the hooks are placed, reset by the call
     with torch.no_grad():
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
             model, example, layer_wise=True
         )
-        if any(isinstance(m, nn.Linear) and not layer_macs.get(m) for m in model.modules()):
+        counted = subclasses | hooks
+        whole = [m for m in model.modules() if type(m) in counted and next(m.children(), None) is not None]
+        inside_whole = {id(sub) for module in whole for sub in module.modules() if sub is not module}
+        uncalled = (m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in inside_whole)
+        if any(not layer_macs.get(m) for m in uncalled):  # a second pass only where a layer went unseen
             for module, extra in _functional_linear_macs(model, example).items():
                 layer_macs[module] = (layer_macs.get(module) or 0) + extra
                 macs += extra
     if layer_wise:
         return macs, params, layer_macs, layer_params
     return macs, params
+
+
+def _counts_timm_attention_whole(kind: type, hooks: dict) -> bool:
+    from torch_pruning.utils import op_counter
+
+    whole = op_counter.timm_multihead_attention_counter_hook
+    return any(hooks.get(base) is whole for base in kind.__mro__)
+
+
+def _timm_attention_macs(attention: nn.Module, inputs: tuple, output) -> None:
+    """torch-pruning's count of a timm ``Attention`` / ``WindowAttention`` (it counts them whole), with the
+    output projection counted by its own shape: the library takes it as square in the qkv width, which holds
+    for a dense model but undercounts it once heads or head dimensions are cut and the stream is not."""
+    from torch import nn
+    from torch_pruning.utils import op_counter
+
+    op_counter.timm_multihead_attention_counter_hook(attention, inputs, output)
+    proj = getattr(attention, "proj", None)
+    if isinstance(proj, nn.Linear):
+        batch, tokens = inputs[0].shape[0], inputs[0].shape[1]
+        width = attention.qkv.out_features // 3
+        square = tokens * width * (width + 1)
+        own = tokens * proj.out_features * (proj.in_features + 1)
+        attention.__flops__ += int(batch * (own - square))
 
 
 def _functional_linear_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:

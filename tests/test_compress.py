@@ -467,3 +467,27 @@ def test_latency_budget_judged_on_device_results_picks_a_keep_that_meets_it(quic
     )
     assert run.stages["prune"].summary["macs"]["kept"] == pytest.approx(search["keep_macs"], abs=0.03)
     assert "Latency budget search" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_recipe_without_a_strategy_takes_the_familys_default_with_its_data():
+    """The budget search and the prune stage pick the same strategy: by family with data (docs/strategies.md)."""
+    from types import SimpleNamespace
+
+    from rmtdeploy.pipeline.steps import CompressSteps
+
+    recipe = resolve_recipe("swin_t-jetson")
+    assert recipe.strategy is None and resolve_recipe("vit_t-jetson").strategy == "hybrid"
+
+    def chosen(family, data, strategy=None, knobs=None):
+        steps = object.__new__(CompressSteps)  # only what the choice reads
+        steps.recipe = SimpleNamespace(strategy=strategy, knobs=knobs or {})
+        steps.checked = SimpleNamespace(data=data, strategy=SimpleNamespace(name="hybrid"))
+        steps.loaded = SimpleNamespace(family=family)
+        return steps._strategy().name
+
+    assert [chosen("swin", "mnist5k"), chosen("convnext", "mnist5k"), chosen("resnet", "mnist5k")] == [
+        "data-rmt", "data-rmt", "hybrid"
+    ]  # fmt: skip
+    assert chosen("swin", None) == "hybrid"  # no data: the data-free default
+    assert chosen("swin", "mnist5k", strategy="hybrid") == "hybrid"  # named: obeyed
+    assert chosen("swin", "mnist5k", knobs={"alpha": 1}) == "hybrid"  # knobs: the checked strategy's

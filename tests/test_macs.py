@@ -41,3 +41,16 @@ def test_a_qkv_weight_multiplied_with_f_linear_is_counted_as_the_layer_call():
         attention.qkv_bias_separate = True
     called = count_ops(model, x)[0]
     assert functional == called + len(attentions) * 3 * dim
+
+
+def test_a_timm_attention_counts_its_output_projection_by_its_own_shape():
+    # torch-pruning counts timm's Attention whole, with the projection square in the qkv width: a cut stream
+    # (proj with fewer outputs) was counted as dense, and a model so pruned landed under its MAC target.
+    from timm.models.vision_transformer import Attention
+
+    attention = Attention(64, num_heads=4).eval()
+    tokens = torch.randn(1, 10, 64)
+    dense = count_ops(attention, tokens)[0]
+    assert dense == tp.utils.count_ops_and_params(attention, tokens)[0]  # unchanged where it was right
+    attention.proj = nn.Linear(64, 32)
+    assert dense - count_ops(attention, tokens)[0] == 10 * (64 - 32) * (64 + 1)

@@ -20,9 +20,9 @@ def add_parser(commands) -> None:
     ui.add_output_arguments(parser)
     parser.add_argument(
         "--strategy",
-        default=stage.DEFAULT_STRATEGY,
-        help=f"{' | '.join(stage.strategy_names())} (default: {stage.DEFAULT_STRATEGY}, the best of them in the "
-        "accuracy benchmark; data-rmt needs --calibration); see docs/strategies.md",
+        help=f"{' | '.join(stage.strategy_names())} (default: {stage.DEFAULT_STRATEGY}, the best data-free one in "
+        "the accuracy benchmark; with --calibration, data-rmt for the Swin, ConvNeXt and Hiera families, where "
+        "it led; data-rmt needs --calibration); see docs/strategies.md",
     )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument(
@@ -123,7 +123,8 @@ def _add_calibration_arguments(parser, stage) -> None:
 def run(args) -> int:
     from rmtdeploy.pruning.stage import prune
 
-    with ui.spinner(f"pruning {args.model} with {args.strategy}", enabled=not args.json) as status:
+    with ui.spinner(f"pruning {args.model}" + (f" with {args.strategy}" if args.strategy else ""),
+                    enabled=not args.json) as status:  # fmt: skip
         run = prune(
             ui.model_source(args),
             args.out,

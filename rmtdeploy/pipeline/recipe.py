@@ -24,7 +24,6 @@ from rmtdeploy.errors import RmtdeployError
 from rmtdeploy.finetuning.stage import FinetuneRecipe, ScratchRecipe
 from rmtdeploy.models import ModelSource
 from rmtdeploy.preprocessing import InputConfig
-from rmtdeploy.pruning.stage import DEFAULT_STRATEGY
 
 DEFAULT_KEEP_MACS = 0.5
 DEFAULT_TARGET = "jetson"
@@ -57,7 +56,7 @@ class CompressRecipe:
     )  # timm create kwargs (not for weights: trained)
     input: dict[str, Any] = field(default_factory=dict)  # size, mean, std, interpolation, crop_pct
     target: str = DEFAULT_TARGET
-    strategy: str = DEFAULT_STRATEGY
+    strategy: str | None = None  # None: the prune stage's default (by family, with data; docs/strategies.md)
     knobs: dict[str, Any] = field(default_factory=dict)
     keep_macs: float | None = None  # None with no latency budget: DEFAULT_KEEP_MACS
     latency_budget_ms: float | None = None

@@ -108,7 +108,7 @@ def compress(
 
 def _check(recipe, overrides: dict[str, Any]) -> Checked:
     """The recipe resolved and every setting checked that needs no model (target, strategy, data)."""
-    from rmtdeploy.pruning.stage import get_strategy, open_data
+    from rmtdeploy.pruning.stage import DEFAULT_STRATEGY, get_strategy, open_data
     from rmtdeploy.targets import load_target
 
     if isinstance(recipe, CompressRecipe):
@@ -122,7 +122,7 @@ def _check(recipe, overrides: dict[str, Any]) -> Checked:
         # The model learns this set (its train section was checked with the recipe); it is also the data it
         # is measured on.
         resolved.data = resolved.scratch_recipe().dataset
-    strategy = get_strategy(resolved.strategy, **resolved.knobs)
+    strategy = get_strategy(resolved.strategy or DEFAULT_STRATEGY, **resolved.knobs)
     source = None
     if resolved.weights != "trained":
         # A checkpoint is read now, once: a corrupt file, a class count its head disagrees with or a config

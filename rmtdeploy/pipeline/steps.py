@@ -147,7 +147,7 @@ class CompressSteps:
             from rmtdeploy.pipeline.budget import search_keep_for_latency
 
             search = search_keep_for_latency(
-                self.loaded, budget_ms=budget_ms, strategy=self.checked.strategy, round_to=self.checked.round_to,
+                self.loaded, budget_ms=budget_ms, strategy=self._strategy(), round_to=self.checked.round_to,
                 latency_aware=self.recipe.latency_aware, threads=self.recipe.bench["threads"], reference=reference,
                 runs=self.recipe.bench["runs"], warmup=self.recipe.bench["warmup"], calibration=self.checked.data,
                 status=self.say,
@@ -173,6 +173,14 @@ class CompressSteps:
 
         record = self.folder.stage("budget", settings, ("load",), ["budget.json"], run, status=self.say)
         self.keep_macs = record.summary["keep_macs"]
+
+    def _strategy(self):
+        """The checked strategy, or with none in the recipe the one the prune stage picks for this model."""
+        if self.recipe.strategy is not None or self.recipe.knobs:
+            return self.checked.strategy
+        from rmtdeploy.pruning.stage import default_strategy, get_strategy
+
+        return get_strategy(default_strategy(self.loaded.family, self.checked.data is not None))
 
     def prune(self) -> None:
         recipe, data = self.recipe, self.checked.data

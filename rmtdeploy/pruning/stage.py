@@ -9,6 +9,7 @@ calibration folder, weight source, output folder), the output folder is locked f
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from rmtdeploy.scores.request import (
     SHORT_DISTILL_STEPS,
     PruneSettings,
     check_prune_request,
+    default_strategy,
+    finetune_steps_for,
 )
 
 REPORT_FILE = "report.json"
@@ -89,7 +92,8 @@ class PruneRun:
                 "pruned": result.pruned_params,
                 "kept": round(result.params_kept, 4),
             },
-            "counted_by": "torch_pruning.utils.count_ops_and_params (layer subclasses as their layer), batch 1, input "
+            "counted_by": "rmtdeploy.macs.count_ops (torch-pruning's counter; layer subclasses, weights used through "
+            "F.linear and timm attentions' projections counted as they run), batch 1, input "
             + "x".join(map(str, result.plan["input_size"])),
             **layer_report(result.plan),
         }
@@ -101,7 +105,7 @@ def prune(
     *,
     keep_macs: float | None = None,
     keep_params: float | None = None,
-    strategy: str = DEFAULT_STRATEGY,
+    strategy: str | None = None,
     knobs: dict[str, Any] | None = None,
     target: str = DEFAULT_TARGET,
     round_to: int | None = None,
@@ -121,7 +125,8 @@ def prune(
     """Prune ``model`` (a name, a :class:`ModelSource` or a loaded model) and write it to ``out``.
 
     The budget is ``keep_macs`` or ``keep_params`` (a fraction in (0, 1]). ``strategy`` with its ``knobs``
-    scores the channels (``rmtdeploy.scores``); ``target`` (a profile name, alias or YAML path) sets the
+    scores the channels (``rmtdeploy.scores``; None: :func:`rmtdeploy.scores.request.default_strategy`, which
+    with calibration images and no knobs picks by the model's family, on the accuracy benchmark's evidence); ``target`` (a profile name, alias or YAML path) sets the
     channel multiple unless ``round_to`` does. ``calibration``: an ImageFolder whose first
     ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
     between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
@@ -138,8 +143,8 @@ def prune(
     An existing output is replaced only with ``force``. ``status(text)`` receives progress lines.
     """
     settings = check_prune_request(
-        keep_macs, keep_params, strategy, knobs, target, round_to, min_channels, head_rounding,
-        calibration, calibration_images, finetune_steps, latency_budget_ms=latency_budget_ms,
+        keep_macs, keep_params, strategy or DEFAULT_STRATEGY, knobs, target, round_to, min_channels,
+        head_rounding, calibration, calibration_images, finetune_steps, latency_budget_ms=latency_budget_ms,
         latency_table_trust=latency_table_trust,
     )  # fmt: skip
     allocation = _allocation_options(latency_aware, latency_table, latency_budget_ms, settings.strategy,
@@ -148,6 +153,8 @@ def prune(
     source.check()
     with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
         loaded = source.load()
+        if strategy is None and not knobs:
+            settings = _default_for_family(settings, loaded, finetune_steps, status)
         _check_supported(loaded, allocation.get("latency_table"))
         batches = _calibration_batches(settings.calibration, loaded, calibration_images)
         result = _run_strategy(
@@ -172,6 +179,20 @@ def prune(
         folder.write_json(REPORT_FILE, run.to_dict())
         run.files = folder.commit()
     return run
+
+
+def _default_for_family(
+    settings: PruneSettings, loaded: LoadedModel, finetune_steps, status
+) -> PruneSettings:
+    """The settings with the default strategy for ``loaded``'s family (the data-free default was checked)."""
+    name = default_strategy(loaded.family, settings.calibration is not None)
+    if name == settings.strategy.name:
+        return settings
+    chosen = get_strategy(name)
+    _say(status, f"strategy {name}: the default with calibration images for the {loaded.family} family "
+                 "(docs/strategies.md, 'Which strategy to pick')")  # fmt: skip
+    steps = finetune_steps_for(finetune_steps, chosen, have_images=True)
+    return dataclasses.replace(settings, strategy=chosen, finetune_steps=steps)
 
 
 def _run_strategy(
@@ -335,5 +356,5 @@ def _say(status: Status | None, text: str) -> None:
 # Besides the stage call, what its callers (the pipeline, the CLI) use: they import nothing from the
 # mechanisms below the stage floor (docs/architecture.md, tests/test_architecture.py).
 __all__ = [
-    "DEFAULT_STRATEGY", "DEFAULT_TABLE_TRUST", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
+    "DEFAULT_STRATEGY", "DEFAULT_TABLE_TRUST", "default_strategy", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
 ]  # fmt: skip

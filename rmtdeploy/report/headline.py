@@ -19,6 +19,29 @@ SMALL_MODEL_MACS = 100e6
 MAC_TOLERANCE = 0.03  # the pruner's budget contract: MACs kept within ±3 % of the target
 
 
+STRATEGY_WHY = {
+    "hybrid": "the default: in the accuracy benchmark it keeps the most accuracy right after pruning "
+    "(magnitude × spectral energy ratio), and after the default fine-tune the criteria end level "
+    "(docs/strategies.md)",
+    "magnitude": "the baseline criterion (group L2 magnitude)",
+    "rmt": "channels scored by their energy above the Marchenko–Pastur edge",
+    "edge-budget": "per-layer ratios from each layer's spectrum",
+    "dynamic": "progressive pruning with the spectral threshold lowered step by step",
+    "data-rmt": "channels scored by the spectrum of the weights as the run's data sees them (W·Σ½)",
+}
+
+
+def strategy_label(run) -> str:
+    """The strategy that ran, and why: the recipe named it, or none was named and the prune stage took its
+    default for the model's family and the data at hand."""
+    name = run.strategy_ran()
+    if run.recipe.get("strategy") is None:
+        family = (run.summary("load") or {}).get("family", "?")
+        data = "with the run's data" if run.recipe.get("data") else "without data"
+        return f"{name}: the default for the {family} family {data} (docs/strategies.md, 'Which strategy to pick')"
+    return f"{name}: {STRATEGY_WHY.get(name, 'chosen in the recipe')}"
+
+
 def headline_blocks(run) -> list[tuple]:
     """Blocks for the report's opening (``run``: the report's view of the run folder)."""
     load = run.summary("load") or {}
@@ -42,7 +65,7 @@ def _what_went_in(run, load: dict[str, Any]) -> str:
     r = run.recipe
     size = "×".join(map(str, load.get("input_size", []))) or "?"
     return (f"{load.get('model', r.get('model'))} ({load.get('weights', r.get('weights'))} weights), input {size}, "
-            f"{load.get('num_classes', '?')} classes; {r.get('strategy')} for {r.get('target')}")  # fmt: skip
+            f"{load.get('num_classes', '?')} classes; {run.strategy_ran()} for {r.get('target')}")  # fmt: skip
 
 
 def _what_came_out(run, structure) -> str:

@@ -16,21 +16,12 @@ from typing import Any
 
 from rmtdeploy.io import atomic_write_bytes, atomic_write_text
 from rmtdeploy.report.budget import budget_blocks, budget_figure, budget_label
-from rmtdeploy.report.headline import headline_blocks
+from rmtdeploy.report.headline import headline_blocks, strategy_label
 from rmtdeploy.report.latency import CURVE_COLUMNS, curve_rows, how_measured, speedup_rows
 from rmtdeploy.report.render import NOT_MEASURED, PLOTS_DIR, png_bytes, render_html, render_markdown
 
 DEVICE_BENCH = "device-bench"
 CURVE_PLOT = "curve.png"  # the bench stage's plot of a sweep's measured curve
-STRATEGY_WHY = {
-    "hybrid": "the default: in the accuracy benchmark it keeps the most accuracy right after pruning "
-    "(magnitude × spectral energy ratio), and after the default fine-tune the criteria end level "
-    "(docs/strategies.md)",
-    "magnitude": "the baseline criterion (group L2 magnitude)",
-    "rmt": "channels scored by their energy above the Marchenko–Pastur edge",
-    "edge-budget": "per-layer ratios from each layer's spectrum",
-    "dynamic": "progressive pruning with the spectral threshold lowered step by step",
-}
 
 
 def write_report(directory: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -49,12 +40,19 @@ def write_report(directory: str | Path, manifest: dict[str, Any]) -> dict[str, A
 
 
 # -- reading the run ---------------------------------------------------------------------------------
+
+
 class _Run:
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root, self.manifest = root, manifest
         self.stages = {s["name"]: s for s in manifest.get("stages", [])}
         self.recipe = manifest.get("recipe", {})
         self.not_measured: list[str] = []
+
+    def strategy_ran(self) -> str | None:
+        """The strategy the prune stage ran (a recipe may name none and take the family's default)."""
+        pruned = self.summary("prune") or {}
+        return (pruned.get("strategy") or {}).get("name") or self.recipe.get("strategy")
 
     def summary(self, stage: str) -> dict[str, Any] | None:
         record = self.stages.get(stage)
@@ -120,10 +118,7 @@ class _Run:
                 or "timm's defaults",
             ],
             ["target", str(r.get("target"))],
-            [
-                "strategy",
-                f"{r.get('strategy')}: {STRATEGY_WHY.get(r.get('strategy'), 'chosen in the recipe')}",
-            ],
+            ["strategy", strategy_label(self)],
             ["budget", budget],
             ["recipe", f"{r.get('source')} (resolved copy: recipe.yaml)"],
             ["data", str(r.get("data") or "none")],
