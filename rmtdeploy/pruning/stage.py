@@ -126,9 +126,10 @@ def prune(
 
     The budget is ``keep_macs`` or ``keep_params`` (a fraction in (0, 1]). ``strategy`` with its ``knobs``
     scores the channels (``rmtdeploy.scores``; None: :func:`rmtdeploy.scores.request.default_strategy`, which
-    with calibration images and no knobs picks by the model's family, on the accuracy benchmark's evidence); ``target`` (a profile name, alias or YAML path) sets the
-    channel multiple unless ``round_to`` does. ``calibration``: an ImageFolder whose first
-    ``calibration_images`` images re-estimate BatchNorm statistics, and, for a strategy that fine-tunes
+    with calibration images and no knobs picks by the model's family, on the accuracy benchmark's evidence);
+    ``target`` (a profile name, alias or YAML path) sets the channel multiple unless ``round_to`` does.
+    ``calibration``: an ImageFolder whose first ``calibration_images`` images re-estimate BatchNorm
+    statistics, and, for a strategy that fine-tunes
     between its steps, the images of a short distillation from the dense model (``finetune_steps`` AdamW
     steps per pruning step; default :data:`SHORT_DISTILL_STEPS` with calibration images, else none).
     ``latency_aware`` meets the budget with the MAC-only allocation and up to six tilted ones and keeps the one
