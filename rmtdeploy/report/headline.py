@@ -35,7 +35,7 @@ def strategy_label(run) -> str:
     """The strategy that ran, and why: the recipe named it, or none was named and the prune stage took its
     default for the model's family and the data at hand."""
     name = run.strategy_ran()
-    if run.recipe.get("strategy") is None:
+    if run.recipe.get("strategy") is None and not run.recipe.get("knobs"):
         family = (run.summary("load") or {}).get("family", "?")
         data = "with the run's data" if run.recipe.get("data") else "without data"
         return f"{name}: the default for the {family} family {data} (docs/strategies.md, 'Which strategy to pick')"

@@ -40,8 +40,6 @@ def write_report(directory: str | Path, manifest: dict[str, Any]) -> dict[str, A
 
 
 # -- reading the run ---------------------------------------------------------------------------------
-
-
 class _Run:
     def __init__(self, root: Path, manifest: dict[str, Any]):
         self.root, self.manifest = root, manifest
