@@ -38,8 +38,9 @@ def write_results(
     atomic_write_json(out / f"{stem}.json", {"conditions": conditions, "results": rows})
     load = conditions["load_average_at_end"]
     header = (
-        f"`{conditions['what']}`; torch {conditions['torch']}, {conditions['threads']} threads, "
+        f"`{conditions['what']}`; torch {conditions['torch']}, {conditions['threads']} thread(s), "
         f"{conditions['cpu_count']} cores ({conditions['cpu']}), load average at end "
-        f"{f'{load[0]:.1f}' if load else 'unknown'}; {runs}; goal ≤ {conditions['goal_s']:.0f} s."
+        f"{f'{load[0]:.1f}' if load else 'unknown'}; {runs}"
+        + (f"; goal ≤ {conditions['goal_s']:.0f} s." if conditions.get("goal_s") else ".")  # 0: no time goal
     )
     atomic_write_text(out / f"{stem}.md", "\n".join([f"# {title}", "", header, "", *table]) + "\n")

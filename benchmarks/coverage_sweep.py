@@ -134,7 +134,7 @@ def markdown(rows: list[dict[str, Any]], candidates: dict[str, Any], conditions:
     lines = [
         f"**{len(rows)} of {total} candidates run: {counts['ok']} ok, {counts['refused']} refused, "
         f"{counts['broken']} broken.** Candidates: every timm architecture with a pretrained tag in "
-        f"{len(conditions['families'])} families ({', '.join(sorted(conditions['families']))}) under "
+        f"{len(conditions['families'])} timm modules ({', '.join(sorted(conditions['families']))}) under "
         f"{candidates['max_gmacs']:g} GMACs at its default input size ({len(candidates['over'])} over, "
         f"{len(candidates['uncounted'])} that do not run dense). Each: random weights, keep-macs {KEEP_MACS}, "
         f"strategy {conditions['strategy']}, verified as `edge_coverage.py status` does.",
