@@ -163,3 +163,13 @@ def test_the_prune_stage_refuses_a_generic_prune_that_fails_verification(tmp_pat
         source = ModelSource("mobilenetv3_small_050", weights="random")
         stage.prune(source, tmp_path / "out", keep_macs=0.5, strategy="magnitude", target="cpu-ort")
     assert not (tmp_path / "out").exists()  # nothing accepted, nothing written
+
+
+@pytest.mark.parametrize(
+    ("name", "layer"), [("tf_efficientnet_cc_b0_4e", "CondConv2d"), ("mixnet_s", "MixedConv2d")]
+)
+def test_layers_the_graph_cannot_slice_refuse_the_model_before_any_work(name, layer):
+    # Found by the coverage sweep: CondConv ran out of memory while pruning, MixNet's split broke its forward.
+    model = timm.create_model(name, pretrained=False)
+    with pytest.raises(RmtdeployError, match=f"cannot prune {name} \\(generic family\\): .*{layer}"):
+        get_adapter(model)

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from timm.layers import Attention
+from timm.layers import Attention, CondConv2d, MixedConv2d
 from timm.layers.mlp import GluMlp
 from torch import nn
 from torch_pruning import ops as tp_ops
@@ -128,6 +128,14 @@ _OUTPUT_PROBES: weakref.WeakKeyDictionary[nn.Module, OutputWidthProbe] = weakref
 class GenericAdapter(ArchitectureAdapter):
     family = "generic"
     needs_verification = True
+    # Found by the coverage sweep (benchmarks/coverage_sweep.py): refused before any work.
+    unsupported_layers = {
+        CondConv2d: "conditionally parameterised convolutions (CondConv2d, the *_cc_* EfficientNets) keep "
+        "every expert's kernel in one flat parameter the dependency graph cannot slice by channel (pruning "
+        "tf_efficientnet_cc_b0_4e ran out of memory)",
+        MixedConv2d: "mixed-kernel convolutions (MixedConv2d, MixNet) split their input by channel counts they "
+        "cache, and the dependency graph does not map removed channels across the split",
+    }
 
     def customized_pruners(self, model: nn.Module) -> dict:
         # torch-pruning chooses pruning functions by class: a gated MLP's fc1 becomes a GatedLinear (the same
