@@ -123,8 +123,9 @@ def run_one(name: str, timeout_s: float) -> dict[str, Any]:
         if row_file.exists():
             return json.loads(row_file.read_text(encoding="utf-8"))
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        killed = " (killed: out of memory, most likely)" if done.returncode == -9 else ""
         return {"model": name, "status": "broken",
-                "reason": f"the process ended with {done.returncode}: {' / '.join(tail)}"[:400],
+                "reason": f"the process ended with {done.returncode}{killed}: {' / '.join(tail)}"[:400],
                 "wall_s": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
