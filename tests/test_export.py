@@ -300,3 +300,25 @@ def test_onnxsim_where_it_is_installed(tmp_path):
     )
     result = export_onnx(_tiny_cnn(), tmp_path / "sim.onnx", input_shape=SMALL, simplify="onnxsim")
     assert result.simplified and result.simplify_note.startswith("onnxsim") and result.verified
+
+
+def test_a_simplified_graph_that_computes_something_else_is_dropped_for_the_graph_as_exported(
+    tmp_path, monkeypatch
+):
+    # onnxslim 0.1.98 changed tf_efficientnet_lite1's function at 240 px (0.59 off; the exported graph
+    # matched to 1e-5). Here a simplifier that flips the sign of the first initializer stands in for it.
+    import rmtdeploy.exporting.graph as graph
+    from onnx import numpy_helper
+
+    def wrong_simplifier(proto, simplifier):
+        first = proto.graph.initializer[0]
+        first.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(first), first.name))
+        return proto, f"{simplifier} (wrong)", True
+
+    monkeypatch.setattr(graph, "simplify_graph", wrong_simplifier)
+    with pytest.warns(
+        UserWarning, match="onnxslim's graph did not match PyTorch .*kept the graph as exported"
+    ):
+        result = export_onnx(_tiny_cnn(), tmp_path / "m.onnx", input_shape=SMALL)
+    assert not result.simplified and result.simplify_note == "onnxslim: wrong, not kept"
+    assert result.verified and result.max_abs_diff < 1e-4

@@ -228,13 +228,12 @@ def _build(
             started = time.perf_counter()
             proto = _export_proto(model, example, tmp, settings, output_names)
             state["export_s"] = time.perf_counter() - started
+        exported = proto.SerializeToString()  # the graph as exported, should the simplified one be wrong
         if settings.simplify:
             proto, state["simplify_note"], state["simplified"] = simplify_graph(proto, settings.simplify)
         else:
             state["simplify_note"], state["simplified"] = "not requested", False
-        _add_metadata(proto, model, settings)
-        save_checked(proto, tmp)
-        state.update(num_nodes=len(proto.graph.node), opset=default_domain_opset(proto))
+        _save(proto, model, settings, state, tmp)
         state["output_names"] = output_names
         if settings.target is not None and state["opset"] != settings.opset:
             notes.append(
@@ -243,9 +242,31 @@ def _build(
             )
         if settings.verify:
             # Against the model's own forward (fused attention, no export forms): what the user runs.
-            state["parity"] = _verify(model, tmp, settings, generator, notes)
+            try:
+                state["parity"] = _verify(model, tmp, settings, generator, notes)
+            except RmtdeployError as exc:
+                if not state["simplified"]:
+                    raise
+                # A simplifier can change the function (onnxslim 0.1.98, tf_efficientnet_lite1 at 240 px: 0.59 off)
+                note = (
+                    f"{settings.simplify}'s graph did not match PyTorch ({exc}); kept the graph as exported"
+                )
+                notes.append(note)
+                warnings.warn(note, stacklevel=4)
+                import onnx
+
+                proto = onnx.load_from_string(exported)
+                state["simplify_note"], state["simplified"] = f"{settings.simplify}: wrong, not kept", False
+                _save(proto, model, settings, state, tmp)
+                state["parity"] = _verify(model, tmp, settings, generator, notes)
             set_metadata(proto, {"rmtdeploy.parity": json.dumps([p.to_dict() for p in state["parity"]])})
             save_checked(proto, tmp)
+
+
+def _save(proto, model: nn.Module, settings: ExportSettings, state: dict[str, Any], tmp: str) -> None:
+    _add_metadata(proto, model, settings)
+    save_checked(proto, tmp)
+    state.update(num_nodes=len(proto.graph.node), opset=default_domain_opset(proto))
 
 
 def _result(path: Path, settings: ExportSettings, state: dict[str, Any], notes: list[str]) -> ExportResult:
