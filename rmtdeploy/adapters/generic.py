@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from timm.layers import Attention, CondConv2d, MixedConv2d
+from timm.layers import Attention, BlurPool2d, CondConv2d, MixedConv2d
 from timm.layers.mlp import GluMlp
 from torch import nn
 from torch_pruning import ops as tp_ops
@@ -42,6 +42,7 @@ from torch_pruning.pruner import function as tp_function
 from rmtdeploy.adapters._model_attributes import sync_model_widths
 from rmtdeploy.adapters.base import ArchitectureAdapter, classifier_layers
 from rmtdeploy.adapters.registry import register_fallback_adapter
+from rmtdeploy.adapters.resnet import BLUR_POOL_REASON
 from rmtdeploy.errors import RmtdeployError
 
 
@@ -135,6 +136,7 @@ class GenericAdapter(ArchitectureAdapter):
         "tf_efficientnet_cc_b0_4e ran out of memory)",
         MixedConv2d: "mixed-kernel convolutions (MixedConv2d, MixNet) split their input by channel counts they "
         "cache, and the dependency graph does not map removed channels across the split",
+        BlurPool2d: BLUR_POOL_REASON,
     }
 
     def customized_pruners(self, model: nn.Module) -> dict:

@@ -18,6 +18,11 @@ from rmtdeploy.adapters._model_attributes import sync_model_widths
 from rmtdeploy.adapters.base import ArchitectureAdapter
 from rmtdeploy.adapters.registry import register_adapter
 
+BLUR_POOL_REASON = (
+    "blur-pool anti-aliasing (BlurPool2d: resnetblur*, mobilenetv4_conv_blur_*) keeps a filter "
+    "per channel outside any layer the dependency graph prunes"
+)
+
 
 @register_adapter("resnet")
 class ResNetAdapter(ArchitectureAdapter):
@@ -27,8 +32,7 @@ class ResNetAdapter(ArchitectureAdapter):
         "a 1-D convolution across them, which the dependency graph cannot follow",
         CecaModule: "circular efficient channel attention mixes neighbouring channels with a 1-D "
         "convolution across them, which the dependency graph cannot follow",
-        BlurPool2d: "blur-pool anti-aliasing (the resnetblur* variants) keeps a filter per channel outside "
-        "any layer the dependency graph prunes",
+        BlurPool2d: BLUR_POOL_REASON,
         nn.GroupNorm: "GroupNorm (the *_gn variants) normalises channels in fixed groups; removing channels "
         "would regroup the ones that stay",
     }
