@@ -173,3 +173,15 @@ def test_layers_the_graph_cannot_slice_refuse_the_model_before_any_work(name, la
     model = timm.create_model(name, pretrained=False)
     with pytest.raises(RmtdeployError, match=f"cannot prune {name} \\(generic family\\): .*{layer}"):
         get_adapter(model)
+
+
+@pytest.mark.usefixtures("single_torch_thread")
+def test_a_graph_that_maps_channels_past_a_layers_width_refuses_the_model_naming_the_layer():
+    # Found by the coverage sweep: Res2Net splits in dla60_res2next, where torch-pruning indexes past a
+    # layer's width mid-removal (it was an IndexError-like RuntimeError, a "broken" row).
+    torch.manual_seed(0)
+    model = timm.create_model("dla60_res2next", pretrained=False).eval()
+    with pytest.raises(
+        RmtdeployError, match=r"maps the channels removed at level\d\.\S+ past a layer's width"
+    ):
+        prune_model(model, keep_macs=0.5)

@@ -249,7 +249,14 @@ def apply_operations(graph: tp.DependencyGraph, model: nn.Module, operations: li
             raise RmtdeployError(
                 f"pruning {len(op['pruned'])} channels at {op['root']} would leave a layer empty"
             )
-        group.prune()
+        try:
+            group.prune()
+        except (IndexError, RuntimeError) as exc:  # the graph mapped channels past a layer's width
+            # (dla60_res2next's Res2Net splits: index 34 of 32), so it does not follow this model here
+            raise RmtdeployError(
+                f"the dependency graph maps the channels removed at {op['root']} past a layer's width "
+                f"({str(exc).splitlines()[0][:120]}): it does not follow this model's structure there"
+            ) from exc
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
