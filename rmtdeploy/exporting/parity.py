@@ -44,6 +44,10 @@ class Parity:
         )
 
 
+class RandomParityError(RmtdeployError):
+    """The graph computes something else on random inputs: wrong whatever the data (no image was read)."""
+
+
 def compare(
     model: nn.Module,
     session,
@@ -78,7 +82,7 @@ def compare(
             worst = max(worst, float(diff.max()))
             scale = max(scale, float(np.abs(ref_np).max()))
             if not np.all(diff <= atol + rtol * np.abs(ref_np)):
-                raise RmtdeployError(
+                raise (RandomParityError if inputs == "random" else RmtdeployError)(
                     f"ONNX export does not match PyTorch on {inputs} inputs (batch of {len(batch)}): max |diff| "
                     f"{float(diff.max()):.3g} for outputs up to {float(np.abs(ref_np).max()):.3g} "
                     f"(atol={atol:g}, rtol={rtol:g})"
