@@ -43,14 +43,13 @@ def count_ops(model: nn.Module, example: torch.Tensor, layer_wise: bool = False)
     from torch_pruning.utils import op_counter
 
     hooks = op_counter.MODULES_MAPPING
-    subclasses = {}
-    for kind in {type(module) for module in model.modules()} - set(hooks):
-        base = next((b for b in kind.__mro__[1:] if b in hooks), None)
-        if base is not None:
-            subclasses[kind] = hooks[base]
+    subclasses = {}  # a hook for each type the counter's exact-type lookup misses or gets wrong
     for kind in {type(module) for module in model.modules()}:
-        if _counts_timm_attention_whole(kind, hooks):
+        hook = next((hooks[base] for base in kind.__mro__ if base in hooks), None)
+        if hook is op_counter.timm_multihead_attention_counter_hook:
             subclasses[kind] = _timm_attention_macs
+        elif hook is not None and kind not in hooks:
+            subclasses[kind] = hook
     op_counter.CUSTOM_MODULES_MAPPING = subclasses  # read while the hooks are placed, reset by the call
     with torch.no_grad():
         macs, params, layer_macs, layer_params = tp.utils.count_ops_and_params(
@@ -67,13 +66,6 @@ def count_ops(model: nn.Module, example: torch.Tensor, layer_wise: bool = False)
     if layer_wise:
         return macs, params, layer_macs, layer_params
     return macs, params
-
-
-def _counts_timm_attention_whole(kind: type, hooks: dict) -> bool:
-    from torch_pruning.utils import op_counter
-
-    whole = op_counter.timm_multihead_attention_counter_hook
-    return any(hooks.get(base) is whole for base in kind.__mro__)
 
 
 def _timm_attention_macs(attention: nn.Module, inputs: tuple, output) -> None:
@@ -96,7 +88,8 @@ def _timm_attention_macs(attention: nn.Module, inputs: tuple, output) -> None:
 def _functional_linear_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.Module, int]:
     """MACs of linear layers whose weight a parent multiplies with ``F.linear`` instead of calling the layer:
     timm's Eva, BEiT and SwinV2 attentions do so for ``qkv`` to add their separate q and v biases, and the
-    module hooks never see it (SwinV2-T and EVA02-Ti counted a quarter short). Counted by torch-pruning's linear formula."""
+    module hooks never see it (SwinV2-T and EVA02-Ti counted a quarter short). Counted by torch-pruning's
+    linear formula."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -123,12 +116,7 @@ def _functional_linear_macs(model: nn.Module, example: torch.Tensor) -> dict[nn.
     try:
         with torch.no_grad():
             model.eval()  # as torch-pruning's pass: batch-norm statistics stay as they are
-            if isinstance(example, (tuple, list)):
-                model(*example)
-            elif isinstance(example, dict):
-                model(**example)
-            else:
-                model(example)
+            model(example)
     finally:
         F.linear = original
         model.train(training)
