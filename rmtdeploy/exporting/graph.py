@@ -43,6 +43,7 @@ behind them and the versions they were taken with):
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import json
 import os
@@ -228,8 +229,9 @@ def _build(
             started = time.perf_counter()
             proto = _export_proto(model, example, tmp, settings, output_names)
             state["export_s"] = time.perf_counter() - started
-        exported = proto.SerializeToString()  # the graph as exported, should the simplified one be wrong
         if settings.simplify:
+            # the graph as exported, kept while a parity check may find the simplified one wrong
+            exported = copy.deepcopy(proto) if settings.verify else None
             proto, state["simplify_note"], state["simplified"] = simplify_graph(proto, settings.simplify)
         else:
             state["simplify_note"], state["simplified"] = "not requested", False
@@ -253,7 +255,7 @@ def _build(
                 )
                 notes.append(note)
                 warnings.warn(note, stacklevel=4)
-                proto = __import__("onnx").load_from_string(exported)
+                proto = exported
                 state["simplify_note"], state["simplified"] = f"{settings.simplify}: wrong, not kept", False
                 _save(proto, model, settings, state, tmp)
                 state["parity"] = _verify(model, tmp, settings, generator, notes)
