@@ -176,11 +176,13 @@ class CompressSteps:
 
     def _strategy(self):
         """The checked strategy, or with none in the recipe the one the prune stage picks for this model."""
-        if self.recipe.strategy is not None or self.recipe.knobs:
-            return self.checked.strategy
         from rmtdeploy.pruning.stage import default_strategy, get_strategy
 
-        return get_strategy(default_strategy(self.loaded.family, self.checked.data is not None))
+        recipe, checked = self.recipe, self.checked
+        if recipe.strategy is not None:
+            return checked.strategy
+        name = default_strategy(self.loaded.family, checked.data is not None, recipe.knobs)
+        return checked.strategy if name == checked.strategy.name else get_strategy(name)
 
     def prune(self) -> None:
         recipe, data = self.recipe, self.checked.data

@@ -154,8 +154,8 @@ def prune(
     source.check()
     with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
         loaded = source.load()
-        if strategy is None and not knobs:
-            settings = _default_for_family(settings, loaded, finetune_steps, status)
+        if strategy is None:
+            settings = _default_for_family(settings, loaded, knobs, finetune_steps, status)
         _check_supported(loaded, allocation.get("latency_table"))
         batches = _calibration_batches(settings.calibration, loaded, calibration_images)
         result = _run_strategy(
@@ -183,10 +183,10 @@ def prune(
 
 
 def _default_for_family(
-    settings: PruneSettings, loaded: LoadedModel, finetune_steps, status
+    settings: PruneSettings, loaded: LoadedModel, knobs, finetune_steps, status
 ) -> PruneSettings:
     """The settings with the default strategy for ``loaded``'s family (the data-free default was checked)."""
-    name = default_strategy(loaded.family, settings.calibration is not None)
+    name = default_strategy(loaded.family, settings.calibration is not None, knobs)
     if name == settings.strategy.name:
         return settings
     chosen = get_strategy(name)

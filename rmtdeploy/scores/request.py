@@ -24,10 +24,12 @@ DEFAULT_STRATEGY = "hybrid"
 DATA_STRATEGY_BY_FAMILY = {"convnext": "data-rmt", "hiera": "data-rmt", "swin": "data-rmt"}
 
 
-def default_strategy(family: str, have_data: bool) -> str:
+def default_strategy(family: str, have_data: bool, knobs: dict[str, Any] | None = None) -> str:
     """The strategy a prune runs when none is asked for: :data:`DATA_STRATEGY_BY_FAMILY` with calibration
-    data, else :data:`DEFAULT_STRATEGY`."""
-    return DATA_STRATEGY_BY_FAMILY.get(family, DEFAULT_STRATEGY) if have_data else DEFAULT_STRATEGY
+    data, else :data:`DEFAULT_STRATEGY`, which knobs given without a strategy also belong to."""
+    if knobs or not have_data:
+        return DEFAULT_STRATEGY
+    return DATA_STRATEGY_BY_FAMILY.get(family, DEFAULT_STRATEGY)
 
 
 SHORT_DISTILL_STEPS = (
