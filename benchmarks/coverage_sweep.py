@@ -82,30 +82,34 @@ def list_candidates(max_gmacs: float) -> dict[str, Any]:
     wanted = families()
     names = sorted({n.split(".")[0] for n in timm.list_models(pretrained=True)})
     names = [n for n in names if _registry._model_to_module.get(n) in wanted and not n.startswith("test_")]
-    under, over, uncounted = {}, {}, {}
-    for name in tqdm(names, desc="counting GMACs", unit="model"):
+    candidates = {"max_gmacs": max_gmacs, "under": {}, "over": {}, "uncounted": {}}
+    _count(candidates, tqdm(names, desc="counting GMACs", unit="model"))
+    return candidates
+
+
+def _count(candidates: dict[str, Any], names) -> list[str]:
+    """Place each of ``names`` under or over the limit by its GMACs; one that does not run dense stays in
+    ``uncounted`` with its first reason. Returns the names placed."""
+    placed = []
+    for name in names:
         try:
             gmacs = candidate_gmacs(name)
         except Exception as exc:  # noqa: BLE001 - recorded: a model that does not even run dense
-            uncounted[name] = f"{type(exc).__name__}: {exc}"[:300]
+            candidates["uncounted"].setdefault(name, f"{type(exc).__name__}: {exc}"[:300])
             continue
-        (under if gmacs < max_gmacs else over)[name] = round(gmacs, 3)
-    return {"max_gmacs": max_gmacs, "under": under, "over": over, "uncounted": uncounted}
+        candidates["uncounted"].pop(name, None)
+        (candidates["under"] if gmacs < candidates["max_gmacs"] else candidates["over"])[name] = round(
+            gmacs, 3
+        )
+        placed.append(name)
+    return placed
 
 
 def _recount(candidates: dict[str, Any], conditions: dict[str, Any]) -> None:
     """Count again the candidates the listing could not (the counter may have been mended since)."""
     from timm.models import _registry
 
-    for name in list(candidates["uncounted"]):
-        try:
-            gmacs = candidate_gmacs(name)
-        except Exception:  # noqa: BLE001 - still uncounted, kept with its first reason
-            continue
-        del candidates["uncounted"][name]
-        (candidates["under"] if gmacs < candidates["max_gmacs"] else candidates["over"])[name] = round(
-            gmacs, 3
-        )
+    for name in _count(candidates, list(candidates["uncounted"])):
         conditions["module_of"][name] = _registry._model_to_module.get(name)
 
 
