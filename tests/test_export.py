@@ -307,8 +307,9 @@ def test_a_simplified_graph_that_computes_something_else_is_dropped_for_the_grap
 ):
     # onnxslim 0.1.98 changed tf_efficientnet_lite1's function at 240 px (0.59 off; the exported graph
     # matched to 1e-5). Here a simplifier that flips the sign of the first initializer stands in for it.
-    import rmtdeploy.exporting.graph as graph
     from onnx import numpy_helper
+
+    import rmtdeploy.exporting.graph as graph
 
     def wrong_simplifier(proto, simplifier):
         first = proto.graph.initializer[0]
