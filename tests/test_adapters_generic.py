@@ -4,6 +4,8 @@ form, reload, ONNX), and refused with the layer and the check named when they ar
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import timm
 import torch
@@ -87,12 +89,16 @@ def test_reparameterisable_blocks_prune_in_training_form_and_fuse_to_the_same_fu
     assert all(m.reparam_conv is None for m in result.model.modules() if type(m).__name__ == "MobileOneBlock")
 
 
-def test_a_model_without_classifier_keeps_its_output_width():
-    model = _model("mobilenetv3_small_050", num_classes=0)
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "vit_tiny_patch16_224"])
+def test_a_model_without_classifier_keeps_its_output_width(name):
+    # A ViT's features are its residual stream: found by the coverage sweep (a SigLIP ViT built without a
+    # head came out 528 wide instead of 768); the last layer with weights now guards the output width.
+    model = _model(name, num_classes=0)
     result = prune_model(model, keep_macs=0.5)
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert result.model(images).shape == model(images).shape
+    assert result.macs_kept < 0.53
 
 
 class _Multiplier(nn.Module):
@@ -166,10 +172,16 @@ def test_the_prune_stage_refuses_a_generic_prune_that_fails_verification(tmp_pat
 
 
 @pytest.mark.parametrize(
-    ("name", "layer"), [("tf_efficientnet_cc_b0_4e", "CondConv2d"), ("mixnet_s", "MixedConv2d")]
+    ("name", "layer"),
+    [
+        ("tf_efficientnet_cc_b0_4e", "CondConv2d"),
+        ("mixnet_s", "MixedConv2d"),
+        ("gc_efficientnetv2_rw_t", "GlobalContext"),
+    ],
 )
 def test_layers_the_graph_cannot_slice_refuse_the_model_before_any_work(name, layer):
-    # Found by the coverage sweep: CondConv ran out of memory while pruning, MixNet's split broke its forward.
+    # Found by the coverage sweep: CondConv and GlobalContext ran out of memory while pruning, MixNet's split
+    # broke its forward.
     model = timm.create_model(name, pretrained=False)
     with pytest.raises(RmtdeployError, match=f"cannot prune {name} \\(generic family\\): .*{layer}"):
         get_adapter(model)
@@ -185,3 +197,43 @@ def test_a_graph_that_maps_channels_past_a_layers_width_refuses_the_model_naming
         RmtdeployError, match=r"maps the channels removed at level\d\.\S+ past a layer's width"
     ):
         prune_model(model, keep_macs=0.5)
+
+
+@pytest.mark.parametrize(("name", "norm"), [("convnext_zepto_rms", "SimpleNorm2d"), ("test_vit4", "RmsNorm")])
+def test_timm_rms_and_simple_norms_shrink_with_their_channels_and_prune_exactly(name, norm):
+    # Found by the coverage sweep: torch-pruning saw their weights as bare parameters (normalized_shape stayed
+    # dense) and the exactness check did not mask their statistics, so ConvNeXt's RMS variants were refused.
+    model = _model(name)
+    result = prune_model(model, keep_macs=0.5)
+    norms = [m for m in result.model.modules() if type(m).__name__ == norm]
+    assert norms
+    assert all(n.normalized_shape == tuple(n.weight.shape) for n in norms)
+    assert any(
+        p.normalized_shape[0] < d.normalized_shape[0]
+        for d, p in zip((m for m in model.modules() if type(m).__name__ == norm), norms, strict=True)
+    )
+    images = torch.randn(2, *result.plan["input_size"])
+    assert function_gap(model, get_adapter(model), result.plan["operations"], images) < 1e-5
+
+
+def test_the_function_check_masks_timm_norm_statistics(monkeypatch):
+    # The check must fail when a norm's statistics are not narrowed: the pruned model is then not what the
+    # masked reference computes.
+    from rmtdeploy.pruning import exactness
+
+    model = _model("convnext_zepto_rms")
+    result = prune_model(model, keep_macs=0.5)
+    images = torch.randn(2, *result.plan["input_size"])
+    monkeypatch.setattr(exactness, "_masked_timm_norms", lambda *_: contextlib.nullcontext())
+    assert function_gap(model, get_adapter(model), result.plan["operations"], images) > 1e-3
+
+
+def test_an_index_mapping_that_grows_without_bound_is_refused_before_memory_runs_out(monkeypatch):
+    # GlobalContext's reshapes made torch-pruning's flatten mapping compound until the kernel killed the
+    # process (the sweep's one "broken" row); any such model is now refused with a message, whatever its layers.
+    from rmtdeploy.pruning import graph
+
+    monkeypatch.setattr(GenericAdapter, "unsupported_layers", {})
+    monkeypatch.setattr(graph, "MAX_MAPPED_INDICES", 100_000)  # the same growth, caught sooner
+    with pytest.raises(RmtdeployError, match=r"channel mapping through a reshape grows past 100,000 indices"):
+        prune_model(_model("gc_efficientnetv2_rw_t"), keep_macs=0.5)

@@ -69,8 +69,30 @@ class ArchitectureAdapter:
         return kwargs if num_classes is None else {**kwargs, "num_classes": int(num_classes)}
 
     def ignored_layers(self, model: nn.Module) -> list[nn.Module]:
-        """Layers whose outputs must keep their width: the classifier(s)."""
-        return classifier_layers(model)
+        """Layers whose outputs must keep their width: the classifier(s); for a model built without one
+        (``num_classes=0``, a feature extractor), the last layer with weights that its forward runs, so that
+        the features keep their width (torch-pruning skips every group that would cut an ignored layer's
+        outputs, a whole residual stream included)."""
+        classifiers = classifier_layers(model)
+        if any(True for layer in classifiers for _ in layer.parameters()):
+            return classifiers
+        return classifiers + self._last_weighted_layer(model)
+
+    def _last_weighted_layer(self, model: nn.Module) -> list[nn.Module]:
+        ran: list[nn.Module] = []
+        leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+        hooks = [
+            m.register_forward_hook(lambda m, *_: ran.append(m))
+            for m in leaves
+            if any(True for _ in m.parameters())
+        ]
+        try:
+            with torch.no_grad():
+                self.trace_forward(model, self.example_inputs(model))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return ran[-1:]
 
     def attention_heads(self, model: nn.Module) -> dict[nn.Module, int]:
         """Fused qkv Linear -> number of heads, for head-wise pruning. Empty for CNNs."""

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from timm.layers import Attention, BlurPool2d, CondConv2d, MixedConv2d
+from timm.layers import Attention, BlurPool2d, CondConv2d, GlobalContext, MixedConv2d
 from timm.layers.mlp import GluMlp
 from torch import nn
 from torch_pruning import ops as tp_ops
@@ -137,6 +137,9 @@ class GenericAdapter(ArchitectureAdapter):
         MixedConv2d: "mixed-kernel convolutions (MixedConv2d, MixNet) split their input by channel counts they "
         "cache, and the dependency graph does not map removed channels across the split",
         BlurPool2d: BLUR_POOL_REASON,
+        GlobalContext: "global-context blocks (GlobalContext, the gc_* variants) pool channels through a "
+        "reshape and matrix product whose index mapping the dependency graph expands without bound (pruning "
+        "gc_efficientnetv2_rw_t ran out of memory)",
     }
 
     def customized_pruners(self, model: nn.Module) -> dict:

@@ -45,12 +45,29 @@ class PatchMergingPruner(tp.pruner.function.BasePruningFunc):
         return layer
 
     def prune_in_channels(self, layer: PatchMerging, idxs: list[int]) -> PatchMerging:
-        dim = self.get_in_channels(layer)
-        stacked = [k * dim + i for k in range(_NEIGHBOURS) for i in idxs]
+        stacked = self._stacked(layer, idxs)
         tp.pruner.function.prune_layernorm_out_channels(layer.norm, stacked)
         tp.pruner.function.prune_linear_in_channels(layer.reduction, stacked)
-        layer.dim = dim - len(idxs)
+        layer.dim = self.get_in_channels(layer)
         return layer
+
+    def silence(
+        self, layer: PatchMerging, idxs: list[int], outputs: bool
+    ) -> list[tuple[nn.Module, list[int]]]:
+        """For ``rmtdeploy.pruning.exactness``: zero what a removal takes; the norm's statistics over the
+        stacked neighbourhood must skip the removed channel in all four places."""
+        if outputs:
+            layer.reduction.weight[idxs] = 0
+            if layer.reduction.bias is not None:
+                layer.reduction.bias[idxs] = 0
+            return []
+        stacked = self._stacked(layer, idxs)
+        layer.reduction.weight[:, stacked] = 0
+        return [(layer.norm, stacked)]
+
+    def _stacked(self, layer: PatchMerging, idxs: list[int]) -> list[int]:
+        dim = self.get_in_channels(layer)
+        return [k * dim + i for k in range(_NEIGHBOURS) for i in idxs]
 
     def get_out_channels(self, layer: PatchMerging) -> int:
         return layer.reduction.out_features

@@ -7,8 +7,8 @@ gammas); and timm's ``Attention`` caches ``num_heads``, ``head_dim``, ``attn_dim
 
 from __future__ import annotations
 
-from timm.layers import Attention, AttentionPoolLatent, HybridEmbed, LayerScale, RmsNorm
-from timm.models.vision_transformer import ParallelScalingBlock
+from timm.layers import Attention, AttentionPoolLatent, HybridEmbed, LayerScale
+from timm.models.vision_transformer import DiffAttention, DiffParallelScalingBlock, ParallelScalingBlock
 from torch import nn
 
 from rmtdeploy.adapters._model_attributes import PatchEmbedSizeMixin, sync_model_widths
@@ -30,7 +30,10 @@ class VisionTransformerAdapter(PatchEmbedSizeMixin, ArchitectureAdapter):
         "and per-head reshapes are not tracked",
         ParallelScalingBlock: "parallel-scaling blocks (the *_xp variants) fuse qkv and the MLP into one "
         "projection, whose heads the adapter cannot find",
-        RmsNorm: "RMSNorm layers keep their scale as a bare parameter the dependency graph does not prune",
+        DiffParallelScalingBlock: "parallel-scaling blocks with differential attention (the vit_dp* variants) "
+        "fuse qkv and the MLP into one projection, whose heads the adapter cannot find",
+        DiffAttention: "differential attention (the vit_d*wee/little variants): each head subtracts a paired "
+        "attention map and normalises over the head's channels, which the adapter does not follow",
     }
 
     def attention_heads(self, model: nn.Module) -> dict[nn.Module, int]:

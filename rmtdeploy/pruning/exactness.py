@@ -8,7 +8,7 @@ of the dense model, every removed channel is silenced wherever it is read: the i
 Linear that reads it are zeroed (for a grouped convolution, within its group), the rows of every layer that
 writes it and its norm's affine entries are zeroed, bare parameters (layer scales, tokens) are zeroed on it, and
 layer norms compute their statistics over the kept channels only (``F.layer_norm`` / one-group
-``F.group_norm`` are wrapped for that forward). Each removal the plan makes is found again through the same
+``F.group_norm`` are wrapped for that forward; timm's RMS and simple norms run narrowed to the kept slice). Each removal the plan makes is found again through the same
 dependency graph, from the plan's own operations (indices renumbered through earlier removals of the same
 unit, so progressive plans replay too).
 
@@ -32,6 +32,7 @@ from torch import nn
 from torch_pruning.pruner import function as tp_function
 
 from rmtdeploy.adapters.base import ArchitectureAdapter
+from rmtdeploy.pruning.graph import ChannelStatNormPruner, timm_channel_stat_norm_types
 
 _CONV_OUT = (tp_function.prune_conv_out_channels, tp_function.prune_depthwise_conv_out_channels)
 _CONV_IN = (tp_function.prune_conv_in_channels, tp_function.prune_depthwise_conv_in_channels)
@@ -46,12 +47,13 @@ class MaskedReference:
     """The dense model with the removed channels silenced, and the norms whose statistics skip them."""
 
     model: nn.Module
-    norm_kept: dict[int, torch.Tensor]  # id(norm weight) -> kept channel indices
+    # id(norm weight) -> kept channel indices; id(norm) for timm's RMS/simple norms, which may have no weight
+    norm_kept: dict[int, torch.Tensor]
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pre-logit features, logits), as ``rmtdeploy.coverage.features_and_logits``."""
-        with _masked_norms(self.norm_kept):
+        with _masked_norms(self.norm_kept), _masked_timm_norms(self.model, self.norm_kept):
             tokens = self.model.forward_features(images)
             return self.model.forward_head(tokens, pre_logits=True), self.model.forward_head(tokens)
 
@@ -95,7 +97,9 @@ def _silence(
     name = names.get(id(layer), type(layer).__name__)
     owner = getattr(fn, "__self__", None)  # an adapter's own pruning function may say how to silence
     if hasattr(owner, "silence"):
-        owner.silence(layer, idxs, outputs=fn.__name__ == "prune_out_channels")
+        # It may name norms inside the layer whose statistics must skip channels (a merge's 4x-wide norm).
+        for norm, norm_idxs in owner.silence(layer, idxs, outputs=fn.__name__ == "prune_out_channels") or ():
+            _silence_norm(norm, norm_idxs, f"{name}.{_child_name(layer, norm)}", norm_kept, norm_width)
     elif isinstance(layer, nn.Parameter):
         layer.data.index_fill_(dep.target.pruning_dim, torch.tensor(idxs, device=layer.device), 0.0)
     elif isinstance(layer, nn.modules.conv._ConvNd) and not layer.transposed:
@@ -123,20 +127,39 @@ def _silence(
             layer.weight[idxs] = 0
             layer.bias[idxs] = 0
     elif isinstance(layer, (nn.LayerNorm, nn.GroupNorm)):
-        if isinstance(layer, nn.GroupNorm) and layer.num_groups != 1:
-            raise NotApplicable(f"{name}: GroupNorm in {layer.num_groups} groups")
-        if isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) != 1:
-            raise NotApplicable(f"{name}: LayerNorm over {len(layer.normalized_shape)} dims")
-        if layer.weight is None:
-            raise NotApplicable(f"{name}: a norm without affine weights")
-        layer.weight[idxs] = 0
-        if layer.bias is not None:
-            layer.bias[idxs] = 0
-        norm_kept.setdefault(id(layer.weight), set()).update(idxs)
-        norm_width[id(layer.weight)] = layer.weight.numel()
-    elif isinstance(layer, nn.Module) and any(True for _ in layer.parameters(recurse=False)):
+        _silence_norm(layer, idxs, name, norm_kept, norm_width)
+    elif isinstance(layer, nn.Module) and any(True for _ in layer.parameters()):
         raise NotApplicable(f"{name}: {type(layer).__name__} is pruned by its own function")
     # Anything else (elementwise ops, concatenations, reshapes, parameter-free modules) holds no weights.
+
+
+@torch.no_grad()
+def _silence_norm(
+    layer: nn.Module, idxs: list[int], name: str, norm_kept: dict[int, set[int]], norm_width: dict[int, int]
+) -> None:
+    """Zero a norm's affine entries on ``idxs`` and have its statistics skip them (:func:`_masked_norms` by
+    the norm's weight, :func:`_masked_timm_norms` by the norm itself)."""
+    if type(layer) in timm_channel_stat_norm_types():
+        if layer.weight is not None:
+            layer.weight[idxs] = 0
+        norm_kept.setdefault(id(layer), set()).update(idxs)
+        norm_width[id(layer)] = int(layer.normalized_shape[0])
+        return
+    if isinstance(layer, nn.GroupNorm) and layer.num_groups != 1:
+        raise NotApplicable(f"{name}: GroupNorm in {layer.num_groups} groups")
+    if isinstance(layer, nn.LayerNorm) and len(layer.normalized_shape) != 1:
+        raise NotApplicable(f"{name}: LayerNorm over {len(layer.normalized_shape)} dims")
+    if not isinstance(layer, (nn.LayerNorm, nn.GroupNorm)) or layer.weight is None:
+        raise NotApplicable(f"{name}: not a LayerNorm or one-group GroupNorm with affine weights")
+    layer.weight[idxs] = 0
+    if layer.bias is not None:
+        layer.bias[idxs] = 0
+    norm_kept.setdefault(id(layer.weight), set()).update(idxs)
+    norm_width[id(layer.weight)] = layer.weight.numel()
+
+
+def _child_name(parent: nn.Module, child: nn.Module) -> str:
+    return next((name for name, module in parent.named_modules() if module is child), type(child).__name__)
 
 
 def _zero_rows(layer: nn.Module, idxs: list[int]) -> None:
@@ -172,3 +195,29 @@ def _masked_norms(norm_kept: dict[int, torch.Tensor]) -> Iterator[None]:
         yield
     finally:
         F.layer_norm, F.group_norm = layer_norm, group_norm
+
+
+@contextlib.contextmanager
+def _masked_timm_norms(model: nn.Module, norm_kept: dict[int, torch.Tensor]) -> Iterator[None]:
+    """The listed timm RMS/simple norms compute over the kept channels only: a copy narrowed to them runs on
+    the kept slice, and the removed channels stay zero."""
+    channel_dims = timm_channel_stat_norm_types()
+    replaced = []
+    for norm in model.modules():
+        kept = norm_kept.get(id(norm))
+        if kept is None or type(norm) not in channel_dims:
+            continue
+        narrow = copy.deepcopy(norm)
+        removed = sorted(set(range(ChannelStatNormPruner().get_out_channels(norm))) - set(kept.tolist()))
+        ChannelStatNormPruner().prune_out_channels(narrow, removed)
+
+        def forward(x, narrow=narrow, kept=kept, dim=channel_dims[norm.__class__]):
+            return torch.zeros_like(x).index_copy_(dim, kept, narrow(x.index_select(dim, kept)))
+
+        replaced.append(norm)
+        norm.forward = forward
+    try:
+        yield
+    finally:
+        for norm in replaced:
+            del norm.forward

@@ -67,6 +67,64 @@ def _layernorm_pruning_in_order() -> None:
 
 _layernorm_pruning_in_order()
 
+# torch-pruning maps a channel index through a flatten by expanding it ``stride``-fold; through some reshapes
+# (LeViT's convolutional attention, timm's GlobalContext) the expansions compound until memory runs out (the
+# coverage sweep's one process killed by the kernel). No mapping this large follows a real channel layout.
+MAX_MAPPED_INDICES = 1 << 22
+
+
+def _bounded_flatten_mapping() -> None:
+    """Make torch-pruning's flatten index mapping refuse, with a clear error, to grow past the bound."""
+    mapping = tp.dependency.index_mapping._FlattenIndexMapping
+    expand = mapping.__call__
+
+    def bounded(self, idxs):
+        if not self.reverse and len(idxs) * self._stride > MAX_MAPPED_INDICES:
+            raise RmtdeployError(
+                f"the dependency graph's channel mapping through a reshape grows past {MAX_MAPPED_INDICES:,} "
+                "indices: it cannot follow this model's reshapes (refused before it runs out of memory)"
+            )
+        return expand(self, idxs)
+
+    mapping.__call__ = bounded
+
+
+_bounded_flatten_mapping()
+
+# timm's norms that compute statistics across channels in timm's own functions, with their channel dim.
+TIMM_CHANNEL_STAT_NORMS = {"RmsNorm": -1, "SimpleNorm": -1, "RmsNorm2d": 1, "SimpleNorm2d": 1}
+
+
+def timm_channel_stat_norm_types() -> dict[type, int]:
+    """The classes of :data:`TIMM_CHANNEL_STAT_NORMS` this timm has -> channel dim."""
+    from timm import layers
+
+    return {getattr(layers, n): dim for n, dim in TIMM_CHANNEL_STAT_NORMS.items() if hasattr(layers, n)}
+
+
+class ChannelStatNormPruner(tp.pruner.function.BasePruningFunc):
+    """timm's RMS and "simple" norms: TP does not know them and would prune their weight as a bare
+    parameter, leaving ``normalized_shape`` at the dense width."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs: list[int]) -> nn.Module:
+        keep = sorted(set(range(self.get_out_channels(layer))) - {int(i) for i in idxs})
+        if isinstance(layer.weight, nn.Parameter):
+            layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+        layer.normalized_shape = (len(keep),)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return int(layer.normalized_shape[0])
+
+    get_in_channels = get_out_channels
+
+    def silence(self, layer: nn.Module, idxs: list[int], outputs: bool) -> list[tuple[nn.Module, list[int]]]:
+        """For ``rmtdeploy.pruning.exactness``: the statistics must skip the removed channels."""
+        return [(layer, idxs)]
+
+
 Operation = dict[str, Any]
 
 
@@ -110,7 +168,10 @@ def build_dependency_graph(
                 model,
                 example_inputs=example_inputs,
                 unwrapped_parameters=adapter.unwrapped_parameters(model),
-                customized_pruners=adapter.customized_pruners(model) or None,
+                customized_pruners={
+                    **{kind: ChannelStatNormPruner() for kind in timm_channel_stat_norm_types()},
+                    **adapter.customized_pruners(model),
+                },
                 forward_fn=adapter.trace_forward,
             )
     finally:
