@@ -1,4 +1,4 @@
-"""Adapters built on the generic one (Eva, MetaFormer, TinyViT, EdgeNeXt, LeViT, SwinV2, ByobNet/MobileViT v2):
+"""Adapters built on the generic one (Eva, MetaFormer, FastViT, TinyViT, EdgeNeXt, LeViT, SwinV2, ByobNet/MobileViT v2):
 what each adds is checked on a small model, and every prune passes ``verify_pruned``. The edge models at their
 default size are ``make test-slow`` cases and ``benchmarks/edge_coverage.py``."""
 
@@ -64,6 +64,23 @@ def test_metaformer_prunes_attention_heads_and_repairs_the_scale_shapes():
     )
     verification = verify_pruned(model, result, export=False)
     assert verification.ok, verification.failures
+
+
+def test_fastvit_attention_stages_lose_whole_heads_and_reshape_to_their_own_width():
+    # Found by the coverage sweep: FastViT-SA/MCI's attention reshaped to the block's width and broke.
+    from rmtdeploy.adapters.fastvit import PrunedAttention
+
+    model = _model("fastvit_sa12", **AT_64)
+    result = prune_model(model, keep_macs=0.5)
+    assert type(get_adapter(model)).__name__ == "FastVitAdapter"
+    assert any(pruned < dense for dense, pruned in _heads(result).values())
+    pruned = [m for m in result.model.modules() if isinstance(m, PrunedAttention)]
+    assert pruned and all(a.qkv.out_features == 3 * a.num_heads * a.head_dim for a in pruned)
+    assert any(a.num_heads * a.head_dim < a.proj.out_features for a in pruned)
+    verification = verify_pruned(model, result, export=False)
+    assert verification.ok, verification.failures
+    assert verification.measured["function_gap"] < 1e-5
+    assert verification.measured["reparameterized_gap"] < 1e-4
 
 
 def _heads_keep_their_rows(dense, result, attention_type, kept_rows, table: str) -> int:

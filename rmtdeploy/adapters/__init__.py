@@ -11,6 +11,7 @@ from rmtdeploy.adapters import (  # noqa: F401  (they register)
     convnext,
     edgenext,
     eva,
+    fastvit,
     generic,
     hiera,
     levit,
