@@ -21,6 +21,7 @@ PLUG_INS = {
     "convnext",
     "edgenext",
     "eva",
+    "fastvit",
     "generic",
     "hiera",
     "levit",
@@ -46,8 +47,8 @@ def test_registry_and_base_import_no_adapter(module):
 
 def test_every_family_is_served_by_an_adapter_module():
     assert sorted(ADAPTERS) == [
-        "byobnet", "convnext", "deit", "edgenext", "eva", "hiera", "levit", "metaformer", "mobilevit", "resnet",
-        "swin", "swin_transformer_v2", "tiny_vit", "vit",
+        "byobnet", "convnext", "deit", "edgenext", "eva", "fastvit", "hiera", "levit", "metaformer", "mobilevit",
+        "resnet", "swin", "swin_transformer_v2", "tiny_vit", "vit",
     ]  # fmt: skip
     # Every other timm family: the generic adapter, registered as the fallback.
     assert {cls.__module__.rsplit(".", 1)[-1] for cls in ADAPTERS.values()} == PLUG_INS - {"generic"}
