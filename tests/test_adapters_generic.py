@@ -237,3 +237,31 @@ def test_an_index_mapping_that_grows_without_bound_is_refused_before_memory_runs
     monkeypatch.setattr(graph, "MAX_MAPPED_INDICES", 100_000)  # the same growth, caught sooner
     with pytest.raises(RmtdeployError, match=r"channel mapping through a reshape grows past 100,000 indices"):
         prune_model(_model("gc_efficientnetv2_rw_t"), keep_macs=0.5)
+
+
+def test_vanishing_random_weight_features_are_revived_so_the_checks_can_fail(monkeypatch):
+    # Found in the coverage sweep's numbers: deep random-weight CNNs (EfficientNet, RegNetV, MobileNetV4
+    # hybrids) end with features of 1e-5 to 1e-15, so logits were their classifier's bias and ONNX parity
+    # (absolute 1e-3) compared near-zeros: the checks could not fail. They now run on copies with BatchNorm
+    # statistics from the check's images.
+    from rmtdeploy import coverage
+
+    model = _model("efficientnet_b0")
+    with torch.no_grad():
+        model.get_classifier().bias.fill_(1.0)  # logits of the bias alone, as efficientnet_b1_pruned's
+    result = prune_model(model, keep_macs=0.5)
+    verification = verify_pruned(model, result, export=False)
+    assert verification.ok, verification.failures
+    assert verification.measured["dense_feature_scale"] < coverage.LIVE_FEATURES
+    assert "BatchNorm statistics" in verification.measured["checked_on"]
+    replay = coverage.replay
+
+    def stem_channels_swapped(*args):  # a plan whose replay computes a different function
+        replayed = replay(*args)
+        replayed.conv_stem.weight.data = replayed.conv_stem.weight.data.roll(1, 0)
+        return replayed
+
+    monkeypatch.setattr(coverage, "replay", stem_channels_swapped)
+    assert any(f.startswith("function:") for f in verify_pruned(model, result, export=False).failures)
+    monkeypatch.setattr(coverage, "LIVE_FEATURES", 0.0)  # the check as it was: blind to the swap
+    assert verify_pruned(model, result, export=False).ok

@@ -67,13 +67,16 @@ class HieraAdapter(HeadProbingAdapter):
                     stack.enter_context(attribute_set(attn, "use_mask_unit_attn", False))
             yield
 
-    def export_mode(self, model: nn.Module, backend: str):
+    @contextmanager
+    def export_mode(self, model: nn.Module, backend: str) -> Iterator[None]:
         # kᵀ as timm writes it makes ONNX Runtime transpose k element by element in every attention call, a
         # sizeable share of the model (see attention_scores_for_onnx; measurements: docs/adapters.md).
         # TensorRT gets timm's form, which its attention fusion knows.
-        if backend != "onnxruntime":
-            return super().export_mode(model, backend)
-        return forwards_replaced(self._attentions(model), mask_unit_attention_for_onnx)
+        with ExitStack() as stack:
+            stack.enter_context(_window_pos_embed_as_constant(model))
+            if backend == "onnxruntime":
+                stack.enter_context(forwards_replaced(self._attentions(model), mask_unit_attention_for_onnx))
+            yield
 
     def unwrapped_parameters(self, model: nn.Module) -> list[tuple[nn.Parameter, int]]:
         extra: list[tuple[nn.Parameter, int]] = []
@@ -133,3 +136,20 @@ def _image_size(model: Hiera) -> list[int]:
     return [
         tokens * stride for tokens, stride in zip(model.tokens_spatial_shape, model.patch_stride, strict=True)
     ]
+
+
+@contextmanager
+def _window_pos_embed_as_constant(model: nn.Module) -> Iterator[None]:
+    """The abs-win models (``hiera_*_abswin``) interpolate their position embedding, antialiased bicubic, on
+    every forward: an operator ONNX (opset 17) cannot export. At the export's fixed input size it is a
+    constant, so the export adds it computed."""
+    if not isinstance(model, Hiera) or model.pos_embed_win is None:
+        yield
+        return
+    with torch.no_grad():
+        pos_embed = model._pos_embed(torch.zeros(1, 1, 1))  # broadcast: the (1, tokens, C) embedding itself
+    model._pos_embed = lambda x: x + pos_embed
+    try:
+        yield
+    finally:
+        del model._pos_embed
