@@ -139,6 +139,8 @@ def run_speed(row: dict[str, Any], onnx_dir: Path, runs: int, warmup: int, threa
     speedup = report.speedup("dense", "pruned")
     mac_reduction = 1 / row["macs_kept"]
     row["speed"] = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": machine_conditions("", 0)["cpu"],
         "dense_ms": round(report.models["dense"].median_ms, 3),
         "pruned_ms": round(report.models["pruned"].median_ms, 3),
         "speedup": round(speedup.median, 3),
@@ -257,6 +259,12 @@ def _write(out: Path, conditions: dict[str, Any], rows: list[dict[str, Any]]) ->
     )  # fmt: skip
 
 
+def _same_architecture(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Do two status rows describe the same pruned model (the speed phase times its ONNX graph)?"""
+    keys = ("status", "input_size", "dense_gmacs", "macs_kept", "params_kept", "operations", "heads")
+    return new["status"] == "ok" and all(old.get(k) == new.get(k) for k in keys)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -319,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         if "speed" in previous_conditions:
             conditions["speed"] = previous_conditions["speed"]
         fresh = {r["model"]: r for r in rows}
+        for old in previous:  # a timing holds for the same pruned architecture: kept when it did not change
+            new = fresh.get(old["model"])
+            if new and "speed" in old and _same_architecture(old, new):
+                new["speed"] = old["speed"]
         rows = [fresh.pop(r["model"], r) for r in previous] + list(fresh.values())
     _write(args.out, conditions, rows)
     return 0

@@ -8,9 +8,10 @@ of the dense model, every removed channel is silenced wherever it is read: the i
 Linear that reads it are zeroed (for a grouped convolution, within its group), the rows of every layer that
 writes it and its norm's affine entries are zeroed, bare parameters (layer scales, tokens) are zeroed on it, and
 layer norms compute their statistics over the kept channels only (``F.layer_norm`` / one-group
-``F.group_norm`` are wrapped for that forward; timm's RMS and simple norms run narrowed to the kept slice). Each removal the plan makes is found again through the same
-dependency graph, from the plan's own operations (indices renumbered through earlier removals of the same
-unit, so progressive plans replay too).
+``F.group_norm`` are wrapped for that forward; timm's RMS and simple norms run narrowed to the kept slice).
+An adapter's own pruning function says how its layer is silenced (``silence``, which may name norms inside
+it). Each removal the plan makes is found again through the same dependency graph, from the plan's own
+operations (indices renumbered through earlier removals of the same unit, so progressive plans replay too).
 
 What the reference cannot mirror is said, not guessed: a layer of a type it does not know (a family
 adapter's own pruning function) makes the check inapplicable, with the layer named. Operations that
