@@ -224,7 +224,7 @@ def sweep_summary(path: Path) -> list[str]:
     data = json.loads(path.read_text(encoding="utf-8"))
     rows, candidates = data["results"], data["conditions"]["candidates"]
     count = {status: sum(r["status"] == status for r in rows) for status in ("ok", "refused", "broken")}
-    part = "all" if len(rows) == len(candidates["under"]) else f"{len(rows)} so far"
+    part = "all run" if len(rows) == len(candidates["under"]) else f"{len(rows)} run so far"
     return [
         "",
         f"The coverage sweep (`benchmarks/results/coverage_sweep.md`): every timm "
@@ -295,10 +295,15 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             if row["status"] == "ok" and (row["model"] in args.models):
                 run_speed(row, args.onnx_dir, args.runs, args.warmup, threads)
+        timed = sorted(r["model"] for r in rows if r["status"] == "ok" and r["model"] in args.models)
+        earlier = conditions.get("speed")
         conditions["speed"] = {
             "threads": threads, "runs": args.runs, "warmup": args.warmup, "interleaved": True,
             "cpu": machine_conditions("", 0)["cpu"], "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "models": timed,  # this date and CPU hold for these rows; each timing also records its own
         }  # fmt: skip
+        if earlier and set(timed) != {r["model"] for r in rows if r.get("speed")}:
+            conditions["speed"]["earlier"] = {k: v for k, v in earlier.items() if k != "earlier"}
         _write(args.out, conditions, rows)
         return 0
     torch.set_num_threads(args.threads or 1)
