@@ -3,22 +3,13 @@ much of the sweep has run."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling _results
-        spec = importlib.util.spec_from_file_location("coverage_sweep", BENCHMARKS / "coverage_sweep.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+    yield from load_benchmark_script("coverage_sweep")
 
 
 def test_a_model_that_does_not_finish_in_time_is_a_broken_row(sweep):

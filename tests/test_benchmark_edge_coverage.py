@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+from conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def edge_coverage():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling _results
-        spec = importlib.util.spec_from_file_location("edge_coverage", BENCHMARKS / "edge_coverage.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+    yield from load_benchmark_script("edge_coverage")
 
 
 ROW = {"model": "m", "status": "ok", "input_size": [3, 224, 224], "dense_gmacs": 0.2, "macs_kept": 0.5,
