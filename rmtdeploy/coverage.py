@@ -190,7 +190,7 @@ def _max_abs_difference(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]
 # -- verification of a pruned model: what the prune stage asks before it accepts a generic prune -----------
 FUNCTION_RTOL = 1e-4  # relative to the output's scale: summation order only, not a changed function
 REPARAMETERIZED_RTOL = 1e-4
-EXPLODING_OUTPUTS = 1e4  # random-weight outputs beyond this are float32 noise for an ONNX parity check
+EXPLODING_OUTPUTS = 1e4  # random-weight outputs beyond this are float32 noise for a parity check
 LIVE_FEATURES = 1e-2  # random-weight features below this make every comparison of outputs pass
 
 
@@ -226,8 +226,8 @@ def verify_pruned(
     images = torch.randn(images.shape, generator=generator)
     verification = Verification(measured={}, failures=[])
     measured, failed = verification.measured, verification.failures
-    with torch.no_grad():
-        dense_shape = list(dense.eval()(images).shape)
+    dense_features, dense_logits = features_and_logits(dense.eval(), images)
+    dense_shape = list(dense_logits.shape)
     features, logits = features_and_logits(result.model, images)
     measured["output_shape"] = list(logits.shape)
     if measured["output_shape"] != dense_shape:
@@ -249,7 +249,8 @@ def verify_pruned(
     )
     if measured["reload_max_abs"] > RELOAD_ATOL:
         failed.append(f"reload: load_pruned differs by {measured['reload_max_abs']:.2e}")
-    dense, pruned = _live_pair(dense, result.model, images, measured)
+    scales = (dense_features.abs().max().item(), max(features.abs().max().item(), logits.abs().max().item()))
+    dense, pruned = _live_pair(dense, result.model, images, scales, measured)
     if measured["output_shape"] == dense_shape:
         _function_check(dense, adapter, result.plan["operations"], images, verification)
     else:
@@ -261,16 +262,24 @@ def verify_pruned(
 
 
 def _live_pair(
-    dense: nn.Module, pruned: nn.Module, images: torch.Tensor, measured: dict[str, Any]
+    dense: nn.Module,
+    pruned: nn.Module,
+    images: torch.Tensor,
+    scales: tuple[float, float],
+    measured: dict[str, Any],
 ) -> tuple[nn.Module, nn.Module]:
-    """``dense`` and ``pruned``, or copies whose BatchNorm statistics are re-estimated on ``images`` when the
-    random-weight dense features vanish or explode (deep EfficientNets and RegNets reach 1e-13): comparisons of
-    outputs that small pass whatever the layers compute. The copies are the same function of their weights."""
+    """``dense`` and ``pruned`` (a zero-initialised classifier seeded: :func:`with_live_classifier`), or copies
+    whose BatchNorm statistics are re-estimated on ``images`` when the random-weight dense features vanish
+    (deep EfficientNets and RegNets reach 1e-13: comparisons of outputs that small pass whatever the layers
+    compute) or either model's outputs explode (MobileOne reaches 1e13, where float32 rounding alone fails any
+    parity tolerance). ``scales``: max |dense features|, max |pruned outputs|. The copies are the same
+    function of their weights."""
     from rmtdeploy.pruning import recalibrate_batchnorm
 
-    scale = features_and_logits(dense, images)[0].abs().max().item()
-    measured["dense_feature_scale"] = float(f"{scale:.3g}")
-    if LIVE_FEATURES <= scale <= EXPLODING_OUTPUTS:
+    dense_scale, pruned_scale = scales
+    measured["dense_feature_scale"] = float(f"{dense_scale:.3g}")
+    pruned = with_live_classifier(pruned)
+    if LIVE_FEATURES <= dense_scale <= EXPLODING_OUTPUTS and pruned_scale <= EXPLODING_OUTPUTS:
         return dense, pruned
     dense = recalibrate_batchnorm(copy.deepcopy(dense), [images])
     pruned = recalibrate_batchnorm(copy.deepcopy(pruned), [images])
@@ -389,17 +398,7 @@ def _reparameterized_check(model: nn.Module, images: torch.Tensor, verification:
 def _export_check(model: nn.Module, images: torch.Tensor, verification: Verification) -> None:
     from rmtdeploy.errors import RmtdeployError
     from rmtdeploy.exporting.graph import export_onnx
-    from rmtdeploy.pruning import recalibrate_batchnorm
 
-    model = with_live_classifier(model)
-    with torch.no_grad():
-        scale = model(images).abs().max().item()
-    if scale > EXPLODING_OUTPUTS:
-        # Random weights with BatchNorm statistics of 0 / 1 can grow outputs to 1e13 (MobileOne), where float32
-        # rounding alone fails any parity tolerance. The graph is what is checked: on a copy whose BatchNorm
-        # statistics are re-estimated from the check's images, the outputs are of order one.
-        model = recalibrate_batchnorm(copy.deepcopy(model), [images])
-        verification.measured["onnx_checked_on"] = "a copy with BatchNorm statistics from the check's images"
     with tempfile.TemporaryDirectory(prefix="rmtdeploy_verify_") as tmp:
         try:
             exported = export_onnx(model, Path(tmp) / "model.onnx")

@@ -208,9 +208,10 @@ def _masked_timm_norms(model: nn.Module, norm_kept: dict[int, torch.Tensor]) -> 
         kept = norm_kept.get(id(norm))
         if kept is None or type(norm) not in channel_dims:
             continue
-        narrow = copy.deepcopy(norm)
-        removed = sorted(set(range(ChannelStatNormPruner().get_out_channels(norm))) - set(kept.tolist()))
-        ChannelStatNormPruner().prune_out_channels(narrow, removed)
+        narrow, pruner = copy.deepcopy(norm), ChannelStatNormPruner()
+        pruner.prune_out_channels(
+            narrow, sorted(set(range(pruner.get_out_channels(norm))) - set(kept.tolist()))
+        )
 
         def forward(x, narrow=narrow, kept=kept, dim=channel_dims[norm.__class__]):
             return torch.zeros_like(x).index_copy_(dim, kept, narrow(x.index_select(dim, kept)))

@@ -14,6 +14,7 @@ Scoring, channel grouping and the choice of the lowest-scored channels / heads f
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,7 @@ _bounded_flatten_mapping()
 TIMM_CHANNEL_STAT_NORMS = {"RmsNorm": -1, "SimpleNorm": -1, "RmsNorm2d": 1, "SimpleNorm2d": 1}
 
 
+@functools.cache
 def timm_channel_stat_norm_types() -> dict[type, int]:
     """The classes of :data:`TIMM_CHANNEL_STAT_NORMS` this timm has -> channel dim."""
     from timm import layers
