@@ -21,7 +21,14 @@ import statistics
 from pathlib import Path
 
 FIVE = ("magnitude", "rmt", "hybrid", "edge-budget", "dynamic")
-DATA = ("data-rmt", "data-rmt-raw", "data-rmt-centred")
+DATA = (
+    "data-rmt",
+    "data-rmt-raw",
+    "data-rmt-centred",
+    "data-rmt-fisher",
+    "data-rmt-fisher-sampled",
+    "data-rmt-fisher-off",
+)
 TRAP_TOLERANCE = 1.0
 MAGNITUDE_MARGIN = 2.0
 

@@ -114,6 +114,8 @@ PRUNE_CASES = [
     ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "data-rmt"], "strategy 'data-rmt' scores channels from calibration images: give --calibration"),
     ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "data-rmt", "--knob", "rank_tolerance=2"], "rank_tolerance"),
     ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "data-rmt", "--knob", "centred=maybe"], "centred"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "data-rmt", "--knob", "fisher=hessian"], "fisher"),
+    ([*RANDOM_RESNET, "--keep-macs", "0.5", "--strategy", "data-rmt", "--knob", "fisher=labels", "--calibration", "{inputs}/broken_images"], "--calibration gives images without them"),
     ([*RANDOM_RESNET, "--keep-macs", "0.5", "--round-to", "0"], "--round-to must be a positive integer"),
     ([*RANDOM_RESNET, "--keep-macs", "0.5", "--round-to", "-8"], "--round-to must be a positive integer"),
     ([*RANDOM_RESNET, "--keep-macs", "0.5", "--min-channels", "0"], "--min-channels must be a positive integer"),

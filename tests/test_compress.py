@@ -289,6 +289,21 @@ def test_the_report_opens_with_its_answer(quick_run):
                 "resnet18",
                 "--weights",
                 "random",
+                "--data",
+                "digits",
+                "--strategy",
+                "data-rmt",
+                "--knob",
+                "fisher=labels",
+            ],
+            "--data gives images without them",
+        ),  # fmt: skip
+        (
+            [
+                "--model",
+                "resnet18",
+                "--weights",
+                "random",
                 "--latency-budget",
                 "5",
                 "--latency-reference",
@@ -487,7 +502,7 @@ def test_a_recipe_without_a_strategy_takes_the_familys_default_with_its_data():
         steps.loaded = SimpleNamespace(family=family)
         return steps._strategy().name
 
-    assert [chosen("swin", "mnist5k"), chosen("convnext", "mnist5k"), chosen("resnet", "mnist5k")] == [
+    assert [chosen("swin", "mnist5k"), chosen("convnext", "mnist5k"), chosen("vit", "mnist5k")] == [
         "data-rmt", "data-rmt", "hybrid"
     ]  # fmt: skip
     assert chosen("swin", None) == "hybrid"  # no data: the data-free default

@@ -1,4 +1,5 @@
-"""``data-rmt``: spectral scores of the weights as calibration images see them (W·Σ½)."""
+"""``data-rmt``: spectral scores of the weights as calibration images see them (W·Σ½) and as the loss reads
+them (Γ½·W·Σ½, ``fisher``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from rmtdeploy.scores.data_spectra import (
     DataSpectraConfig,
     data_channel_spectra_by_module,
     input_second_moments,
+    output_gradient_moments,
 )
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -92,7 +94,9 @@ def _surviving(result) -> int:
 def test_data_rmt_drops_channels_the_data_does_not_drive_where_magnitude_keeps_them(silent_channels_vit):
     model, images = silent_channels_vit
     by_magnitude = get_strategy("magnitude").prune(model, keep_macs=0.5)
-    by_data = get_strategy("data-rmt").prune(model, keep_macs=0.5, calibration_batches=images)
+    # The data view alone: the markers are no longer neutral once the loss reads the outputs (a bias of 1000
+    # is what the block's output is made of), so the loss-weighted default would rightly keep them.
+    by_data = get_strategy("data-rmt", fisher="off").prune(model, keep_macs=0.5, calibration_batches=images)
     assert _surviving(by_magnitude) == len(PLANTED_ROWS)
     assert _surviving(by_data) == 0
     assert abs(by_data.macs_kept - 0.5) <= 0.03 * 0.5
@@ -107,3 +111,69 @@ def test_data_rmt_without_calibration_images_is_refused():
         get_strategy("data-rmt").prune(nn.Linear(4, 4), keep_macs=0.5)
     with pytest.raises(RmtdeployError, match="knob rank_tolerance=2.0"):
         get_strategy("data-rmt", rank_tolerance=2.0)
+    with pytest.raises(RmtdeployError, match="knob fisher='hessian'"):
+        get_strategy("data-rmt", fisher="hessian")
+
+
+def _labelled_batches(count: int = 3, size: int = 64, inputs: int = 12, classes: int = 4) -> list:
+    torch.manual_seed(1)
+    teacher = torch.randn(inputs, classes)
+    batches = []
+    for _ in range(count):
+        images = torch.randn(size, inputs)
+        batches.append((images, (images @ teacher).argmax(1)))
+    return batches
+
+
+def test_the_loss_gradient_moments_are_those_at_each_layer_output_and_leave_the_weights_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 4))
+    batches = _labelled_batches()
+    moments = output_gradient_moments(model, batches, {"0", "2"}, DataSpectraConfig(fisher="labels"))
+    assert all(p.grad is None for p in model.parameters())
+    images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    hidden = model[0](images)
+    hidden.retain_grad()
+    logits = model[2](model[1](hidden))
+    logits.retain_grad()
+    F.cross_entropy(logits, labels, reduction="sum").backward()
+    for name, grad in (("0", hidden.grad), ("2", logits.grad)):
+        torch.testing.assert_close(moments[name], (grad.T @ grad).double() / len(grad), rtol=1e-5, atol=1e-9)
+    # The fit's energies are the loss-weighted ones: output j carries Γ_jj · E[(W x)_j²] (biases take no part).
+    spectra = data_channel_spectra_by_module(
+        model, batches, data_config=DataSpectraConfig(centred=False, fisher="labels")
+    )["0"]
+    expected = moments["0"].diagonal() * (images @ model[0].weight.T).detach().double().pow(2).mean(0)
+    torch.testing.assert_close(spectra.row_energy.double(), expected, rtol=1e-4, atol=1e-9)
+    with pytest.raises(RmtdeployError, match="carry none: give \\(images, labels\\) batches"):
+        output_gradient_moments(model, [b[0] for b in batches], {"0"}, DataSpectraConfig(fisher="labels"))
+    sampled = output_gradient_moments(
+        model, [b[0] for b in batches], {"0"}, DataSpectraConfig(fisher="sampled")
+    )
+    assert sampled["0"].shape == (6, 6) and float(sampled["0"].trace()) > 0
+
+
+def test_fisher_drops_channels_the_loss_cannot_see_where_the_data_view_keeps_them():
+    """ConvNeXt-Atto's pre-logits hidden channels 0–7 are the loudest and move every logit by the same
+    amount: cross-entropy is blind to that shift, so the loss-weighted spectra give them nothing, while the
+    data view ranks them first. Survivors are told by their classifier column (all 3.0)."""
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", num_classes=32, head_hidden_size=96).eval()
+    planted = torch.arange(8)
+    hidden = model.head.pre_logits.fc
+    with torch.no_grad():
+        hidden.weight[planted] *= 5
+        model.head.fc.weight[:, planted] = 3.0  # the same for every class
+    batches = [(torch.randn(64, 3, 32, 32), torch.randint(0, 32, (64,))) for _ in range(4)]
+
+    def surviving(fisher: str) -> int:
+        result = get_strategy("data-rmt", fisher=fisher).prune(
+            model, keep_params=0.5, calibration_batches=batches, example_inputs=torch.zeros(1, 3, 32, 32)
+        )
+        classifier = result.model.head.fc.weight
+        assert classifier.shape[1] < 96 and torch.isfinite(result.model(batches[0][0][:2])).all()
+        return int((classifier == 3.0).all(dim=0).sum())
+
+    assert surviving("off") == len(planted)
+    assert surviving("labels") == 0
+    assert surviving("sampled") == 0

@@ -42,7 +42,7 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--strategy",
         help="magnitude | rmt | hybrid | edge-budget | dynamic | data-rmt (default: the recipe's, else data-rmt "
-        "for Swin, ConvNeXt and Hiera with data, hybrid otherwise; data-rmt reads --data, or the training set "
+        "for Swin, ConvNeXt, Hiera and ResNet with data, hybrid otherwise; data-rmt reads --data, or the training set "
         "with --weights trained)",
     )
     parser.add_argument(

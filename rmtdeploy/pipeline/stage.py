@@ -130,6 +130,7 @@ def _check(recipe, overrides: dict[str, Any]) -> Checked:
         source = resolved.model_source().resolve()
         source.check_architecture()
     strategy.check_calibration(resolved.data is not None, "data")
+    strategy.check_labels(labelled=False, param="data")
     data = open_data(resolved.data) if resolved.data is not None else None
     if data is not None and source is not None and source.expected_classes() != data.num_classes:
         raise RmtdeployError(

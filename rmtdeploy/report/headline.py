@@ -27,7 +27,8 @@ STRATEGY_WHY = {
     "rmt": "channels scored by their energy above the Marchenko–Pastur edge",
     "edge-budget": "per-layer ratios from each layer's spectrum",
     "dynamic": "progressive pruning with the spectral threshold lowered step by step",
-    "data-rmt": "channels scored by the spectrum of the weights as the run's data sees them (W·Σ½)",
+    "data-rmt": "channels scored by the spectrum of the weights as the run's data drives them (W·Σ½) and, unless "
+    "fisher=off, as the loss reads them (Γ½·W·Σ½)",
 }
 
 

@@ -36,8 +36,14 @@ ABLATIONS = {
     "dynamic-magnitude": ("dynamic", {"then": "magnitude"}, {}),
     # data-rmt on the inputs' second moment instead of their covariance (their constant part kept); the
     # issue-23 run measured both (there the default was the second moment: "data-rmt" then = this row).
-    "data-rmt-raw": ("data-rmt", {"centred": False}, {}),
-    "data-rmt-centred": ("data-rmt", {"centred": True}, {}),
+    # Both on the data view alone (fisher off), as they were measured.
+    "data-rmt-raw": ("data-rmt", {"centred": False, "fisher": "off"}, {}),
+    "data-rmt-centred": ("data-rmt", {"centred": True, "fisher": "off"}, {}),
+    # data-rmt weighed by the loss (Γ½·W·Σ½): on the calibration labels, or on labels the model draws itself
+    # (the default since the issue-23 fisher run); "data-rmt-fisher-off" is the data view alone (W·Σ½).
+    "data-rmt-fisher": ("data-rmt", {"fisher": "labels"}, {}),
+    "data-rmt-fisher-sampled": ("data-rmt", {"fisher": "sampled"}, {}),
+    "data-rmt-fisher-off": ("data-rmt", {"fisher": "off"}, {}),
     # Latency-aware allocation (rmtdeploy.pruning.latency): does steering widths by measured cost lose accuracy?
     "hybrid-latency": ("hybrid", {}, {"latency_weights": fastest_allocation}),
     # A latency table's allocation (rmtdeploy.pruning.table_allocation) at the latency the table predicts for

@@ -47,12 +47,14 @@ class Strategy:
     that fine-tunes the model after each step) and ``evaluate=`` (a callable giving top-1 in %);
     ``steps`` — how many pruning passes ``prune`` makes (1 for a one-shot strategy);
     ``reads_calibration`` — its scores read calibration images: ``prune`` needs ``calibration_batches``
-    and hands them to :meth:`settings` as ``calibration_batches=``.
+    and hands them to :meth:`settings` as ``calibration_batches=``;
+    ``reads_labels`` — its scores also read the images' labels ((images, labels) batches).
     """
 
     name: ClassVar[str] = "base"
     takes_finetune_hook: ClassVar[bool] = False
     reads_calibration: ClassVar[bool] = False
+    reads_labels: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -74,6 +76,17 @@ class Strategy:
         if self.reads_calibration and not given:
             raise RmtdeployError(
                 f"strategy '{self.name}' scores channels from calibration images: give {{param}}{hint}",
+                param=param,
+            )
+
+    def check_labels(self, labelled: bool, param: str) -> None:
+        """Refuse a strategy whose scores read labels when the images at ``param`` come without them (the
+        stages stream a folder's images alone: its class folders need not be the model's classes)."""
+        if self.reads_labels and not labelled:
+            raise RmtdeployError(
+                f"strategy '{self.name}' weighs its scores by the loss on the images' labels, "
+                "and {param} gives images without them (a folder's classes need not be the model's): use "
+                "knob fisher=sampled, labels the model draws from its own predictions",
                 param=param,
             )
 
