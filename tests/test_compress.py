@@ -136,7 +136,7 @@ def test_compress_runs_every_stage_on_real_data(quick_run):
         assert phrase in report or phrase == "TensorRT", phrase
     assert "not measured" not in report.split("## Accuracy")[1].split("## ONNX")[0]
     # no strategy in the recipe: the prune stage's default, named with its reason
-    assert "| strategy | hybrid: the default for the resnet family with the run's data" in report
+    assert "| strategy | data-rmt: the default for the resnet family with the run's data" in report
     html = (out / "report.html").read_text()
     assert html.count("<img id='plot-") == 4 and "http" not in html.split("<body>")[1].replace("https://", "")
 
