@@ -146,18 +146,18 @@ def test_a_strategy_that_takes_a_finetune_hook_distils_by_default_with_images(
 
 def test_default_strategy_and_head_rounding_follow_the_accuracy_benchmark():
     # docs/strategies.md: hybrid without data; with it, data-rmt where it led on the three tasks (ConvNeXt on
-    # all three, Hiera on both it learns, Swin and ResNet on two of three); floor head rounding kept ViT heads.
+    # all three, Swin and ResNet on two of three); rmt for Hiera either way; floor head rounding kept ViT heads.
     args = build_parser().parse_args(["prune", "--model", "m", "--keep-macs", "0.5", "--out", "o"])
     assert (args.strategy, args.head_rounding) == (None, "floor")
-    assert {f: default_strategy(f, have_data=False) for f in ("swin", "convnext", "resnet")} == dict.fromkeys(
-        ("swin", "convnext", "resnet"), "hybrid"
-    )
+    assert {f: default_strategy(f, have_data=False) for f in ("swin", "convnext", "resnet", "hiera")} == {
+        "swin": "hybrid", "convnext": "hybrid", "resnet": "hybrid", "hiera": "rmt"}  # fmt: skip
+    assert default_strategy("hiera", have_data=False, knobs={"epsilon": 0.1}) == "hybrid"  # knobs: hybrid's
     with_data = {
         f: default_strategy(f, have_data=True)
         for f in ("vit", "deit", "swin", "convnext", "hiera", "resnet", "mobilenetv3")
     }
     assert with_data == {"vit": "hybrid", "deit": "hybrid", "swin": "data-rmt", "convnext": "data-rmt",
-                         "hiera": "data-rmt", "resnet": "data-rmt", "mobilenetv3": "hybrid"}  # fmt: skip
+                         "hiera": "rmt", "resnet": "data-rmt", "mobilenetv3": "hybrid"}  # fmt: skip
 
 
 @pytest.mark.usefixtures("single_torch_thread")

@@ -57,7 +57,7 @@ def test_internal_state_is_not_a_knob():
     assert get_strategy("dynamic").knobs() == {
         "steps": 4,
         "start": "magnitude",
-        "then": "hybrid",
+        "then": "rmt",
         "drop_threshold": 0.7,
         "switch_depth": 0.2,
     }
@@ -121,5 +121,5 @@ def test_a_knob_out_of_range_fails_when_the_strategy_is_built(name, knobs, messa
 
 
 def test_building_a_strategy_directly_checks_its_knobs_too():
-    with pytest.raises(RmtdeployError, match="expected one of uniform, global"):
+    with pytest.raises(RmtdeployError, match="expected one of auto, uniform, global"):
         RmtStrategy(allocation="greedy")

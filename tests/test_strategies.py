@@ -82,8 +82,19 @@ def test_rmt_by_default_gives_every_mlp_the_same_width_and_lets_the_spectrum_pic
     assert surviving_planted(result) == len(PLANTED_ROWS)
 
 
+def test_rmt_ranks_across_layers_by_default_only_on_the_families_where_that_measured_best():
+    """allocation=auto: one ranking across layers for Hiera (the accuracy benchmark's evidence), the same
+    keep per layer elsewhere; a named allocation is obeyed."""
+    hiera = timm.create_model("hiera_tiny_224", embed_dim=48, num_heads=1, img_size=64, num_classes=10).eval()
+    resnet = timm.create_model("resnet18", num_classes=10).eval()
+    rmt = get_strategy("rmt")
+    assert rmt.allocation == "auto"
+    assert rmt.settings(hiera, 0.5).global_pruning and not rmt.settings(resnet, 0.5).global_pruning
+    assert not get_strategy("rmt", allocation="uniform").settings(hiera, 0.5).global_pruning
+
+
 def test_rmt_rejects_an_unknown_allocation_before_any_model_is_seen():
-    with pytest.raises(RmtdeployError, match="allocation='greedy': expected one of uniform, global"):
+    with pytest.raises(RmtdeployError, match="allocation='greedy': expected one of auto, uniform, global"):
         get_strategy("rmt", allocation="greedy")
 
 
@@ -119,7 +130,7 @@ def test_dynamic_switches_scoring_by_depth_and_composes_one_replayable_plan(tmp_
     strategy = get_strategy("dynamic", steps=3, switch_depth=0.25)
     result = strategy.prune(model, keep_macs=0.5)
     steps = result.plan["strategy"]["steps"]
-    assert [s["scoring"] for s in steps] == ["magnitude", "hybrid", "hybrid"]
+    assert [s["scoring"] for s in steps] == ["magnitude", "rmt", "rmt"]
     assert [s["goal_keep"] for s in steps] == pytest.approx([0.5 ** (1 / 3), 0.5 ** (2 / 3), 0.5], abs=1e-3)
     assert abs(result.macs_kept - 0.5) <= 0.03 * 0.5
     assert result.plan["macs"]["dense"] == result.dense_macs

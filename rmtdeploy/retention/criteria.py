@@ -31,9 +31,11 @@ CRITERIA = (*STRATEGIES, *PEERS)
 ABLATIONS = {
     "rmt-global": ("rmt", {"allocation": "global", "norm_scales": False}, {}),
     "rmt-global-scaled": ("rmt", {"allocation": "global", "norm_scales": True}, {}),
+    "rmt-uniform": ("rmt", {"allocation": "uniform"}, {}),  # rmt's default before allocation=auto
     "rmt-unscaled": ("rmt", {"allocation": "uniform", "norm_scales": False}, {}),
     "rmt-flow": ("rmt", {"score": "flow"}, {}),
     "dynamic-magnitude": ("dynamic", {"then": "magnitude"}, {}),
+    "dynamic-hybrid": ("dynamic", {"then": "hybrid"}, {}),  # dynamic's default before the trap run
     # data-rmt on the inputs' second moment instead of their covariance (their constant part kept); the
     # issue-23 run measured both (there the default was the second moment: "data-rmt" then = this row).
     # Both on the data view alone (fisher off), as they were measured.

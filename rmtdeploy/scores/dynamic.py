@@ -4,8 +4,8 @@ The budget is reached in ``steps`` geometric steps (keep_i = keep^(i/steps) of t
 re-fits the spectra of the current, already pruned weights, and counts its widths from the dense model's
 (``prune_model(reference=...)``): a unit keeps what one cut to the step's goal would leave it, not the last
 step's width rounded down to the channel multiple once more (which took a narrow stage to its floor).
-Scoring starts with ``start`` (magnitude) and switches to ``then`` (hybrid magnitude × SER) once the model
-degrades:
+Scoring starts with ``start`` (magnitude) and switches to ``then`` (``rmt``'s signal energy) once the
+model degrades:
 
 * with an ``evaluate`` callback (top-1 in %), when the drop from the dense top-1, measured after the
   step's recalibration / fine-tune, exceeds ``drop_threshold`` points (0.7 in the published protocol);
@@ -42,7 +42,9 @@ class DynamicThresholdStrategy(Strategy):
 
     steps: int = 4
     start: str = "magnitude"
-    then: str = "hybrid"
+    # rmt (its allocation=auto): within 1 point of magnitude or above in every family after the short
+    # distillation at keep 0.3, where hybrid trailed it on ResNet (docs/strategies.md, "No strategy is a trap")
+    then: str = "rmt"
     drop_threshold: float = 0.7  # top-1 points lost (vs dense) that trigger the switch
     switch_depth: float = 0.2  # without an evaluator: switch once 1 − keep exceeds this
     # The last run's per-step record (what the plan's ``strategy.steps`` holds): state, not a knob.

@@ -6,10 +6,13 @@ group, plus ``tie_break`` × its normalised magnitude so that channels of an all
 ordered. With ``norm_scales`` (default) each channel's energies are weighted by the square of the norm
 scale the network applies to it (BatchNorm γ/σ after a conv, LayerNorm γ before a Linear, layer scale).
 
-``allocation``: "uniform" (default) — every layer keeps the same fraction, the spectrum picks which
-channels; "global" — one ranking across layers, so all-bulk layers score ≈ 0 and lose the most. The
-accuracy benchmark showed "global" collapsing CNNs: early convolutions are small matrices that look like
-bulk, yet everything downstream reads them (docs/strategies.md).
+``allocation``: "uniform" — every layer keeps the same fraction, the spectrum picks which channels;
+"global" — one ranking across layers, so all-bulk layers score ≈ 0 and lose the most; "auto" (default) —
+global for the families in :data:`GLOBAL_ALLOCATION_FAMILIES`, uniform for the rest. The accuracy
+benchmark showed "global" collapsing CNNs (early convolutions are small matrices that look like bulk, yet
+everything downstream reads them) and Swin, and losing to uniform on ViT/DeiT after distillation, while on
+Hiera it is the best criterion of all: it keeps the residual streams wide and takes the MLP hidden widths
+(docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -20,12 +23,16 @@ from typing import Literal
 import torch
 from torch import nn
 
+from rmtdeploy.models import model_family
 from rmtdeploy.scores.base import PrunerSettings, SpectralGroupImportance, Strategy
 from rmtdeploy.scores.channel_spectra import ChannelSpectra, channel_spectra_by_module
 from rmtdeploy.scores.registry import register_strategy
 from rmtdeploy.spectra import SpectralFitConfig
 
-Allocation = Literal["uniform", "global"]
+Allocation = Literal["auto", "uniform", "global"]
+# Where allocation="auto" ranks across layers: the families where "global" measured ahead of "uniform" at
+# both keeps, before and after the short distillation (docs/strategies.md, "No strategy is a trap").
+GLOBAL_ALLOCATION_FAMILIES = frozenset({"hiera"})
 Score = Literal["signal", "flow"]
 
 
@@ -88,7 +95,9 @@ def check_signal_knobs(strategy: Strategy) -> None:
 class RmtStrategy(Strategy):
     tie_break: float = 1e-3  # weight of magnitude among channels with equal (e.g. zero) signal
     tracy_widom_level: float = 0.99
-    allocation: Allocation = "uniform"  # "uniform": same keep per layer; "global": one ranking across layers
+    # "uniform": same keep per layer; "global": one ranking across layers; "auto": global for the families
+    # of GLOBAL_ALLOCATION_FAMILIES, else uniform
+    allocation: Allocation = "auto"
     norm_scales: bool = True  # weight channels by the norm scales the network applies to them
     # "signal": the channel's own above-edge energy; "flow": producer power × consumer signal
     score: Score = "signal"
@@ -103,5 +112,11 @@ class RmtStrategy(Strategy):
         kind = SignalEnergyImportance if self.score == "signal" else SignalFlowImportance
         return PrunerSettings(
             importance=kind(spectra, self.tie_break, scaled=self.norm_scales),
-            global_pruning=self.allocation == "global",
+            global_pruning=self.allocation_for(model) == "global",
         )
+
+    def allocation_for(self, model: nn.Module) -> str:
+        """``allocation`` with "auto" resolved for ``model``'s family."""
+        if self.allocation != "auto":
+            return self.allocation
+        return "global" if model_family(model) in GLOBAL_ALLOCATION_FAMILIES else "uniform"
