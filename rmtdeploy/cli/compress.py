@@ -41,9 +41,9 @@ def add_parser(commands) -> None:
     )
     parser.add_argument(
         "--strategy",
-        help="magnitude | rmt | hybrid | edge-budget | dynamic | data-rmt (default: the recipe's, else data-rmt "
-        "for Swin, ConvNeXt, Hiera and ResNet with data, hybrid otherwise; data-rmt reads --data, or the training set "
-        "with --weights trained)",
+        help="magnitude | rmt | hybrid | edge-budget | dynamic | data-rmt (default: the recipe's, else rmt for "
+        "Hiera, data-rmt for Swin, ConvNeXt and ResNet with data, hybrid otherwise; data-rmt reads --data, or the "
+        "training set with --weights trained)",
     )
     parser.add_argument(
         "--knob", action="append", default=[], metavar="NAME=VALUE", help="strategy knob (repeatable)"

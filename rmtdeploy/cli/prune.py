@@ -21,8 +21,8 @@ def add_parser(commands) -> None:
     parser.add_argument(
         "--strategy",
         help=f"{' | '.join(stage.strategy_names())} (default: {stage.DEFAULT_STRATEGY}, the best data-free one in "
-        "the accuracy benchmark; with --calibration, data-rmt for the Swin, ConvNeXt, Hiera and ResNet families, "
-        "where it led; data-rmt needs --calibration); see docs/strategies.md",
+        "the accuracy benchmark; rmt for Hiera; with --calibration, data-rmt for the Swin, ConvNeXt and ResNet "
+        "families, where it led; data-rmt needs --calibration); see docs/strategies.md",
     )
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument(
