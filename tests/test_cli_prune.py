@@ -160,6 +160,29 @@ def test_default_strategy_and_head_rounding_follow_the_accuracy_benchmark():
                          "hiera": "rmt", "resnet": "data-rmt", "mobilenetv3": "hybrid"}  # fmt: skip
 
 
+def test_where_the_widths_are_chosen_per_unit_hieras_default_is_hybrid_and_rmt_asked_for_is_refused(
+    tmp_path, capsys
+):
+    # rmt ranks Hiera's channels across layers (allocation=auto); a latency table or the latency-aware tilts
+    # choose each unit's width, which that ranking leaves no room for.
+    import timm
+
+    from rmtdeploy.pruning.stage import family_default
+
+    hiera = timm.create_model("hiera_tiny_224", embed_dim=48, num_heads=1, img_size=64, num_classes=10)
+    loaded = type("Loaded", (), {"family": "hiera", "model": hiera})()
+    assert family_default(loaded, False, {}) == "rmt"
+    assert family_default(loaded, False, {}, chooses_widths=True) == "hybrid"
+    assert family_default(loaded, True, {}, chooses_widths=True) == "hybrid"
+    args = ["prune", "--model", "hiera_tiny_224", "--weights", "random", "--strategy", "rmt", "--keep-macs",
+            "0.5", "--latency-aware", "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ranks the hiera family's channels across layers" in err, err
+    assert "--latency-aware chooses each unit's width: add --knob allocation=uniform" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.usefixtures("single_torch_thread")
 def test_with_calibration_images_and_no_strategy_the_familys_default_runs_and_says_so(
     tmp_path, image_folder, capsys

@@ -176,12 +176,13 @@ class CompressSteps:
 
     def _strategy(self):
         """The checked strategy, or with none in the recipe the one the prune stage picks for this model."""
-        from rmtdeploy.pruning.stage import default_strategy, get_strategy
+        from rmtdeploy.pruning.stage import family_default, get_strategy
 
         recipe, checked = self.recipe, self.checked
         if recipe.strategy is not None:
             return checked.strategy
-        name = default_strategy(self.loaded.family, checked.data is not None, recipe.knobs)
+        name = family_default(self.loaded, checked.data is not None, recipe.knobs,
+                              chooses_widths=bool(recipe.latency_aware or recipe.latency_table))  # fmt: skip
         return checked.strategy if name == checked.strategy.name else get_strategy(name)
 
     def prune(self) -> None:

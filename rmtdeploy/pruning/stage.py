@@ -155,8 +155,8 @@ def prune(
     with OutputFolder(out, PRUNE_FILES, force=force, stage="prune") as folder:
         loaded = source.load()
         if strategy is None:
-            settings = _default_for_family(settings, loaded, knobs, finetune_steps, status)
-        _check_supported(loaded, allocation.get("latency_table"))
+            settings = _default_for_family(settings, loaded, knobs, finetune_steps, status, allocation)
+        _check_supported(loaded, allocation, settings.strategy)
         batches = _calibration_batches(settings.calibration, loaded, calibration_images)
         result = _run_strategy(
             settings, loaded, batches, status, keep_macs=keep_macs, keep_params=keep_params,
@@ -183,17 +183,41 @@ def prune(
 
 
 def _default_for_family(
-    settings: PruneSettings, loaded: LoadedModel, knobs, finetune_steps, status
+    settings: PruneSettings, loaded: LoadedModel, knobs, finetune_steps, status, allocation=None
 ) -> PruneSettings:
     """The settings with the default strategy for ``loaded``'s family (the data-free default was checked)."""
-    name = default_strategy(loaded.family, settings.calibration is not None, knobs)
+    have_data = settings.calibration is not None
+    name = family_default(loaded, have_data, knobs, chooses_widths=bool(allocation))
     if name == settings.strategy.name:
         return settings
+    if name == DEFAULT_STRATEGY:  # the family's own default ranks across layers (rmt on Hiera)
+        _say(status, f"strategy {name}: {default_strategy(loaded.family, have_data, knobs)}, the {loaded.family} "
+                     f"family's default, ranks channels across layers, and "
+                     f"{_ALLOCATION_NAMES[_allocation_kind(allocation)]} chooses each unit's width")  # fmt: skip
+    else:
+        data = " with calibration images" if have_data else ""
+        _say(status, f"strategy {name}: the default for the {loaded.family} family{data} "
+                     "(docs/strategies.md, 'Which strategy to pick')")  # fmt: skip
     chosen = get_strategy(name)
-    _say(status, f"strategy {name}: the default with calibration images for the {loaded.family} family "
-                 "(docs/strategies.md, 'Which strategy to pick')")  # fmt: skip
     steps = finetune_steps_for(finetune_steps, chosen, have_images=True)
     return dataclasses.replace(settings, strategy=chosen, finetune_steps=steps)
+
+
+def family_default(loaded: LoadedModel, have_data: bool, knobs, *, chooses_widths: bool = False) -> str:
+    """The strategy a prune of ``loaded`` runs when none is asked for (:func:`default_strategy`); where the
+    widths are chosen by something else (``chooses_widths``: a latency table, the latency-aware tilts) and
+    that default ranks channels across layers (rmt on Hiera), :data:`DEFAULT_STRATEGY`."""
+    name = default_strategy(loaded.family, have_data, knobs)
+    if chooses_widths and get_strategy(name).ranks_across_layers(loaded.model):
+        return DEFAULT_STRATEGY
+    return name
+
+
+_ALLOCATION_NAMES = {"latency_table": "the latency table", "latency_weights": "latency-aware allocation"}
+
+
+def _allocation_kind(allocation: dict[str, Any]) -> str:
+    return "latency_table" if "latency_table" in allocation else "latency_weights"
 
 
 def _run_strategy(
@@ -235,13 +259,23 @@ def _attention_check(profile, model, strict: bool, status: Status | None) -> lis
     return problems
 
 
-def _check_supported(loaded: LoadedModel, table=None) -> None:
-    """The family's adapter refuses in seconds what it cannot prune, and a latency table measured on another
-    model is refused (before spectra are fitted)."""
+def _check_supported(loaded: LoadedModel, allocation: dict[str, Any] | None = None, strategy=None) -> None:
+    """The family's adapter refuses in seconds what it cannot prune; a latency table measured on another
+    model, and a strategy ranking across layers under an allocation that chooses each unit's width, are
+    refused (before spectra are fitted)."""
 
     get_adapter(loaded.model)
-    if table is not None:
-        read_latency_table(table, loaded)
+    allocation = allocation or {}
+    if allocation.get("latency_table") is not None:
+        read_latency_table(allocation["latency_table"], loaded)
+    if allocation and strategy is not None and strategy.ranks_across_layers(loaded.model):
+        kind = _allocation_kind(allocation)
+        raise RmtdeployError(
+            f"strategy '{strategy.name}' ranks the {loaded.family} family's channels across layers (knob "
+            f"allocation={getattr(strategy, 'allocation', 'global')}), and {{param}} chooses each unit's width: "
+            "add --knob allocation=uniform, or choose another strategy",
+            param="latency_table" if kind == "latency_table" else "latency_aware",
+        )
 
 
 def read_latency_table(table, loaded: LoadedModel | None = None):
@@ -357,5 +391,5 @@ def _say(status: Status | None, text: str) -> None:
 # Besides the stage call, what its callers (the pipeline, the CLI) use: they import nothing from the
 # mechanisms below the stage floor (docs/architecture.md, tests/test_architecture.py).
 __all__ = [
-    "DEFAULT_STRATEGY", "DEFAULT_TABLE_TRUST", "default_strategy", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
+    "DEFAULT_STRATEGY", "DEFAULT_TABLE_TRUST", "default_strategy", "family_default", "HEAD_ROUNDINGS", "SHORT_DISTILL_STEPS", "PruneRun", "get_adapter", "get_strategy", "open_data", "prune", "read_latency_table", "strategy_names",
 ]  # fmt: skip

@@ -105,6 +105,12 @@ class Strategy:
     def knobs(self) -> dict[str, Any]:
         return {knob: getattr(self, knob) for knob in self.knob_names()}
 
+    def ranks_across_layers(self, model: nn.Module) -> bool:
+        """Whether it ranks ``model``'s channels in one list across layers (``global_pruning``) rather than
+        giving each unit its width: an allocation that chooses widths (a latency table, the latency-aware
+        tilts) cannot follow it."""
+        return False
+
     def prune(
         self,
         model: nn.Module,

@@ -113,8 +113,11 @@ class RmtStrategy(Strategy):
         kind = SignalEnergyImportance if self.score == "signal" else SignalFlowImportance
         return PrunerSettings(
             importance=kind(spectra, self.tie_break, scaled=self.norm_scales),
-            global_pruning=self.allocation_for(model) == "global",
+            global_pruning=self.ranks_across_layers(model),
         )
+
+    def ranks_across_layers(self, model: nn.Module) -> bool:
+        return self.allocation_for(model) == "global"
 
     def allocation_for(self, model: nn.Module) -> str:
         """``allocation`` with "auto" resolved for ``model``'s family."""
