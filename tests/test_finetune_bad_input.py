@@ -209,7 +209,7 @@ DATA_CASES = [
     ("grey_in_colour", ["--data", "{inputs}/grey"], ("train/c0/zz_grey.png: greyscale (L) in a set of colour images", "--convert-grey")),
     ("train_val_differ", ["--data", "{inputs}/train_val_differ"], "have different class folders (e.g. bird, dog)"),
     ("single_image_class", ["--data", "{inputs}/single_image"], ("single_image/dog holds one image", "needs two per class")),
-    ("unknown_builtin", ["--data", "nosuchdata"], "data 'nosuchdata' is neither a built-in dataset (cifar10, cifar10-12k, digits, mnist5k, sign-digits) nor a directory"),
+    ("unknown_builtin", ["--data", "nosuchdata"], "data 'nosuchdata' is neither a built-in dataset (cifar10, cifar10-12k, digits, mnist5k, sign-digits, wesnoth-units) nor a directory"),
     ("no_data", [], "the following arguments are required: --data"),
 ]  # fmt: skip
 

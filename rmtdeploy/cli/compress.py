@@ -50,7 +50,7 @@ def add_parser(commands) -> None:
     )
     _add_budget_arguments(parser)
     parser.add_argument("--data", metavar="NAME|DIR",
-                        help="built-in dataset (mnist5k, digits, sign-digits) or ImageFolder: accuracy, BN recalibration, "
+                        help="built-in dataset (mnist5k, digits, sign-digits, cifar10, wesnoth-units, ...) or ImageFolder: accuracy, BN recalibration, "
                         "fine-tuning, parity on real images, INT8 calibration (default with --weights trained: "
                         "the set it trains on)")  # fmt: skip
     parser.add_argument(

