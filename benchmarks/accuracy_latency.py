@@ -33,7 +33,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from rmtdeploy.benchmark import machine_conditions, measure_onnx_latency  # noqa: E402
-from rmtdeploy.benchmark.latency_table import PILOT  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -58,8 +57,7 @@ def time_points(results: dict, onnx: Path, threads: int, runs: int) -> None:
             labels = {f"{p['criterion']}-{p['keep']:g}": p for p in points}
             paths = {"dense": str(onnx / f"{family}-s{seed}-dense.onnx"),
                      **{label: str(onnx / p["onnx"]) for label, p in labels.items()}}  # fmt: skip
-            # A pilot copy of dense takes the first session's place (1-5 % slower in A/A runs here; see PILOT).
-            report = measure_onnx_latency({PILOT: paths["dense"], **paths}, threads=threads, runs=runs, warmup=10,
+            report = measure_onnx_latency(paths, threads=threads, runs=runs, warmup=10,
                                           pairs=[("dense", label) for label in labels])  # fmt: skip
             dense_ms = report.models["dense"].median_ms
             for s in report.speedups:

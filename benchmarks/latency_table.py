@@ -34,7 +34,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from rmtdeploy.benchmark import machine_conditions, measure_onnx_latency  # noqa: E402
-from rmtdeploy.benchmark.latency_table import PILOT, measure_latency_table  # noqa: E402
+from rmtdeploy.benchmark.latency_table import measure_latency_table  # noqa: E402
 from rmtdeploy.exporting import export_for_timing  # noqa: E402
 from rmtdeploy.io import atomic_write_json, atomic_write_text  # noqa: E402
 from rmtdeploy.retention import FAMILIES  # noqa: E402
@@ -81,8 +81,7 @@ def run_family(family: str, args, tmp: Path) -> dict:
     for label, net in (("dense", model), *pruned.items()):
         paths[label] = str(tmp / f"{family}-{label}.onnx")
         export_for_timing(net.eval(), paths[label], example.shape[1:])
-    # A pilot copy of dense takes the first session's place (1-5 % slower in A/A runs here; see PILOT).
-    report = measure_onnx_latency({PILOT: paths["dense"], **paths}, threads=args.threads, runs=args.runs, warmup=10,
+    report = measure_onnx_latency(paths, threads=args.threads, runs=args.runs, warmup=10,
                                   pairs=[("dense", label) for label in pruned])  # fmt: skip
     speedup = {s.candidate: s for s in report.speedups}
     dense_ms = report.models["dense"].median_ms

@@ -35,7 +35,6 @@ __all__ = ["assemble_latency_table", "grid_widths", "measure_latency_table", "ti
            "timings_from_macs"]  # fmt: skip
 
 Status = Callable[[str], None]
-PILOT = "pilot (dropped)"
 
 
 def measure_latency_table(
@@ -93,10 +92,9 @@ def time_plan_onnxruntime(
     """Each group of ``plan`` (its graphs in ``folder``) timed alone on ONNX Runtime CPU, interleaved on one
     shared pool of ``threads``; the timings record (module docstring).
 
-    Each group runs behind a *pilot*, a copy of its first graph timed with it and dropped: in A/A runs here
-    (the dense model against its own copy, interleaved, AMD EPYC), the session created first ran 1–5 % slower
-    than an identical one created later, whatever its place in the rounds; as the reference, that offset
-    entered every unit's saving. The pilot takes the first place and the offset with it."""
+    Each group runs behind a *pilot* (:data:`rmtdeploy.benchmark.latency.PILOT`), a copy of its first graph
+    timed with it and dropped: the session created first runs 1–5 % slower, and as the reference that
+    offset entered every unit's saving."""
     from rmtdeploy.benchmark.latency import measure_onnx_latency
 
     records, versions = [], set()
@@ -106,14 +104,13 @@ def time_plan_onnxruntime(
             status(f"timing group {i + 1}/{len(plan.groups)} ({len(labels)} graphs)")
         paths = {label: str(Path(folder) / plan.graphs[label]) for label in labels}
         report = measure_onnx_latency(
-            {PILOT: paths[labels[0]], **paths}, threads=threads, runs=runs, warmup=warmup,
+            paths, threads=threads, runs=runs, warmup=warmup,
             pairs=[(reference, label) for label in labels if label != reference],
         )  # fmt: skip
         versions.add(report.conditions.get("onnxruntime_version"))
         records.append({
             "labels": list(labels), "reference": reference,
-            "ms": {label: _triple(s.median_ms, s.p10_ms, s.p90_ms) for label, s in report.models.items()
-                   if label != PILOT},
+            "ms": {label: _triple(s.median_ms, s.p10_ms, s.p90_ms) for label, s in report.models.items()},
             "speedup": {s.candidate: _triple(s.median, s.p10, s.p90) for s in report.speedups},
         })  # fmt: skip
     return {"groups": records, "onnxruntime": sorted(v for v in versions if v)}
