@@ -58,7 +58,7 @@ def time_points(results: dict, onnx: Path, threads: int, runs: int) -> None:
             paths = {"dense": str(onnx / f"{family}-s{seed}-dense.onnx"),
                      **{label: str(onnx / p["onnx"]) for label, p in labels.items()}}  # fmt: skip
             report = measure_onnx_latency(paths, threads=threads, runs=runs, warmup=10,
-                                          pairs=[("dense", label) for label in labels])  # fmt: skip
+                                          pairs=[("dense", label) for label in labels], pilot=True)  # fmt: skip
             dense_ms = report.models["dense"].median_ms
             for s in report.speedups:
                 labels[s.candidate].update(

@@ -82,7 +82,7 @@ def run_family(family: str, args, tmp: Path) -> dict:
         paths[label] = str(tmp / f"{family}-{label}.onnx")
         export_for_timing(net.eval(), paths[label], example.shape[1:])
     report = measure_onnx_latency(paths, threads=args.threads, runs=args.runs, warmup=10,
-                                  pairs=[("dense", label) for label in pruned])  # fmt: skip
+                                  pairs=[("dense", label) for label in pruned], pilot=True)  # fmt: skip
     speedup = {s.candidate: s for s in report.speedups}
     dense_ms = report.models["dense"].median_ms
     for point in points:

@@ -1,10 +1,11 @@
 """A/A check of the pilot: a model timed against its own copy on ONNX Runtime CPU, with and without the pilot.
 
 Two sessions of the same ``.onnx`` file, interleaved on one shared pool: any "speedup" of the second over
-the first is an offset of the protocol, not of the models. Without the pilot the first session created ran
-1–5 % slower here (docs/benchmarks.md); ``measure_onnx_latency`` now creates a dropped copy of the first
-model first (``pilot=True``). This measures both, ``--repeats`` times each, alternating, for a few of the
-accuracy benchmark's models at 32 px (random weights: time does not depend on the values).
+the first is an offset of the protocol, not of the models. Early A/A runs here saw the first session
+created run 1–5 % slower; ``measure_onnx_latency(..., pilot=True)`` creates a dropped copy of the first
+model first (the latency table's groups run so). This measures both, ``--repeats`` times each,
+alternating, for a few of the accuracy benchmark's models at 32 px (random weights: time does not depend
+on the values).
 
 Timings are only worth keeping on an idle machine: the script prints the load average and writes it down.
 

@@ -15,10 +15,11 @@ from rmtdeploy.benchmark.runners.pytorch import TorchRunner
 from rmtdeploy.benchmark.stats import LatencyReport
 from rmtdeploy.errors import RmtdeployError
 
-# A copy of the first model, created and timed first and then dropped. In A/A runs here (a model against its
-# own copy, interleaved, one shared pool, AMD EPYC) the session created first ran 1-5 % slower than an
-# identical one created later, whatever its place in the rounds; with the dense model first, that offset
-# entered every speedup. The pilot takes the first place and the offset with it.
+# A copy of the first model, created and timed first and then dropped. In early A/A runs here (a model
+# against its own copy, interleaved, one shared pool, AMD EPYC) the session created first ran 1-5 % slower
+# than an identical one created later; the latency table's groups run behind one. Measured again on an idle
+# machine (benchmarks/results/onnx_pilot.md) the offset was 0.6 % without a pilot and 0-1.3 % with one, so
+# it is not the default.
 PILOT = "pilot (dropped)"
 
 
@@ -35,7 +36,7 @@ def measure_onnx_latency(
     thread_pool: str = "shared",
     allow_spinning: bool = False,
     seed: int = 0,
-    pilot: bool = True,
+    pilot: bool = False,
 ) -> LatencyReport:
     """Time ONNX models with ONNX Runtime's CPU provider, one ``session.run`` per sample.
 

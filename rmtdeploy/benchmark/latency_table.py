@@ -93,8 +93,8 @@ def time_plan_onnxruntime(
     shared pool of ``threads``; the timings record (module docstring).
 
     Each group runs behind a *pilot* (:data:`rmtdeploy.benchmark.latency.PILOT`), a copy of its first graph
-    timed with it and dropped: the session created first runs 1–5 % slower, and as the reference that
-    offset entered every unit's saving."""
+    timed with it and dropped: in early A/A runs the session created first ran 1–5 % slower, and as the
+    reference that offset entered every unit's saving."""
     from rmtdeploy.benchmark.latency import measure_onnx_latency
 
     records, versions = [], set()
@@ -104,7 +104,7 @@ def time_plan_onnxruntime(
             status(f"timing group {i + 1}/{len(plan.groups)} ({len(labels)} graphs)")
         paths = {label: str(Path(folder) / plan.graphs[label]) for label in labels}
         report = measure_onnx_latency(
-            paths, threads=threads, runs=runs, warmup=warmup,
+            paths, threads=threads, runs=runs, warmup=warmup, pilot=True,
             pairs=[(reference, label) for label in labels if label != reference],
         )  # fmt: skip
         versions.add(report.conditions.get("onnxruntime_version"))
