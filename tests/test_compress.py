@@ -497,7 +497,9 @@ def test_a_recipe_without_a_strategy_takes_the_familys_default_with_its_data():
 
     def chosen(family, data, strategy=None, knobs=None):
         steps = object.__new__(CompressSteps)  # only what the choice reads
-        steps.recipe = SimpleNamespace(strategy=strategy, knobs=knobs or {})
+        steps.recipe = SimpleNamespace(
+            strategy=strategy, knobs=knobs or {}, latency_aware=False, latency_table=None
+        )
         steps.checked = SimpleNamespace(data=data, strategy=SimpleNamespace(name="hybrid"))
         steps.loaded = SimpleNamespace(family=family)
         return steps._strategy().name
