@@ -202,8 +202,14 @@ def test_ctrl_c_inside_the_fine_tune_continues_from_its_checkpoint_on_resume(qui
     out = tmp_path / "run"
     shutil.copytree(quick_run[0], out)
     recipe = {**QUICK, "finetune": {**QUICK["finetune"], "checkpoint_every": 5}}  # a changed fine-tune
-    with pytest.raises(KeyboardInterrupt, match="continue with rmtdeploy compress --resume"):
-        compress(out, recipe=recipe, resume=True, reporter=CtrlCAtStep(12))
+    # Ctrl-C as a terminal delivers it: to Python's own handler. In a pytest-xdist worker an earlier test's
+    # library may have left another one, and the trainer then (rightly) leaves SIGINT alone.
+    found = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="continue with rmtdeploy compress --resume"):
+            compress(out, recipe=recipe, resume=True, reporter=CtrlCAtStep(12))
+    finally:
+        signal.signal(signal.SIGINT, found)
     assert (tmp_path / "run" / "finetuned.checkpoints").is_dir()
     reporter = CtrlCAtStep(10**9)
     finished = compress(out, recipe=recipe, resume=True, reporter=reporter)
