@@ -187,13 +187,13 @@ def _default_for_family(
 ) -> PruneSettings:
     """The settings with the default strategy for ``loaded``'s family (the data-free default was checked)."""
     have_data = settings.calibration is not None
+    own = default_strategy(loaded.family, have_data, knobs)
     name = family_default(loaded, have_data, knobs, chooses_widths=bool(allocation))
     if name == settings.strategy.name:
         return settings
-    if name == DEFAULT_STRATEGY:  # the family's own default ranks across layers (rmt on Hiera)
-        _say(status, f"strategy {name}: {default_strategy(loaded.family, have_data, knobs)}, the {loaded.family} "
-                     f"family's default, ranks channels across layers, and "
-                     f"{_ALLOCATION_NAMES[_allocation_kind(allocation)]} chooses each unit's width")  # fmt: skip
+    if name != own:  # the family's own default ranks across layers (rmt on Hiera)
+        _say(status, f"strategy {name}: {own}, the {loaded.family} family's default, ranks channels across "
+                     f"layers, and {_ALLOCATION_NAMES[_allocation_kind(allocation)]} chooses each unit's width")  # fmt: skip
     else:
         data = " with calibration images" if have_data else ""
         _say(status, f"strategy {name}: the default for the {loaded.family} family{data} "
