@@ -114,6 +114,7 @@ def test_the_split_holds_out_whole_unit_types_a_quarter_of_each_class_and_is_fix
     [
         (b"plain text, not an archive", "is not a Debian package (no ar archive header)"),
         (b"!<arch>\n" + _ar_member("debian-binary", b"2.0\n"), "holds no data.tar member"),
+        (b"!<arch>\n" + b"x" * 60, "as a Debian package"),  # an ar header that is not one
     ],
 )
 def test_a_file_that_is_not_the_package_is_refused_in_one_line(tmp_path, content, phrase):

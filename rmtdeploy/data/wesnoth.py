@@ -63,7 +63,14 @@ def read_wesnoth_units(path: str | Path) -> Sprites:
             _seek_data_member(handle, path)
             with tarfile.open(fileobj=handle, mode="r|*") as archive:
                 return _read_sprites(archive)
-    except (tarfile.TarError, lzma.LZMAError, EOFError, zlib.error, OSError) as exc:
+    except (
+        tarfile.TarError,
+        lzma.LZMAError,
+        EOFError,
+        zlib.error,
+        OSError,
+        ValueError,
+    ) as exc:  # ValueError: a broken ar header
         raise RmtdeployError(f"cannot read {path} as a Debian package: {exc}") from exc
 
 
